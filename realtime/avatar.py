@@ -1,0 +1,78 @@
+"""The avatar: an image with its face landmarks, fitted to the output canvas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.errors import UserError
+from realtime.media import fit_to_canvas, read_image
+from realtime.tracking import find_face
+
+BUILTIN = "builtin"
+
+
+def builtin_portrait() -> np.ndarray:
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain) as BGR."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+@dataclass
+class Avatar:
+    image: np.ndarray  # BGR canvas
+    landmarks: np.ndarray  # (478, 3) in canvas pixels
+    source: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[1], self.image.shape[0]
+
+
+def load_avatar_image(path: str) -> np.ndarray:
+    return builtin_portrait() if path == BUILTIN else read_image(path, "avatar")
+
+
+def default_canvas_size(image: np.ndarray, max_width: int = 1280, max_height: int = 720) -> tuple[int, int]:
+    """The image's own aspect, at most max_width x max_height, even sides (for H.264)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, max_width / w, max_height / h)
+    return max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)
+
+
+def make_avatar(image: np.ndarray, size: tuple[int, int] | None, source: str) -> Avatar:
+    """Fit the image to ``size`` (or its own size) and find its face, or raise UserError."""
+    width, height = size or default_canvas_size(image)
+    canvas = fit_to_canvas(image, width, height)
+    landmarks = find_face(canvas)
+    if landmarks is None:
+        # Faces that are small in a big canvas are easier to find at the image's own scale.
+        landmarks = _find_face_in_original(image, canvas)
+    if landmarks is None:
+        raise UserError(f"no face found in avatar {source}; use a portrait with a clearly visible face")
+    if mesh.face_size(landmarks) < 12:
+        raise UserError(f"the face in avatar {source} is too small ({mesh.face_size(landmarks):.0f}px between the eyes)")
+    return Avatar(image=canvas, landmarks=landmarks.astype(np.float32), source=source)
+
+
+def _find_face_in_original(image: np.ndarray, canvas: np.ndarray) -> np.ndarray | None:
+    h, w = image.shape[:2]
+    ch, cw = canvas.shape[:2]
+    scale = min(cw / w, ch / h)
+    ox, oy = (cw - round(w * scale)) // 2, (ch - round(h * scale)) // 2
+    small = image if max(h, w) <= 1600 else cv2.resize(image, None, fx=1600 / max(h, w), fy=1600 / max(h, w))
+    found = find_face(small)
+    if found is None:
+        return None
+    found = found * (w / small.shape[1])
+    found[:, :2] = found[:, :2] * scale + [ox, oy]
+    found[:, 2] *= scale
+    return found
+
+
+def load_avatar(path: str, size: tuple[int, int] | None = None) -> Avatar:
+    return make_avatar(load_avatar_image(path), size, path)

@@ -1,0 +1,234 @@
+"""Command line: parse arguments, build a pipeline, run it. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from realtime.errors import DeviceUnavailable, UserError
+
+logger = logging.getLogger("realtime")
+
+DEFAULT_DEMO_OUT = "realtime-demo.mp4"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1280x720, got {text!r}") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320):
+        raise argparse.ArgumentTypeError(f"size {text} is out of range (16x16 .. 7680x4320)")
+    return w // 2 * 2, h // 2 * 2
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        self.exit(2, f"realtime: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["reenact", "swap"], default="reenact")
+    p.add_argument("--generator", default=None, help="warp, a model shipped in weights/, or PATH.onnx "
+                   "(default: the best shipped generator)")
+    p.add_argument("--provider", action="append", default=None,
+                   help="onnxruntime execution provider to prefer (repeatable)")
+    p.add_argument("--size", type=_size, default=None, help="output WxH")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="zero-configuration demo")
+    demo.add_argument("--seconds", type=_positive, default=None,
+                      help="stop after this long (default: until q with a window, else 10 s)")
+    demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
+
+    run = sub.add_parser("run", help="the live loop")
+    run.add_argument("--avatar", required=True, help="portrait image, or 'builtin'")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--camera", type=int, default=None, help="webcam index (default 0)")
+    src.add_argument("--input", default=None, help="video file played as if it were a camera")
+    run.add_argument("--loop", action="store_true", help="loop --input")
+    run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
+    run.add_argument("--sink", action="append", default=None,
+                     help="virtualcam[:BACKEND] | window | file:PATH | null (repeatable; default virtualcam)")
+    _add_pipeline_options(run)
+    run.add_argument("--fps", type=_positive, default=None, help="output fps (default: the source's, or 30)")
+    run.add_argument("--budget-ms", type=_positive, default=None,
+                     help="drop frames older than this (default: two frame intervals)")
+    run.add_argument("--seconds", type=_positive, default=None, help="stop after this long")
+    run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
+
+    render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
+    render.add_argument("--avatar", required=True)
+    render.add_argument("--driver", required=True, help="driving video")
+    render.add_argument("--out", required=True, help="output .mp4")
+    render.add_argument("--metrics-json", default=None)
+    _add_pipeline_options(render)
+
+    sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
+    return parser
+
+
+# -- building blocks ------------------------------------------------------------------
+def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int] | None, driver_size=None):
+    from realtime.avatar import load_avatar
+    from realtime.controls import Controls
+    from realtime.generators.registry import build_generators
+    from realtime.loop import FrameProcessor
+    from realtime.metrics import Metrics
+    from realtime.tracking import FaceTracker
+
+    avatar = load_avatar(avatar_path, size)
+    generators = build_generators(args.generator, avatar, args.provider)
+    if args.mode == "swap" and driver_size is not None and size is None:
+        output_size = driver_size
+    else:
+        output_size = avatar.size
+    controls = Controls(mode=args.mode)
+    processor = FrameProcessor(avatar, generators, FaceTracker(), controls, Metrics(), output_size)
+    return processor
+
+
+def _generator_info(processor) -> tuple[str, str]:
+    generator = processor.generators.for_mode(processor.controls.mode)
+    return getattr(generator, "name", "warp"), getattr(generator, "provider", "numpy+opencv")
+
+
+def _finish(summary: dict, metrics_json: str | None) -> None:
+    from realtime.metrics import format_summary, write_json
+
+    print(format_summary(summary))
+    if metrics_json:
+        write_json(metrics_json, summary)
+        print(f"metrics: {metrics_json}")
+
+
+def _live_source(args: argparse.Namespace, size: tuple[int, int]):
+    from realtime.sources import CameraSource, VideoFileSource
+
+    if args.input:
+        return VideoFileSource(args.input, paced=not args.unpaced, loop=args.loop)
+    return CameraSource(args.camera if args.camera is not None else 0, size[0], size[1], args.fps or 30.0)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from realtime.loop import Engine
+    from realtime.metrics import machine_description
+    from realtime.sinks import make_sink
+
+    size = args.size or (1280, 720)
+    source = _live_source(args, size)
+    driver_size = (source.width, source.height) if hasattr(source, "width") else size
+    processor = _processor(args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size)
+    fps = args.fps or getattr(source, "fps", 30.0) or 30.0
+    sinks = [make_sink(spec, processor.controls) for spec in (args.sink or ["virtualcam"])]
+    name, provider = _generator_info(processor)
+    logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
+    engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms)
+    summary = engine.run(seconds=args.seconds)
+    summary.update(generator=name, provider=provider, mode=args.mode,
+                   size=f"{processor.output_size[0]}x{processor.output_size[1]}",
+                   budget_ms=round(engine.budget_s * 1000.0, 2), machine=machine_description())
+    _finish(summary, args.metrics_json)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from realtime.loop import render_offline
+    from realtime.sinks import FileSink
+    from realtime.sources import VideoFileSource
+
+    source = VideoFileSource(args.driver, paced=False)
+    processor = _processor(args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2))
+    sink = FileSink(args.out, audio_from=args.driver)
+    t0 = time.monotonic()
+    summary = render_offline(source, processor, [sink], fps=source.fps)
+    name, provider = _generator_info(processor)
+    summary.update(generator=name, provider=provider, mode=args.mode, driver_fps=source.fps,
+                   wall_s=round(time.monotonic() - t0, 2))
+    _finish(summary, args.metrics_json)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from realtime.avatar import BUILTIN
+    from realtime.loop import Engine
+    from realtime.sinks import FileSink, WindowSink, display_available
+    from realtime.sources import BuiltinDriverSource, CameraSource
+
+    try:
+        source = CameraSource(0, 640, 480, 30.0)
+        print("driver: webcam 0")
+    except DeviceUnavailable:
+        source = BuiltinDriverSource(640, 480, 30.0)
+        print("driver: no webcam, using the built-in driving sequence")
+    ns = argparse.Namespace(generator=None, provider=None, mode="reenact")
+    processor = _processor(BUILTIN, ns, (640, 640))
+    if display_available():
+        sinks, seconds, out = [WindowSink(processor.controls)], args.seconds, None
+        print("window: n = new neutral pose, m = switch reenact/swap, q = quit")
+    else:
+        out = os.path.abspath(args.out)
+        sinks, seconds = [FileSink(out)], args.seconds or 10.0
+    engine = Engine(source, processor, sinks, fps=30.0)
+    summary = engine.run(seconds=seconds)
+    _finish(summary, None)
+    if out:
+        print(f"no display: wrote {out}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from realtime.devices import format_report, probe_devices
+
+    print(format_report(probe_devices()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices}
+
+
+def main(argv: list[str] | None = None) -> int:
+    # mediapipe's native logging would otherwise bury our one-line errors.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"realtime: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # anything unexpected still ends in one line; --debug shows the trace
+        if args.debug:
+            raise
+        print(f"realtime: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

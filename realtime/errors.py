@@ -1,0 +1,13 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad input or an unavailable device: print ``str(exc)`` only, never a traceback."""
+
+    exit_code = 2
+
+
+class DeviceUnavailable(UserError):
+    """A camera, virtual camera or audio device that cannot be opened."""
+
+    exit_code = 3

@@ -1,0 +1,78 @@
+"""Plain dataclasses that flow one way through the pipeline.
+
+Every record carries ``t_capture`` (``time.monotonic()`` seconds at capture) so any
+stage can tell how late it is, the way a GStreamer buffer carries its timestamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """A captured (or produced) BGR uint8 image."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float
+
+
+@dataclass
+class FaceTrack:
+    """Tracker output for one frame.
+
+    ``landmarks`` is (478, 3) float32 in pixels of ``frame.image`` (z in the same
+    scale as x), smoothed; ``None`` when no face is locked.
+    """
+
+    frame: Frame
+    landmarks: np.ndarray | None
+    raw_landmarks: np.ndarray | None = None
+    faces_seen: int = 0
+    lost_for_s: float = 0.0
+
+    @property
+    def found(self) -> bool:
+        return self.landmarks is not None
+
+
+@dataclass
+class Target:
+    """What the generator must draw: avatar landmarks (N, 2) in canvas pixels."""
+
+    frame: Frame
+    landmarks: np.ndarray
+    mode: str = "reenact"
+    face_found: bool = True
+    # Weight of live driving in [0, 1]: 1 while tracking, easing to 0 (neutral) when lost.
+    live_weight: float = 1.0
+    # In swap mode the user's own landmarks (478, 2) in frame pixels.
+    driver_landmarks: np.ndarray | None = None
+
+
+@dataclass
+class Rendered:
+    """A generator's output: a patch with a soft mask, to paste at ``origin`` (x, y)."""
+
+    frame: Frame
+    patch: np.ndarray
+    mask: np.ndarray
+    origin: tuple[int, int] = (0, 0)
+    colour_match: bool = False
+    background: np.ndarray | None = None
+    generator: str = "warp"
+
+
+@dataclass
+class Output:
+    """A finished frame for the sinks."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float
+    t_done: float = 0.0
+    face_found: bool = True
+    stage_ms: dict[str, float] = field(default_factory=dict)

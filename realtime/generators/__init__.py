@@ -1,0 +1,1 @@
+"""Generators: avatar + target landmarks -> image patch and mask."""

@@ -1,0 +1,206 @@
+"""One onnxruntime runner for every ONNX generator, and the face-crop refiner built on it.
+
+The runner hides the execution provider (TensorRT, CUDA, CoreML, DirectML or CPU): it
+tries them in order, reports the one that actually runs (onnxruntime-gpu silently falls
+back to CPU when CUDA can't load), warms up, and uses IO binding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.errors import UserError
+from realtime.frames import Rendered, Target
+
+logger = logging.getLogger(__name__)
+
+PREFERRED_PROVIDERS = [
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+]
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError(
+            "onnxruntime is not installed: pip install 'realtime[cpu]' (or 'realtime[gpu]' for CUDA, never both)"
+        ) from exc
+    return onnxruntime
+
+
+def _provider_options(name: str, cache_dir: str) -> tuple[str, dict] | str:
+    if name == "TensorrtExecutionProvider":
+        return name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir, "trt_fp16_enable": True}
+    return name
+
+
+class OnnxRunner:
+    """Load an ONNX model, pick a provider with fallback, warm up, run with IO binding."""
+
+    def __init__(self, path: str, providers: list[str] | None = None, threads: int = 0, warmup: int = 2) -> None:
+        ort = import_onnxruntime()
+        if not os.path.isfile(path):
+            raise UserError(f"model not found: {path}")
+        with open(path, "rb") as f:
+            head = f.read(64)
+        if not head or head.startswith((b"PK", b"\x80")):  # zip/pickle: a torch checkpoint, not ONNX
+            raise UserError(f"model is not an ONNX file (pickled checkpoints are never loaded): {path}")
+        available = ort.get_available_providers()
+        wanted = providers or PREFERRED_PROVIDERS
+        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        cache_dir = os.path.join(os.path.dirname(os.path.abspath(path)), ".trt_cache")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                path, sess_options=options, providers=[_provider_options(p, cache_dir) for p in chosen]
+            )
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"model could not be loaded as ONNX ({first_line[:160]}): {path}") from exc
+        self.path = path
+        self.requested = chosen
+        # What actually runs: onnxruntime drops providers that fail to initialise.
+        self.provider = self.session.get_providers()[0]
+        if self.provider != chosen[0]:
+            logger.warning("wanted %s, running on %s", chosen[0], self.provider)
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._device = "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        self._warmup = warmup
+
+    def input_shape(self, name: str) -> list:
+        return list(self.inputs[name].shape)
+
+    def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
+        for _ in range(self._warmup):
+            self.run(feeds)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.outputs:
+            binding.bind_output(name, self._device)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
+
+
+@dataclass
+class CropSpec:
+    size: int
+    face_scale: float = 0.23  # eye-corner distance as a fraction of the crop side
+
+
+def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """2x3 similarity taking the image to an upright, centred face crop."""
+    right, left = landmarks[mesh.RIGHT_EYE_OUTER, :2], landmarks[mesh.LEFT_EYE_OUTER, :2]
+    eye_vec = left - right
+    angle = np.arctan2(eye_vec[1], eye_vec[0])
+    scale = spec.face_scale * spec.size / (np.linalg.norm(eye_vec) + 1e-6)
+    centre = landmarks[mesh.RIGID, :2].mean(axis=0)
+    cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
+    matrix = np.array([[cos, -sin, 0.0], [sin, cos, 0.0]])
+    matrix[:, 2] = np.array([spec.size / 2, spec.size * 0.47]) - matrix[:, :2] @ centre
+    return matrix
+
+
+def _to_tensor(image: np.ndarray) -> np.ndarray:
+    return (image[:, :, ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+
+
+def landmark_map(points: np.ndarray, size: int) -> np.ndarray:
+    """Target landmarks drawn as a 1-channel map in crop coordinates (eyelids and lips included)."""
+    canvas = np.zeros((size, size), np.uint8)
+    for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE, mesh.INNER_LIP, mesh.OUTER_LIP):
+        cv2.polylines(canvas, [np.round(points[loop]).astype(np.int32)], True, 255, 1, cv2.LINE_AA)
+    for p in np.round(points[: mesh.NUM_LANDMARKS]).astype(np.int32):
+        if 0 <= p[0] < size and 0 <= p[1] < size:
+            canvas[p[1], p[0]] = max(canvas[p[1], p[0]], 128)
+    return canvas.astype(np.float32)[None, None] / 255.0
+
+
+class OnnxRefinerGenerator:
+    """Warp first, then an ONNX model refines the aligned face crop; pasted back with its mask.
+
+    Model contract (names, NCHW float32, RGB in [0, 1]): inputs ``warped`` (1,3,S,S) and
+    optionally ``source`` (the avatar's own crop), ``landmarks`` (1,1,S,S) and ``fill_mask``
+    (1,1,S,S, where the warp had nothing to show, such as an open mouth); outputs
+    ``image`` (1,3,S,S) and ``mask`` (1,1,S,S).
+    """
+
+    REQUIRED_INPUTS = {"warped"}
+    OPTIONAL_INPUTS = {"source", "landmarks", "fill_mask"}
+    REQUIRED_OUTPUTS = {"image", "mask"}
+
+    def __init__(self, path: str, warp, providers: list[str] | None = None) -> None:
+        self.runner = OnnxRunner(path, providers)
+        self.name = os.path.splitext(os.path.basename(path))[0]
+        self.warp = warp
+        names = set(self.runner.inputs)
+        if not self.REQUIRED_INPUTS <= names or not names <= self.REQUIRED_INPUTS | self.OPTIONAL_INPUTS:
+            raise UserError(
+                f"model {path} has inputs {sorted(names)}; a generator needs 'warped' and optionally "
+                f"{sorted(self.OPTIONAL_INPUTS)}"
+            )
+        if not self.REQUIRED_OUTPUTS <= set(self.runner.outputs):
+            raise UserError(f"model {path} has outputs {self.runner.outputs}; a generator needs {sorted(self.REQUIRED_OUTPUTS)}")
+        shape = self.runner.input_shape("warped")
+        size = shape[-1] if isinstance(shape[-1], int) else 256
+        self.spec = CropSpec(size=size)
+        avatar_matrix = alignment(warp.avatar_points, self.spec)
+        self._source = _to_tensor(cv2.warpAffine(warp.avatar_image, avatar_matrix, (size, size), flags=cv2.INTER_LINEAR))
+        card = os.path.splitext(path)[0] + ".json"
+        self.card = json.load(open(card)) if os.path.exists(card) else {}
+        zeros = np.zeros((1, 1, size, size), np.float32)
+        self.runner.warm_up(self._feeds(np.zeros((1, 3, size, size), np.float32), zeros, zeros))
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+    def _feeds(self, warped: np.ndarray, marks: np.ndarray, fill: np.ndarray) -> dict[str, np.ndarray]:
+        available = {"warped": warped, "source": self._source, "landmarks": marks, "fill_mask": fill}
+        return {name: available[name] for name in self.runner.inputs}
+
+    def render(self, target: Target) -> Rendered:
+        base = self.warp.render(target)
+        size = self.spec.size
+        canvas = base.background.copy() if base.background is not None else None
+        x0, y0 = base.origin
+        h, w = base.patch.shape[:2]
+        if canvas is None:
+            return base
+        canvas[y0 : y0 + h, x0 : x0 + w] = base.patch
+        matrix = alignment(target.landmarks, self.spec)
+        crop = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        points = target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        fill = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
+        outputs = self.runner.run(self._feeds(_to_tensor(crop), landmark_map(points, size),
+                                              fill.astype(np.float32)[None, None] / 255.0))
+        refined = np.clip(outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0, 0, 255).astype(np.uint8)
+        alpha = np.clip(outputs["mask"][0, 0], 0.0, 1.0)
+        inverse = cv2.invertAffineTransform(matrix)
+        region = (x0, y0, x0 + w, y0 + h)
+        shift = np.array([[0, 0, -region[0]], [0, 0, -region[1]]], np.float64)
+        back = cv2.warpAffine(refined, inverse + shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        back_alpha = cv2.warpAffine(alpha, inverse + shift, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
+        patch = (back * back_alpha + base.patch * (1.0 - back_alpha)).astype(np.uint8)
+        return Rendered(frame=base.frame, patch=patch, mask=base.mask, origin=base.origin,
+                        colour_match=base.colour_match, background=base.background, generator=self.name)

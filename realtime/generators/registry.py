@@ -1,0 +1,59 @@
+"""Which generators exist: the analytic warp plus every ONNX model shipped in ``weights/``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from realtime.avatar import Avatar
+from realtime.errors import UserError
+from realtime.generators.warp import WarpGenerator
+from realtime.loop import Generators
+
+
+def weights_dir() -> Path:
+    override = os.environ.get("REALTIME_WEIGHTS")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "weights"
+
+
+def shipped_models(directory: Path | None = None) -> dict[str, dict]:
+    """name -> model card for each ``weights/NAME.onnx`` that has a ``NAME.json`` card."""
+    directory = directory or weights_dir()
+    models: dict[str, dict] = {}
+    if not directory.is_dir():
+        return models
+    for onnx_path in sorted(directory.glob("*.onnx")):
+        card_path = onnx_path.with_suffix(".json")
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        card["path"] = str(onnx_path)
+        models[onnx_path.stem] = card
+    return models
+
+
+def default_generator(directory: Path | None = None) -> str:
+    """The best shipped generator: a card marked ``"default": true`` (set only when it beat
+    the warp on held-out people), else the warp."""
+    for name, card in shipped_models(directory).items():
+        if card.get("default") and card.get("kind", "refiner") == "refiner":
+            return name
+    return "warp"
+
+
+def build_generators(name: str | None, avatar: Avatar, providers: list[str] | None = None) -> Generators:
+    """Generators for both modes (the mode can be switched live)."""
+    name = name or default_generator()
+    warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in ("reenact", "swap")}
+    if name == "warp":
+        return Generators(by_mode=dict(warps), fallback=dict(warps))
+    path = name
+    if not name.endswith(".onnx"):
+        models = shipped_models()
+        if name not in models:
+            known = ", ".join(["warp", *models]) or "warp"
+            raise UserError(f"unknown generator {name!r}; available: {known}, or a path to an .onnx file")
+        path = models[name]["path"]
+    from realtime.generators.onnx import OnnxRefinerGenerator
+
+    learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in ("reenact", "swap")}
+    return Generators(by_mode=learned, fallback=dict(warps))

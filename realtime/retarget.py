@@ -1,0 +1,106 @@
+"""Retarget stage: relative motion transfer from the driver's face to the avatar's.
+
+The driver's change from its *neutral reference* is split into head pose (a 3-D
+similarity fitted on rigid points) and expression (what is left, in the neutral
+frame). Both are normalised by face size and orientation, then applied to the
+avatar's own landmarks, so a big face driving a small painting works and nobody's
+face shape leaks into the avatar.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.frames import FaceTrack, Target
+
+
+@dataclass
+class RetargetLimits:
+    max_rotation_deg: float = 30.0  # extreme head turns are clamped, not followed
+    max_translation: float = 0.6  # in avatar face sizes
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    pose_gain: float = 1.0
+    hold_s: float = 0.4  # after losing the face: hold the last pose this long,
+    ease_s: float = 0.8  # then ease back to neutral over this long
+
+
+def _clamp_rotation(rotation: np.ndarray, max_deg: float, gain: float) -> np.ndarray:
+    vec, _ = cv2.Rodrigues(rotation.astype(np.float64))
+    angle = float(np.linalg.norm(vec))
+    limit = math.radians(max_deg)
+    wanted = angle * gain
+    if wanted > limit:
+        wanted = limit
+    if angle > 1e-9:
+        vec = vec / angle * wanted
+    out, _ = cv2.Rodrigues(vec)
+    return out
+
+
+class Retargeter:
+    """``process(track) -> Target`` in the avatar's canvas coordinates."""
+
+    def __init__(self, avatar_landmarks: np.ndarray, limits: RetargetLimits | None = None) -> None:
+        self.avatar = avatar_landmarks[: mesh.NUM_LANDMARKS].astype(np.float64)
+        self.limits = limits or RetargetLimits()
+        self.neutral: np.ndarray | None = None
+        self._recalibrate = True
+        self._last_target = self.avatar.copy()
+        self._avatar_centre = self.avatar[mesh.RIGID].mean(axis=0)
+        self._avatar_size = mesh.face_size(self.avatar)
+
+    def recalibrate(self) -> None:
+        """Take the driver's next tracked face as its neutral reference."""
+        self._recalibrate = True
+
+    def transfer(self, driver: np.ndarray) -> np.ndarray:
+        """Avatar landmarks (478, 3) for a driver face (478, 3), relative to the neutral."""
+        assert self.neutral is not None
+        neutral = self.neutral
+        lim = self.limits
+        # Head pose of the driver relative to its neutral.
+        scale, rotation, translation = mesh.umeyama(neutral[mesh.RIGID], driver[mesh.RIGID])
+        # Expression: undo the pose, compare with the neutral, in driver units.
+        unposed = (driver - translation) @ rotation / scale
+        expression = unposed - neutral
+        # Map driver-neutral space onto the avatar (size, in-plane orientation).
+        s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
+        expressive = self.avatar + s_na * expression @ r_na.T
+        # Relative pose, expressed in the avatar's frame and clamped.
+        rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
+        rel_scale = float(np.clip(scale, *lim.scale_range))
+        shift = driver[mesh.RIGID].mean(axis=0) - neutral[mesh.RIGID].mean(axis=0)
+        shift_avatar = s_na * shift @ r_na.T * lim.pose_gain
+        max_shift = lim.max_translation * self._avatar_size
+        norm = float(np.linalg.norm(shift_avatar[:2]))
+        if norm > max_shift:
+            shift_avatar = shift_avatar * (max_shift / norm)
+        centre = self._avatar_centre
+        return centre + rel_scale * (expressive - centre) @ rotation_avatar.T + shift_avatar
+
+    def process(self, track: FaceTrack) -> Target:
+        if track.found:
+            driver = track.landmarks.astype(np.float64)
+            if self._recalibrate or self.neutral is None:
+                self.neutral = driver.copy()
+                self._recalibrate = False
+            landmarks = self.transfer(driver)
+            self._last_target = landmarks
+            weight = 1.0
+        else:
+            # Lost: hold the last pose, then ease back to the avatar's neutral pose.
+            lost = track.lost_for_s if math.isfinite(track.lost_for_s) else 1e9
+            weight = float(np.clip(1.0 - (lost - self.limits.hold_s) / self.limits.ease_s, 0.0, 1.0))
+            eased = 0.5 - 0.5 * math.cos(math.pi * weight)
+            landmarks = self.avatar + eased * (self._last_target - self.avatar)
+        return Target(
+            frame=track.frame,
+            landmarks=mesh.with_mouth_centre(landmarks[:, :2]).astype(np.float32),
+            face_found=track.found,
+            live_weight=weight,
+        )

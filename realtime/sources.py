@@ -1,0 +1,239 @@
+"""Source stage: camera, video file, still image, or the built-in driving sequence.
+
+Every source has ``read() -> Frame | None`` (None: the stream ended), ``fps`` and
+``close()``. ``t_capture`` is stamped the moment a frame becomes available.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from realtime.errors import DeviceUnavailable, UserError
+from realtime.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """A live source failed to deliver; the engine retries with backoff."""
+
+
+class CameraSource:
+    """A webcam through OpenCV: requested size and fps, MJPG where the camera offers it."""
+
+    live = True
+
+    def __init__(self, index: int, width: int = 1280, height: int = 720, fps: float = 30.0) -> None:
+        self.index, self.width, self.height, self.fps = index, width, height, fps
+        self._cap: cv2.VideoCapture | None = None
+        self._count = 0
+        self.open()
+
+    def open(self) -> None:
+        if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{self.index}"):
+            raise DeviceUnavailable(f"camera {self.index} does not exist (no /dev/video{self.index}); see `realtime devices`")
+        backend = cv2.CAP_DSHOW if sys.platform == "win32" else cv2.CAP_ANY
+        cap = cv2.VideoCapture(self.index, backend)
+        if not cap.isOpened():
+            cap.release()
+            raise DeviceUnavailable(f"camera {self.index} did not open; see `realtime devices` for cameras that work")
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        cap.set(cv2.CAP_PROP_FPS, self.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver from queueing stale frames
+        ok, _ = cap.read()
+        if not ok:
+            cap.release()
+            raise DeviceUnavailable(f"camera {self.index} opened but delivers no frames")
+        reported = cap.get(cv2.CAP_PROP_FPS)
+        if reported and reported > 1:
+            self.fps = float(reported)
+        self._cap = cap
+
+    def reopen(self) -> None:
+        self.close()
+        self.open()
+
+    def read(self) -> Frame | None:
+        if self._cap is None:
+            raise SourceError(f"camera {self.index} is closed")
+        ok, image = self._cap.read()
+        t = time.monotonic()
+        if not ok or image is None:
+            raise SourceError(f"camera {self.index} read failed")
+        self._count += 1
+        return Frame(image=image, index=self._count - 1, t_capture=t)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def probe_video(path: str) -> tuple[float, int, int, int]:
+    """(fps, frame_count, width, height) of a readable video, or UserError."""
+    if not os.path.exists(path):
+        raise UserError(f"video not found: {path}")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+        raise UserError(f"video is empty or a folder: {path}")
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise UserError(f"video could not be opened (corrupt or unsupported format): {path}")
+        ok, first = cap.read()
+        if not ok or first is None:
+            raise UserError(f"video has no decodable frames: {path}")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if not fps or not math.isfinite(fps) or fps <= 0 or fps > 1000:
+            fps = 25.0
+        return float(fps), count, first.shape[1], first.shape[0]
+    finally:
+        cap.release()
+
+
+class VideoFileSource:
+    """Frames of a video file, paced at its own fps (a stand-in for a camera) or unpaced."""
+
+    live = False
+
+    def __init__(self, path: str, paced: bool = True, loop: bool = False) -> None:
+        self.path = path
+        self.fps, self.frame_count, self.width, self.height = probe_video(path)
+        self.paced, self.loop = paced, loop
+        self._cap = cv2.VideoCapture(path)
+        self._index = 0
+        self._start: float | None = None
+        self.decode_errors = 0
+
+    def read(self) -> Frame | None:
+        ok, image = self._cap.read()
+        if not ok and self.loop and self._index > 0:
+            self._cap.release()
+            self._cap = cv2.VideoCapture(self.path)
+            ok, image = self._cap.read()
+        if not ok or image is None:
+            return None
+        if self.paced:
+            if self._start is None:
+                self._start = time.monotonic()
+            due = self._start + self._index / self.fps
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        frame = Frame(image=image, index=self._index, t_capture=time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageSource:
+    """A still image repeated at ``fps``."""
+
+    live = False
+
+    def __init__(self, image: np.ndarray, fps: float = 30.0, frames: int | None = None) -> None:
+        self.image, self.fps, self.frames = image, fps, frames
+        self._index = 0
+        self._start: float | None = None
+
+    def read(self) -> Frame | None:
+        if self.frames is not None and self._index >= self.frames:
+            return None
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._index / self.fps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        frame = Frame(image=self.image.copy(), index=self._index, t_capture=time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+class BuiltinDriverSource:
+    """A built-in driving face so the whole loop runs without a webcam.
+
+    A public-domain portrait (scikit-image's astronaut, mirrored and in greyscale so it
+    reads as a different person) is animated with the analytic warp along a scripted
+    performance: talking mouth, blinks, glances and head motion. Frames are rendered
+    on first use and reused on later loops.
+    """
+
+    live = False
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, seconds: float = 6.0,
+                 paced: bool = True, loop: bool = True) -> None:
+        from realtime.avatar import builtin_portrait
+        from realtime.generators.warp import WarpGenerator
+        from realtime.tracking import find_face
+
+        self.fps, self.paced, self.loop = fps, paced, loop
+        self.frame_count = max(1, int(round(seconds * fps)))
+        face = cv2.cvtColor(cv2.cvtColor(builtin_portrait()[:, ::-1], cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        from realtime.media import fit_to_canvas
+
+        self._canvas = fit_to_canvas(face, width, height)
+        landmarks = find_face(self._canvas)
+        if landmarks is None:  # pragma: no cover - the shipped portrait always has a face
+            raise RuntimeError("built-in driver portrait has no detectable face")
+        self._landmarks = landmarks
+        self._warp = WarpGenerator(self._canvas, landmarks)
+        self._cache: dict[int, np.ndarray] = {}
+        self._index = 0
+        self._start: float | None = None
+
+    def performance(self, i: int) -> np.ndarray:
+        """Scripted landmarks for frame ``i``."""
+        from realtime import expression, mesh
+
+        t = i / self.fps
+        speech = max(0.0, math.sin(2 * math.pi * 1.3 * t)) * (0.5 + 0.5 * math.sin(2 * math.pi * 0.31 * t) ** 2)
+        blink_phase = (t % 3.0) / 0.25
+        blink = math.sin(math.pi * blink_phase) if blink_phase < 1.0 else 0.0
+        pts = self._landmarks[:, :2].astype(np.float64)
+        pts = expression.open_mouth(pts, 0.22 * speech)
+        pts = expression.close_eyes(pts, blink)
+        pts = expression.look(pts, 0.12 * math.sin(2 * math.pi * 0.2 * t))
+        pts = expression.head_pose(pts, 6.0 * math.sin(2 * math.pi * 0.17 * t),
+                                   (0.12 * math.sin(2 * math.pi * 0.11 * t), 0.05 * math.sin(2 * math.pi * 0.23 * t)))
+        return mesh.with_mouth_centre(pts)
+
+    def render(self, i: int) -> np.ndarray:
+        from realtime.blend import Blender
+        from realtime.frames import Target
+
+        if i not in self._cache:
+            dummy = Frame(self._canvas, i, 0.0)
+            rendered = self._warp.render(Target(frame=dummy, landmarks=self.performance(i).astype(np.float32)))
+            self._cache[i] = Blender().process(rendered)
+        return self._cache[i]
+
+    def read(self) -> Frame | None:
+        if self._index >= self.frame_count and not self.loop:
+            return None
+        if self._start is None:
+            self._start = time.monotonic()
+        image = self.render(self._index % self.frame_count)
+        if self.paced:
+            delay = self._start + self._index / self.fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        frame = Frame(image=image.copy(), index=self._index, t_capture=time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._cache.clear()

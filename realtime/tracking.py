@@ -1,0 +1,187 @@
+"""Tracker stage: mediapipe face mesh (478 points with iris), smoothing, face lock."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.frames import FaceTrack, Frame
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence mediapipe's C++ start-up chatter (TFLite/absl write straight to fd 2)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class OneEuroFilter:
+    """One Euro filter over an array, with the speed measured in face sizes per second.
+
+    Normalising the speed by face size makes one setting work for small and large faces:
+    a still face is smoothed hard (no jitter), fast motion opens the cutoff (little lag).
+    """
+
+    def __init__(self, min_cutoff_hz: float = 1.2, beta: float = 0.6, d_cutoff_hz: float = 2.0) -> None:
+        self.min_cutoff_hz = min_cutoff_hz
+        self.beta = beta
+        self.d_cutoff_hz = d_cutoff_hz
+        self._value: np.ndarray | None = None
+        self._speed: np.ndarray | None = None
+        self._t: float | None = None
+
+    @staticmethod
+    def _alpha(cutoff_hz: np.ndarray | float, dt: float) -> np.ndarray | float:
+        tau = 1.0 / (2.0 * math.pi * cutoff_hz)
+        return 1.0 / (1.0 + tau / dt)
+
+    def reset(self) -> None:
+        self._value = self._speed = self._t = None
+
+    def __call__(self, value: np.ndarray, t: float, scale: float) -> np.ndarray:
+        if self._value is None or self._t is None or t <= self._t:
+            self._value, self._speed, self._t = value.copy(), np.zeros_like(value), t
+            return value.copy()
+        dt = max(t - self._t, 1e-3)
+        speed = (value - self._value) / dt / max(scale, 1e-6)
+        self._speed = self._speed + self._alpha(self.d_cutoff_hz, dt) * (speed - self._speed)
+        # One cutoff per landmark (shared by x, y, z) so a point's axes stay coherent.
+        point_speed = np.linalg.norm(self._speed, axis=-1, keepdims=True)
+        cutoff = self.min_cutoff_hz + self.beta * point_speed
+        self._value = self._value + self._alpha(cutoff, dt) * (value - self._value)
+        self._t = t
+        return self._value.copy()
+
+
+def _landmarks_array(face, width: int, height: int) -> np.ndarray:
+    pts = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
+    pts[:, 0] *= width
+    pts[:, 1] *= height
+    pts[:, 2] *= width  # mediapipe's z uses roughly the x scale
+    return pts
+
+
+class FaceTracker:
+    """``process(frame) -> FaceTrack``, like a mediapipe solution.
+
+    - tracking mode (detector only when the face is lost), 478 points incl. iris;
+    - locks onto one face: the one nearest the previous lock, and only switches to a
+      different face after the locked one has been gone for ``relock_after_s``;
+    - smooths with a One Euro filter;
+    - reports the time since the face was lost.
+    """
+
+    def __init__(
+        self,
+        max_faces: int = 2,
+        track_width: int = 960,
+        smoothing: bool = True,
+        relock_after_s: float = 1.0,
+        min_detection_confidence: float = 0.5,
+        static_images: bool = False,
+    ) -> None:
+        import mediapipe as mp  # heavy import, kept local so `realtime --help` stays fast
+
+        with quiet_native_stderr():
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static_images,
+                max_num_faces=max_faces,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=0.5,
+            )
+            # The first call builds the TFLite delegates, which log on their own.
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+        self.track_width = track_width
+        self._quiet_calls = 2
+        self.relock_after_s = relock_after_s
+        self._filter = OneEuroFilter() if smoothing else None
+        self._locked_centre: np.ndarray | None = None
+        self._locked_size = 0.0
+        self._last_seen_t: float | None = None
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
+        """All faces in the image as (478, 3) pixel arrays, largest first."""
+        height, width = image_bgr.shape[:2]
+        scale = min(1.0, self.track_width / float(width)) if self.track_width else 1.0
+        small = image_bgr if scale == 1.0 else cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        if self._quiet_calls > 0:  # the first real frames also log from native code
+            self._quiet_calls -= 1
+            with quiet_native_stderr():
+                result = self._mesh.process(rgb)
+        else:
+            result = self._mesh.process(rgb)
+        faces = []
+        for face in result.multi_face_landmarks or []:
+            pts = _landmarks_array(face, small.shape[1], small.shape[0])
+            if scale != 1.0:
+                pts /= scale
+            faces.append(pts)
+        faces.sort(key=mesh.face_size, reverse=True)
+        return faces
+
+    def _choose(self, faces: list[np.ndarray], t: float) -> np.ndarray | None:
+        if not faces:
+            return None
+        if self._locked_centre is None:
+            return faces[0]
+        centres = [f[mesh.RIGID, :2].mean(axis=0) for f in faces]
+        distances = [float(np.linalg.norm(c - self._locked_centre)) for c in centres]
+        best = int(np.argmin(distances))
+        if distances[best] < 1.5 * self._locked_size:
+            return faces[best]
+        # Only another face is visible: hold the lock for a while before switching.
+        gone_for = t - (self._last_seen_t if self._last_seen_t is not None else t)
+        if gone_for >= self.relock_after_s:
+            return faces[0]
+        return None
+
+    def process(self, frame: Frame) -> FaceTrack:
+        faces = self.detect(frame.image)
+        chosen = self._choose(faces, frame.t_capture)
+        if chosen is None:
+            lost_for = frame.t_capture - self._last_seen_t if self._last_seen_t is not None else float("inf")
+            if self._filter is not None and lost_for > 0.25:
+                self._filter.reset()  # don't smear the old position into a re-acquired face
+            return FaceTrack(frame=frame, landmarks=None, faces_seen=len(faces), lost_for_s=lost_for)
+        size = mesh.face_size(chosen)
+        self._locked_centre = chosen[mesh.RIGID, :2].mean(axis=0)
+        self._locked_size = size
+        self._last_seen_t = frame.t_capture
+        smoothed = self._filter(chosen, frame.t_capture, size) if self._filter is not None else chosen
+        return FaceTrack(frame=frame, landmarks=smoothed, raw_landmarks=chosen, faces_seen=len(faces))
+
+
+def find_face(image_bgr: np.ndarray) -> np.ndarray | None:
+    """Landmarks (478, 3) of the largest face in a still image, or None."""
+    tracker = FaceTracker(max_faces=4, smoothing=False, static_images=True, track_width=0)
+    try:
+        faces = tracker.detect(image_bgr)
+    finally:
+        tracker.close()
+    return faces[0] if faces else None

@@ -27,11 +27,14 @@ def rasterise_map(
     """
     x0, y0, x1, y1 = roi
     width, height = x1 - x0, y1 - y0
-    grid_w, grid_h = -(-width // stride), -(-height // stride)
+    # One extra grid cell on every side, so pixels at the roi's edges are interpolated
+    # between grid points rather than extrapolated.
+    pad = 1 if stride > 1 else 0
+    grid_w, grid_h = -(-width // stride) + 2 * pad, -(-height // stride) + 2 * pad
     offset = (stride - 1) / 2.0
-    # Grid point (i, j) sits at pixel (x0 + i*stride + offset, y0 + j*stride + offset),
-    # exactly where cv2.resize by `stride` puts the centre of source pixel (i, j).
-    origin = np.array([x0 + offset, y0 + offset])
+    # Grid point (i, j) sits at pixel (x0 + (i - pad)*stride + offset, ...), exactly where
+    # cv2.resize by `stride` puts the centre of source pixel (i, j).
+    origin = np.array([x0 - pad * stride + offset, y0 - pad * stride + offset])
     tri_dst = ((dest[triangles] - origin) / stride).astype(np.float32)  # (T, 3, 2) in grid units
     tri_src = source[triangles].astype(np.float32)
     lo = np.floor(tri_dst.min(axis=1)).astype(np.int64)
@@ -72,7 +75,8 @@ def rasterise_map(
 
     if stride > 1:
         disp = cv2.resize(disp, (grid_w * stride, grid_h * stride), interpolation=cv2.INTER_LINEAR)
-    disp = disp[:height, :width]
+    skip = pad * stride
+    disp = disp[skip : skip + height, skip : skip + width]
     xs = np.arange(x0, x1, dtype=np.float32)
     ys = np.arange(y0, y1, dtype=np.float32)
     map_x = disp[..., 0] + xs[None, :]

@@ -124,8 +124,9 @@ class WarpGenerator:
         size = mesh.face_size(dest)
         # Feather inside the face outline so no avatar skin spills past the user's jaw.
         erode = max(1, int(size * 0.06))
-        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1,) * 2))
-        soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), max(1.0, size * 0.05))
+        inner = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1,) * 2))
+        soft = cv2.GaussianBlur(inner.astype(np.float32) / 255.0, (0, 0), max(1.0, size * 0.05))
+        soft *= mask > 0  # the blur's tail must not reach past the outline either
         return Rendered(
             frame=target.frame, patch=patch, mask=soft, origin=roi[:2], colour_match=True, background=background
         )

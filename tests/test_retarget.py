@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realtime import expression, mesh
+from realtime.frames import FaceTrack, Frame
+from realtime.retarget import RetargetLimits, Retargeter
+from realtime.tracking import find_face
+
+
+@pytest.fixture(scope="module")
+def faces(astronaut):
+    import cv2
+
+    avatar = find_face(astronaut).astype(np.float64)
+    # A differently sized and placed driver: the same face scaled 1.7x and shifted.
+    big = cv2.resize(astronaut, None, fx=1.7, fy=1.7)
+    driver = find_face(big).astype(np.float64)
+    return avatar, driver
+
+
+def _track(landmarks, t=0.0, found=True, lost_for=0.0):
+    frame = Frame(np.zeros((4, 4, 3), np.uint8), 0, t)
+    return FaceTrack(frame=frame, landmarks=landmarks if found else None, lost_for_s=lost_for)
+
+
+def test_neutral_driver_leaves_avatar_unchanged(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    target = retarget.process(_track(driver))
+    assert np.abs(target.landmarks[: mesh.NUM_LANDMARKS] - avatar[:, :2]).max() < 1e-3
+
+
+def test_mouth_and_blink_transfer_normalised_for_face_size(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    retarget.process(_track(driver))  # neutral
+    open_driver = driver.copy()
+    open_driver[:, :2] = expression.close_eyes(expression.open_mouth(driver[:, :2], 0.2), 0.8)
+    target = retarget.process(_track(open_driver, 0.033)).landmarks
+    gain_driver = mesh.mouth_opening(open_driver) - mesh.mouth_opening(driver)
+    gain_avatar = mesh.mouth_opening(target) - mesh.mouth_opening(avatar)
+    assert gain_driver > 0.1
+    assert gain_avatar == pytest.approx(gain_driver, rel=0.15)
+    assert mesh.eye_opening(target) < 0.5 * mesh.eye_opening(avatar)
+
+
+def test_gaze_is_transferred(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    retarget.process(_track(driver))
+    target = retarget.process(_track(expression.look(driver, 0.15), 0.033)).landmarks
+    shift = target[mesh.RIGHT_IRIS_CENTRE, 0] - avatar[mesh.RIGHT_IRIS_CENTRE, 0]
+    eye_width = np.linalg.norm(avatar[33, :2] - avatar[133, :2])
+    assert shift == pytest.approx(0.15 * eye_width, rel=0.2)
+
+
+def test_head_motion_is_relative_scaled_and_clamped(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar, RetargetLimits(max_rotation_deg=20.0, max_translation=0.6))
+    retarget.process(_track(driver))
+    # Move the driver's head by 0.2 of its own face size: the avatar moves 0.2 of its face size.
+    moved = expression.head_pose(driver, 0.0, (0.2, 0.0))
+    target = retarget.process(_track(moved, 0.033)).landmarks
+    dx = target[mesh.RIGID, 0].mean() - avatar[mesh.RIGID, 0].mean()
+    assert dx == pytest.approx(0.2 * mesh.face_size(avatar), rel=0.05)
+    # A 60-degree roll is clamped to 20 degrees.
+    rolled = expression.head_pose(driver, 60.0, (0.0, 0.0))
+    target = retarget.process(_track(rolled, 0.066)).landmarks
+    eye = target[263, :2] - target[33, :2]
+    base = avatar[263, :2] - avatar[33, :2]
+    angle = np.degrees(np.arctan2(eye[1], eye[0]) - np.arctan2(base[1], base[0]))
+    assert angle == pytest.approx(20.0, abs=1.5)
+
+
+def test_lost_face_holds_then_eases_to_neutral(faces):
+    avatar, driver = faces
+    limits = RetargetLimits(hold_s=0.4, ease_s=0.8)
+    retarget = Retargeter(avatar, limits)
+    retarget.process(_track(driver))
+    opened = driver.copy()
+    opened[:, :2] = expression.open_mouth(driver[:, :2], 0.2)
+    live = retarget.process(_track(opened, 0.1)).landmarks
+    held = retarget.process(_track(None, 0.3, found=False, lost_for=0.2))
+    assert not held.face_found
+    assert np.allclose(held.landmarks, live, atol=1e-3)
+    halfway = retarget.process(_track(None, 0.9, found=False, lost_for=0.8)).landmarks
+    assert mesh.mouth_opening(avatar) < mesh.mouth_opening(halfway) < mesh.mouth_opening(live)
+    neutral = retarget.process(_track(None, 2.0, found=False, lost_for=1.5)).landmarks
+    assert np.abs(neutral[: mesh.NUM_LANDMARKS] - avatar[:, :2]).max() < 1e-3
+
+
+def test_recalibrate_takes_a_new_neutral(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    retarget.process(_track(driver))
+    opened = driver.copy()
+    opened[:, :2] = expression.open_mouth(driver[:, :2], 0.2)
+    assert mesh.mouth_opening(retarget.process(_track(opened, 0.1)).landmarks) > mesh.mouth_opening(avatar) + 0.1
+    retarget.recalibrate()
+    # The open mouth is now "neutral": the avatar returns to its own mouth.
+    target = retarget.process(_track(opened, 0.2)).landmarks
+    assert mesh.mouth_opening(target) == pytest.approx(mesh.mouth_opening(avatar), abs=1e-3)

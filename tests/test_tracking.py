@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realtime import mesh
+from realtime.frames import Frame
+from realtime.tracking import FaceTracker, OneEuroFilter, find_face
+from tests.conftest import media
+
+
+def test_finds_478_points_with_iris_on_a_portrait(astronaut):
+    landmarks = find_face(astronaut)
+    assert landmarks is not None and landmarks.shape == (478, 3)
+    # Each iris centre lies between its own eye's corners.
+    for iris, outer, inner in ((mesh.RIGHT_IRIS_CENTRE, 33, 133), (mesh.LEFT_IRIS_CENTRE, 263, 362)):
+        lo, hi = sorted((landmarks[outer, 0], landmarks[inner, 0]))
+        assert lo < landmarks[iris, 0] < hi
+
+
+def test_no_face_in_negatives():
+    from realtime.media import read_image
+
+    for name in ("negatives/liveportrait_s39.jpg", "negatives/liveportrait_s23.jpg"):
+        assert find_face(read_image(str(media(name)))) is None
+
+
+def test_one_euro_smooths_a_still_face_but_follows_a_jump():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(100, 300, size=(478, 3))
+    smooth = OneEuroFilter()
+    still_out = []
+    for i in range(60):
+        noisy = truth + rng.normal(0, 1.0, truth.shape)
+        still_out.append(smooth(noisy, i / 30, scale=80.0))
+    jitter_in = 1.0
+    jitter_out = np.std(np.diff(np.array(still_out[30:]), axis=0)) / np.sqrt(2)
+    assert jitter_out < 0.5 * jitter_in
+    # A fast move of half a face: within 5 frames (166 ms) most of it has been followed.
+    moved = truth + 40.0
+    for i in range(60, 65):
+        out = smooth(moved, i / 30, scale=80.0)
+    assert np.abs(out - moved).mean() < 0.2 * 40.0
+
+
+def _two_faces(astronaut: np.ndarray, left_scale: float = 1.0) -> np.ndarray:
+    import cv2
+
+    face = astronaut[0:300, 80:330]
+    left = cv2.resize(face, None, fx=left_scale, fy=left_scale)
+    canvas = np.full((360, 700, 3), 200, np.uint8)
+    canvas[: left.shape[0], : left.shape[1]] = left
+    canvas[: face.shape[0], 420 : 420 + face.shape[1]] = face[:, ::-1]
+    return canvas
+
+
+def _centre_x(track) -> float:
+    return float(track.landmarks[mesh.RIGID, 0].mean())
+
+
+def test_locks_onto_one_face_and_does_not_jump(astronaut):
+    tracker = FaceTracker(max_faces=2, relock_after_s=1.0)
+    both = _two_faces(astronaut, left_scale=1.15)  # the left face is larger: locked first
+    first = tracker.process(Frame(both, 0, 0.0))
+    assert first.found and first.faces_seen == 2
+    locked_x = _centre_x(first)
+    assert locked_x < 350
+    for i in range(1, 6):
+        track = tracker.process(Frame(both, i, i / 30))
+        assert abs(_centre_x(track) - locked_x) < 20
+    # The locked face leaves; the other one stays. Within the relock time: "lost", no jump.
+    only_right = both.copy()
+    only_right[:, :400] = 200
+    track = tracker.process(Frame(only_right, 6, 0.4))
+    assert not track.found and track.faces_seen == 1
+    assert track.lost_for_s == pytest.approx(0.4 - 5 / 30, abs=1e-6)
+    # After the relock time the remaining face is taken.
+    track = tracker.process(Frame(only_right, 7, 1.5))
+    assert track.found and _centre_x(track) > 400

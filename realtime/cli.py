@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(render)
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
+
+    ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
+    ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
+    ev.add_argument("--generator", nargs="+", default=["warp"], help="generators to compare side by side")
+    ev.add_argument("--provider", action="append", default=None)
+    ev.add_argument("--max-frames", type=int, default=120)
+    ev.add_argument("--json", default=None, help="write the scores here")
+    ev.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
     return parser
 
 
@@ -204,13 +212,37 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices}
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from realtime.evaluate import contact_sheet, evaluate_clip, format_table, summarise
+    from realtime.metrics import machine_description, write_json
+
+    scores = {name: [] for name in args.generator}
+    for clip in tqdm(args.data, unit="clip"):
+        for name in args.generator:
+            scores[name].append(evaluate_clip(clip, name, args.max_frames, args.provider))
+    summary = {name: summarise(s) for name, s in scores.items()}
+    print(format_table(summary))
+    if args.json:
+        write_json(args.json, {"generators": summary, "max_frames": args.max_frames, "machine": machine_description()})
+        print(f"scores: {args.json}")
+    if args.sheet:
+        contact_sheet(scores, args.sheet)
+        print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
     # mediapipe's native logging would otherwise bury our one-line errors.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Nor may FFmpeg's (inside cv2.VideoCapture): "moov atom not found" on a corrupt video
+    # would precede the one-line error. -8 is AV_LOG_QUIET; read when cv2 first opens a video.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

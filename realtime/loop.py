@@ -359,8 +359,22 @@ class Engine:
 
     # -- output (runs in the caller's thread, so a window sink lives on the main thread) --
     def run(self, seconds: float | None = None) -> dict:
-        for guard in self.guards:
-            guard.open()  # the first open fails loudly: a missing device is the user's to fix
+        opened: list[SinkGuard] = []
+        try:
+            for guard in self.guards:
+                guard.open()  # the first open fails loudly: a missing device is the user's to fix
+                opened.append(guard)
+        except BaseException:
+            # Don't leave the sinks that did open behind (a FileSink's ffmpeg and temp file).
+            for guard in opened:
+                try:
+                    guard.close()
+                except Exception as exc:
+                    logger.error("closing sink %s failed: %s", guard.sink.name, exc)
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                close()
+            raise
         neutral = self.processor.neutral_image()
         last = Output(image=neutral, index=-1, t_capture=time.monotonic(), face_found=False)
         self.metrics.t_start = time.monotonic()

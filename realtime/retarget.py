@@ -45,7 +45,9 @@ def _clamp_rotation(rotation: np.ndarray, max_deg: float, gain: float) -> np.nda
 class Retargeter:
     """``process(track) -> Target`` in the avatar's canvas coordinates."""
 
-    def __init__(self, avatar_landmarks: np.ndarray, limits: RetargetLimits | None = None) -> None:
+    def __init__(
+        self, avatar_landmarks: np.ndarray, limits: RetargetLimits | None = None, adaptive_neutral: bool = True
+    ) -> None:
         self.avatar = avatar_landmarks[: mesh.NUM_LANDMARKS].astype(np.float64)
         self.limits = limits or RetargetLimits()
         self.neutral: np.ndarray | None = None
@@ -53,6 +55,40 @@ class Retargeter:
         self._last_target = self.avatar.copy()
         self._avatar_centre = self.avatar[mesh.RIGID].mean(axis=0)
         self._avatar_size = mesh.face_size(self.avatar)
+        self.adaptive_neutral = adaptive_neutral
+        # Regions of the driver's neutral that adapt: everything below the nose (mouth and
+        # jaw), and the eyelids with the irises.
+        below_nose = self.avatar[:, 1] > self.avatar[mesh.NOSE_BOTTOM, 1]
+        self._mouth_region = np.flatnonzero(below_nose)
+        self._eye_region = np.array(mesh.RIGHT_EYE + mesh.LEFT_EYE + mesh.RIGHT_IRIS + mesh.LEFT_IRIS)
+
+    def _adapt_neutral(self, unposed: np.ndarray) -> None:
+        """Pull the neutral towards a closed mouth and open eyes.
+
+        A neutral taken mid-word or mid-blink would make every later frame look "more
+        closed" than neutral, and a portrait (closed mouth, open eyes) could then never
+        open its mouth. Whenever the driver's mouth is more closed, or its eyes more
+        open, than the neutral's, that region of the neutral is replaced.
+        """
+        neutral = self.neutral
+        if mesh.mouth_opening(unposed) < mesh.mouth_opening(neutral) - 0.004:
+            neutral[self._mouth_region] = unposed[self._mouth_region]
+        if mesh.eye_opening(unposed) > mesh.eye_opening(neutral) + 0.01:
+            neutral[self._eye_region] = unposed[self._eye_region]
+
+    @staticmethod
+    def _closed_mouth(driver: np.ndarray) -> np.ndarray:
+        """The driver's face with its mouth closed: the best neutral guess when the first
+        frame catches it mid-word (later frames refine it, see ``_adapt_neutral``)."""
+        from realtime.expression import open_mouth
+
+        opening = mesh.mouth_opening(driver)
+        if opening < 0.15:  # closed, or a smile that shows teeth (about 0.1): keep as it is
+            return driver.copy()
+        closed = driver.copy()
+        # open_mouth widens the inner-lip gap by 1.08 x amount face sizes.
+        closed[:, :2] = open_mouth(driver[:, :2], -opening / 1.08)
+        return closed
 
     def recalibrate(self) -> None:
         """Take the driver's next tracked face as its neutral reference."""
@@ -67,6 +103,8 @@ class Retargeter:
         scale, rotation, translation = mesh.umeyama(neutral[mesh.RIGID], driver[mesh.RIGID])
         # Expression: undo the pose, compare with the neutral, in driver units.
         unposed = (driver - translation) @ rotation / scale
+        if self.adaptive_neutral:
+            self._adapt_neutral(unposed)
         expression = unposed - neutral
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
@@ -87,7 +125,10 @@ class Retargeter:
         if track.found:
             driver = track.landmarks.astype(np.float64)
             if self._recalibrate or self.neutral is None:
-                self.neutral = driver.copy()
+                # At start the face may be caught mid-word; a neutral the user asked for is
+                # taken exactly as it is.
+                automatic = self.neutral is None and self.adaptive_neutral
+                self.neutral = self._closed_mouth(driver) if automatic else driver.copy()
                 self._recalibrate = False
             landmarks = self.transfer(driver)
             self._last_target = landmarks

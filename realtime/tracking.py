@@ -43,7 +43,7 @@ class OneEuroFilter:
     a still face is smoothed hard (no jitter), fast motion opens the cutoff (little lag).
     """
 
-    def __init__(self, min_cutoff_hz: float = 1.2, beta: float = 0.6, d_cutoff_hz: float = 2.0) -> None:
+    def __init__(self, min_cutoff_hz: float = 1.2, beta: float = 3.0, d_cutoff_hz: float = 3.0) -> None:
         self.min_cutoff_hz = min_cutoff_hz
         self.beta = beta
         self.d_cutoff_hz = d_cutoff_hz

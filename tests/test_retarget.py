@@ -102,3 +102,16 @@ def test_recalibrate_takes_a_new_neutral(faces):
     # The open mouth is now "neutral": the avatar returns to its own mouth.
     target = retarget.process(_track(opened, 0.2)).landmarks
     assert mesh.mouth_opening(target) == pytest.approx(mesh.mouth_opening(avatar), abs=1e-3)
+
+
+def test_neutral_caught_mid_word_still_lets_the_avatar_talk(faces):
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    wide = driver.copy()
+    wide[:, :2] = expression.open_mouth(driver[:, :2], 0.2)
+    first = retarget.process(_track(wide)).landmarks  # the neutral is taken with an open mouth
+    assert mesh.mouth_opening(first) > mesh.mouth_opening(avatar) + 0.1
+    closed = retarget.process(_track(driver, 0.033)).landmarks
+    assert mesh.mouth_opening(closed) < mesh.mouth_opening(first) - 0.15
+    reopened = retarget.process(_track(wide, 0.066)).landmarks
+    assert mesh.mouth_opening(reopened) > mesh.mouth_opening(closed) + 0.15

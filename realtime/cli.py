@@ -83,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)
 
+    bench = sub.add_parser("bench", help="camera-to-output latency percentiles, deadline misses, naive comparison")
+    bsrc = bench.add_mutually_exclusive_group()
+    bsrc.add_argument("--input", default=None, help="video file, looped (default: the built-in driver)")
+    bsrc.add_argument("--camera", type=int, default=None)
+    bench.add_argument("--avatar", default="builtin")
+    _add_pipeline_options(bench)
+    pace = bench.add_mutually_exclusive_group()
+    pace.add_argument("--fps", type=_positive, default=None, help="pace the input at this fps (default: its own)")
+    pace.add_argument("--unpaced", action="store_true", help="read the input as fast as possible")
+    bench.add_argument("--seconds", type=_positive, default=20.0)
+    bench.add_argument("--budget-ms", type=_positive, default=None)
+    bench.add_argument("--sink", action="append", default=None, help="null (default) or virtualcam[:BACKEND]")
+    bench.add_argument("--json", default=None)
+    bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
+    bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
 
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
@@ -96,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- building blocks ------------------------------------------------------------------
-def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int] | None, driver_size=None):
+def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int] | None, driver_size=None,
+               live: bool = True):
     from realtime.avatar import load_avatar
     from realtime.controls import Controls
     from realtime.generators.registry import build_generators
@@ -111,7 +128,8 @@ def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int]
     else:
         output_size = avatar.size
     controls = Controls(mode=args.mode)
-    processor = FrameProcessor(avatar, generators, FaceTracker(), controls, Metrics(), output_size)
+    # Live: mediapipe runs in its own process so tracking overlaps with rendering.
+    processor = FrameProcessor(avatar, generators, FaceTracker(isolated=live), controls, Metrics(), output_size)
     return processor
 
 
@@ -151,7 +169,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     name, provider = _generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
     engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms)
-    summary = engine.run(seconds=args.seconds)
+    try:
+        summary = engine.run(seconds=args.seconds)
+    finally:
+        processor.close()
     summary.update(generator=name, provider=provider, mode=args.mode,
                    size=f"{processor.output_size[0]}x{processor.output_size[1]}",
                    budget_ms=round(engine.budget_s * 1000.0, 2), machine=machine_description())
@@ -165,10 +186,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     from realtime.sources import VideoFileSource
 
     source = VideoFileSource(args.driver, paced=False)
-    processor = _processor(args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2))
+    processor = _processor(args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2), live=False)
     sink = FileSink(args.out, audio_from=args.driver)
     t0 = time.monotonic()
-    summary = render_offline(source, processor, [sink], fps=source.fps)
+    try:
+        summary = render_offline(source, processor, [sink], fps=source.fps)
+    finally:
+        processor.close()
     name, provider = _generator_info(processor)
     summary.update(generator=name, provider=provider, mode=args.mode, driver_fps=source.fps,
                    wall_s=round(time.monotonic() - t0, 2))
@@ -198,7 +222,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out = os.path.abspath(args.out)
         sinks, seconds = [FileSink(out)], args.seconds or 10.0
     engine = Engine(source, processor, sinks, fps=30.0)
-    summary = engine.run(seconds=seconds)
+    try:
+        summary = engine.run(seconds=seconds)
+    finally:
+        processor.close()
     _finish(summary, None)
     if out:
         print(f"no display: wrote {out}")
@@ -209,6 +236,69 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from realtime.devices import format_report, probe_devices
 
     print(format_report(probe_devices()))
+    return 0
+
+
+def _bench_source(args: argparse.Namespace, size: tuple[int, int]):
+    from realtime.sources import BuiltinDriverSource, CameraSource, VideoFileSource
+
+    if args.camera is not None:
+        return CameraSource(args.camera, size[0], size[1], args.fps or 30.0)
+    if args.input:
+        source = VideoFileSource(args.input, paced=not args.unpaced, loop=True)
+        if args.fps:
+            source.fps = args.fps
+        return source
+    return BuiltinDriverSource(640, 480, args.fps or 30.0, paced=not args.unpaced)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from realtime import bench
+    from realtime.loop import Engine
+    from realtime.metrics import write_json
+    from realtime.sinks import make_sink
+
+    size = args.size or (1280, 720)
+    processor = _processor(args.avatar, args, size, size)
+    runs: dict[str, tuple[dict, object]] = {}
+    info = bench.bench_info(processor, args)
+    kinds = ["engine", "naive"] if args.compare_naive else ["engine"]
+    for kind in kinds:
+        proc = processor if kind == "engine" else bench.fresh(processor)
+        source = _bench_source(args, size)
+        fps = getattr(source, "fps", 30.0) or 30.0
+        budget_ms = args.budget_ms or 2000.0 / fps
+        sinks = [make_sink(spec, proc.controls) for spec in (args.sink or ["null"])]
+        meter = bench.ResourceMeter()
+        try:
+            if kind == "engine":
+                summary = Engine(source, proc, sinks, fps=fps, budget_ms=budget_ms).run(seconds=args.seconds)
+            else:
+                summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)
+        finally:
+            proc.close()
+        runs[kind] = (bench.annotate(summary, proc.metrics, budget_ms, meter.stop()), proc.metrics)
+        runs[kind][0].update(info, input=args.input or ("camera" if args.camera is not None else "builtin"),
+                             input_fps=round(fps, 3))
+    summaries = {k: v[0] for k, v in runs.items()}
+    print(bench.format_table(summaries))
+    result = dict(summaries["engine"])
+    if args.compare_naive:
+        engine, naive = summaries["engine"], summaries["naive"]
+        result["naive"] = naive
+        result["engine_vs_naive"] = {
+            "p95_latency_ratio": round(naive["latency_ms"]["p95"] / max(engine["latency_ms"]["p95"], 1e-6), 3),
+            "throughput_ratio": round(engine["fps"] / max(naive["fps"], 1e-6), 3),
+        }
+        r = result["engine_vs_naive"]
+        print(f"engine vs naive: p95 latency {r['p95_latency_ratio']:.2f}x lower, throughput {r['throughput_ratio']:.2f}x")
+    if args.json:
+        write_json(args.json, result)
+        print(f"json: {args.json}")
+    if args.plot:
+        title = f"{info['generator']} {info['size']} {'paced' if info['paced'] else 'unpaced'} — {info['machine']}"
+        bench.plot(runs, args.plot, title)
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -233,7 +323,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices, "eval": cmd_eval}
+COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices, "eval": cmd_eval,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

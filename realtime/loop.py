@@ -36,17 +36,20 @@ logger = logging.getLogger(__name__)
 class LatestSlot:
     """A one-item leaky queue: ``put`` replaces what is waiting (counted as overwritten)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_overwrite: Callable[[], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._item: Any = None
         self._has = False
         self._closed = False
+        self._on_overwrite = on_overwrite
         self.overwritten = 0
 
     def put(self, item: Any) -> None:
         with self._cond:
             if self._has:
                 self.overwritten += 1
+                if self._on_overwrite is not None:
+                    self._on_overwrite()
             self._item, self._has = item, True
             self._cond.notify_all()
 
@@ -209,6 +212,9 @@ class FrameProcessor:
     def process(self, frame: Frame) -> Output:
         return self.render(self.track(frame))
 
+    def close(self) -> None:
+        self.tracker.close()
+
 
 class SinkGuard:
     """Keeps one failing sink from taking the others down: log once, retry with backoff."""
@@ -276,9 +282,10 @@ class Engine:
         self.fps = fps
         self.budget_s = (budget_ms if budget_ms is not None else 2000.0 / fps) / 1000.0
         self.guards = [SinkGuard(sink, processor.output_size, fps) for sink in sinks]
-        self._captured = LatestSlot()
-        self._tracked = LatestSlot()
-        self._rendered = LatestSlot()
+        # A frame replaced in a hand-off never reaches the sink: a deadline miss too.
+        self._captured = LatestSlot(lambda: self.metrics.add_drop("skipped_before_track"))
+        self._tracked = LatestSlot(lambda: self.metrics.add_drop("skipped_before_render"))
+        self._rendered = LatestSlot(lambda: self.metrics.add_drop("skipped_before_sink"))
         self._stop = threading.Event()
         self._errors = OnceLogger()
 

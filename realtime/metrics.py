@@ -46,6 +46,7 @@ class Metrics:
         self.stage_ms: dict[str, list[float]] = defaultdict(list)
         self.latency_ms: list[float] = []
         self.emit_times: list[float] = []
+        self.latency_times: list[float] = []  # emit time of each latency sample (new frames)
         self.dropped: dict[str, int] = defaultdict(int)
         self.captured = 0
         self.repeats = 0
@@ -73,6 +74,7 @@ class Metrics:
     def add_output(self, latency_ms: float, t_emit: float, face_found: bool) -> None:
         with self._lock:
             self.latency_ms.append(latency_ms)
+            self.latency_times.append(t_emit)
             self.emit_times.append(t_emit)
             self.faces_found += int(face_found)
 

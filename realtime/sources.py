@@ -122,14 +122,17 @@ class VideoFileSource:
             ok, image = self._cap.read()
         if not ok or image is None:
             return None
+        t_capture = time.monotonic()
         if self.paced:
             if self._start is None:
-                self._start = time.monotonic()
-            due = self._start + self._index / self.fps
-            delay = due - time.monotonic()
+                self._start = t_capture
+            # A camera delivers frame i at its due time whether or not we are ready for
+            # it; stamping the due time makes a reader that falls behind show up as latency.
+            t_capture = self._start + self._index / self.fps
+            delay = t_capture - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        frame = Frame(image=image, index=self._index, t_capture=time.monotonic())
+        frame = Frame(image=image, index=self._index, t_capture=t_capture)
         self._index += 1
         return frame
 

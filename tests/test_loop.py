@@ -33,6 +33,8 @@ FPS = 30.0
 INTERVAL = 1.0 / FPS
 # A sink must never wait this long for its next frame (new or repeated): 3 frame intervals.
 MAX_GAP = 3 * INTERVAL
+# Tests about failures, not latency, use a loose budget: on a loaded machine they still see frames.
+LOOSE_BUDGET_MS = 500.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -334,7 +336,7 @@ def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, drive
 def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver_frames):
     source = StallingSource(driver_frames, stall_after=15, stall_s=1.5)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS)
+    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
     summary = engine.run(seconds=3.0)
 
     assert source.stall_started is not None and source.stall_ended is not None
@@ -349,7 +351,7 @@ def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver
 def test_a_failing_source_is_survived_and_counted(builtin_avatar, driver_frames, loop_logs):
     source = FailingSource(driver_frames, fail_after=10)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS)
+    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
     summary = engine.run(seconds=2.5)
 
     assert source.first_failure is not None
@@ -365,12 +367,12 @@ def test_a_failing_source_is_survived_and_counted(builtin_avatar, driver_frames,
 def test_a_source_that_reopens_resumes_live_frames(builtin_avatar, driver_frames, loop_logs):
     source = ReopenableSource(driver_frames, fail_after=10)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS)
+    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
     summary = engine.run(seconds=2.5)
 
     assert source.reopens >= 1 and summary["errors"]["capture"] >= 1
     resumed = [t for t, _, index in sink.new_frames() if index >= 10]  # read after the failure
-    assert len(resumed) >= 15 and min(resumed) > source.first_failure  # live again after reconnecting
+    assert len(resumed) >= 5 and min(resumed) > source.first_failure  # live again after reconnecting
     assert sink.max_gap() < MAX_GAP, sink.max_gap()
     assert messages(loop_logs, "source reconnected")
 
@@ -378,7 +380,7 @@ def test_a_source_that_reopens_resumes_live_frames(builtin_avatar, driver_frames
 def test_a_failing_sink_is_retried_while_the_other_gets_every_frame(builtin_avatar, driver_frames, loop_logs):
     good = RecordingSink("good")
     flaky = FlakySink("flaky", fail_calls={10, 11})  # fails, fails again on the first retry, recovers
-    engine = Engine(FramesSource(driver_frames), make_processor(builtin_avatar), [good, flaky], fps=FPS)
+    engine = Engine(FramesSource(driver_frames), make_processor(builtin_avatar), [good, flaky], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
     summary = engine.run(seconds=3.0)
 
     assert len(good.sent) == summary["frames"] + summary["repeats"]  # every emitted frame
@@ -471,14 +473,18 @@ def test_lost_face_in_reenact_shows_the_avatar_never_the_driver(builtin_avatar, 
     for out, image in zip(outs, driver):
         assert diff(out.image, image) > 20.0, out.index  # never the raw driver frame
     # Tracked: the avatar moves away from its neutral pose.
-    assert max(diff(outs[i].image, neutral) for i in range(20)) > 2.0
-    # Lost: hold the last pose (0.4 s), then ease to neutral (0.8 s), then stay neutral.
-    hold, settled = 20 + int(0.4 * FPS) - 1, 20 + int((0.4 + 0.8) * FPS) + 1
-    for i in range(20, hold):
-        assert diff(outs[i].image, outs[19].image) < 0.5, i
-    assert diff(outs[hold].image, neutral) > 1.0
+    assert diff(outs[19].image, neutral) > 1.0
+    # Lost at frame 20: hold the last pose for 0.4 s, ease to neutral over 0.8 s, stay there.
+    last_seen = 19
+    hold_end = last_seen + int(0.4 * FPS)  # last frame still held
+    settled = last_seen + int((0.4 + 0.8) * FPS) + 1
+    for i in range(20, hold_end + 1):
+        assert diff(outs[i].image, outs[last_seen].image) < 0.1, i
+    easing = [diff(outs[i].image, neutral) for i in range(hold_end, settled)]
+    assert all(b <= a + 0.02 for a, b in zip(easing, easing[1:])), easing  # a glide, no jump back
+    assert 0.2 < easing[len(easing) // 2] < easing[0] - 0.2  # halfway is in between
     for i in range(settled, 80):
-        assert diff(outs[i].image, neutral) < 1.0, i
+        assert diff(outs[i].image, neutral) < 0.1, i
     assert any(outs[i].face_found for i in range(80, len(outs)))  # found again
 
 

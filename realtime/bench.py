@@ -1,0 +1,151 @@
+"""`realtime bench`: the real live loop measured like a deadline, optionally against a naive loop.
+
+The engine run is `realtime run` with a null (or virtual camera) sink. The naive loop is
+what most tools do: read → track → generate → blend → write in one thread, never
+dropping, so it falls behind whenever a frame takes longer than the frame interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from realtime.metrics import Metrics, machine_description
+
+logger = logging.getLogger(__name__)
+
+
+class ResourceMeter:
+    """CPU utilisation (percent of all cores) and RSS over a run."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._cpu0 = self._process.cpu_times()
+        self._t0 = time.monotonic()
+        self.rss_start_mb = self._process.memory_info().rss / 2**20
+
+    def stop(self) -> dict[str, float]:
+        cpu = self._process.cpu_times()
+        wall = max(time.monotonic() - self._t0, 1e-6)
+        used = (cpu.user - self._cpu0.user) + (cpu.system - self._cpu0.system)
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_mb = peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
+        return {
+            "cpu_percent": round(100.0 * used / wall / (os.cpu_count() or 1), 1),
+            "cpu_cores_used": round(used / wall, 2),
+            "rss_start_mb": round(self.rss_start_mb, 1),
+            "rss_end_mb": round(self._process.memory_info().rss / 2**20, 1),
+            "peak_rss_mb": round(peak_mb, 1),
+        }
+
+
+def run_naive(source: Any, processor: Any, sinks: list[Any], seconds: float | None) -> dict:
+    """One thread, every frame in order, nothing dropped: the baseline the engine must beat."""
+    metrics = processor.metrics
+    for sink in sinks:
+        sink.open(processor.output_size[0], processor.output_size[1], getattr(source, "fps", 30.0))
+    metrics.t_start = time.monotonic()
+    deadline = metrics.t_start + seconds if seconds else float("inf")
+    try:
+        while time.monotonic() < deadline:
+            frame = source.read()
+            if frame is None:
+                break
+            metrics.add_captured()
+            out = processor.process(frame)
+            t0 = time.perf_counter()
+            for sink in sinks:
+                sink.send(out)
+            now = time.monotonic()
+            metrics.add_stage("sink", (time.perf_counter() - t0) * 1000.0)
+            metrics.add_output((now - frame.t_capture) * 1000.0, now, out.face_found)
+    finally:
+        metrics.t_end = time.monotonic()
+        source.close()
+        for sink in sinks:
+            sink.close()
+    return metrics.summary()
+
+
+def annotate(summary: dict, metrics: Metrics, budget_ms: float, meter: dict) -> dict:
+    late = int(np.sum(np.asarray(metrics.latency_ms) > budget_ms))
+    summary["late_frames"] = late
+    summary["deadline_misses"] = int(summary["dropped"]) + late
+    summary["budget_ms"] = round(budget_ms, 2)
+    summary.update(meter)
+    return summary
+
+
+def plot(results: dict[str, tuple[dict, Metrics]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for name, (summary, metrics) in results.items():
+        t = np.asarray(metrics.latency_times) - (metrics.t_start or 0.0)
+        lat = np.asarray(metrics.latency_ms)
+        ax_time.plot(t, lat, lw=0.8, label=f"{name}: p95 {summary['latency_ms']['p95']:.1f} ms")
+        if lat.size:
+            ax_hist.hist(lat, bins=60, alpha=0.6, label=name)
+    budget = next(iter(results.values()))[0].get("budget_ms")
+    if budget:
+        ax_time.axhline(budget, color="red", ls="--", lw=1, label=f"budget {budget:.0f} ms")
+        ax_hist.axvline(budget, color="red", ls="--", lw=1)
+    ax_time.set_xlabel("time (s)")
+    ax_time.set_ylabel("capture → sink latency (ms)")
+    ax_time.legend(fontsize=8)
+    ax_hist.set_xlabel("latency (ms)")
+    ax_hist.set_ylabel("frames")
+    ax_hist.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = []
+    for name, s in results.items():
+        lat = s["latency_ms"]
+        lines.append(
+            f"[{name}] frames {s['frames']}  fps {s['fps']:.1f}  capture→sink p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}"
+            f"  p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms  deadline misses {s['deadline_misses']}"
+            f" (dropped {s['dropped']}, late {s['late_frames']})  cpu {s['cpu_percent']:.0f}%  peak rss {s['peak_rss_mb']:.0f} MB"
+        )
+        lines.append(f"  {'stage':<10}{'p50':>8}{'p95':>8}{'p99':>8}  ms")
+        for stage, v in s["stages"].items():
+            lines.append(f"  {stage:<10}{v['p50']:>8.2f}{v['p95']:>8.2f}{v['p99']:>8.2f}")
+    return "\n".join(lines)
+
+
+def bench_info(processor: Any, args: Any) -> dict:
+    generator = processor.generators.for_mode(processor.controls.mode)
+    return {
+        "generator": getattr(generator, "name", "warp"),
+        "provider": getattr(generator, "provider", "numpy+opencv (CPU)"),
+        "size": f"{processor.output_size[0]}x{processor.output_size[1]}",
+        "machine": machine_description(),
+        "paced": not args.unpaced,
+    }
+
+
+def fresh(processor: Any) -> Any:
+    """A processor with the same avatar and generators but new tracker state and metrics."""
+    from realtime.loop import FrameProcessor
+    from realtime.tracking import FaceTracker
+
+    from realtime.controls import Controls
+
+    controls = Controls(mode=processor.controls.mode)
+    return FrameProcessor(processor.avatar, processor.generators, FaceTracker(), controls, Metrics(),
+                          processor.output_size, processor.limits)

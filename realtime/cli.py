@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
 
+    train = sub.add_parser("train", help="train a model (needs the 'train' extra: torch)")
+    train_sub = train.add_subparsers(dest="model", required=True, parser_class=_Parser)
+    refiner = train_sub.add_parser("refiner", help="the face refiner used by the learned generator")
+    refiner.add_argument("--data", nargs="+", required=True, help="videos, cached clips (.npz) or folders of them")
+    refiner.add_argument("--out", required=True, help="run folder (checkpoints, samples, log)")
+    refiner.add_argument("--steps", type=int, default=None)
+    refiner.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    refiner.add_argument("--eval-every", type=int, default=None)
+    refiner.add_argument("--batch", type=int, default=None)
+    refiner.add_argument("--pairs-per-clip", type=int, default=None)
+    refiner.add_argument("--workers", type=int, default=None, help="processes that build training pairs")
+    refiner.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    refiner.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
+
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
     ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
     ev.add_argument("--generator", nargs="+", default=["warp"], help="generators to compare side by side")
@@ -164,12 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = _live_source(args, size)
     driver_size = (source.width, source.height) if hasattr(source, "width") else size
     processor = _processor(args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size)
-    fps = args.fps or getattr(source, "fps", 30.0) or 30.0
-    sinks = [make_sink(spec, processor.controls) for spec in (args.sink or ["virtualcam"])]
-    name, provider = _generator_info(processor)
-    logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-    engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms)
-    try:
+    try:  # from here on the tracker process and its shared memory must be released on any error
+        fps = args.fps or getattr(source, "fps", 30.0) or 30.0
+        sinks = [make_sink(spec, processor.controls) for spec in (args.sink or ["virtualcam"])]
+        name, provider = _generator_info(processor)
+        logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
+        engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms)
         summary = engine.run(seconds=args.seconds)
     finally:
         processor.close()
@@ -302,6 +316,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("training needs PyTorch: pip install 'realtime[train]'") from None
+    from pathlib import Path
+
+    from realtime.train.refiner import Config, train
+
+    cfg = Config(data=list(args.data))
+    for name in ("steps", "max_minutes", "eval_every", "batch", "pairs_per_clip", "workers", "device"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    result = train(cfg, Path(args.out), resume=not args.fresh)
+    final = result["final"]
+    print(f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
+          f"validation {final.get('val')}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -324,7 +359,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices, "eval": cmd_eval,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

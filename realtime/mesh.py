@@ -7,8 +7,11 @@ read-only afterwards.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+TOPOLOGY_FILE = Path(__file__).resolve().parent / "data" / "face_mesh_topology.npz"
 
 NUM_LANDMARKS = 478
 MOUTH_CENTRE = 478  # synthetic vertex: mean of the inner lip, so the mouth hole can be triangulated
@@ -33,7 +36,8 @@ NOSE_BOTTOM = 2
 RIGID = [1, 4, 5, 6, 168, 197, 195, 10, 151, 9, 8, 33, 263, 133, 362, 234, 454, 127, 356, 93, 323, 132, 361]
 
 
-def _ordered_loop(edges: set[tuple[int, int]]) -> list[int]:
+def ordered_loop(edges: set[tuple[int, int]]) -> list[int]:
+    """Vertices of a closed loop given as an unordered set of edges, in walking order."""
     neighbours: dict[int, list[int]] = {}
     for a, b in edges:
         neighbours.setdefault(a, []).append(b)
@@ -50,28 +54,33 @@ def _ordered_loop(edges: set[tuple[int, int]]) -> list[int]:
     return loop
 
 
-@lru_cache(maxsize=1)
-def face_oval() -> np.ndarray:
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
-    return np.array(_ordered_loop(set(fmc.FACEMESH_FACE_OVAL)), dtype=np.int32)
-
-
-@lru_cache(maxsize=1)
-def skin_triangles() -> np.ndarray:
-    """(T, 3) triangles of mediapipe's tessellation, recovered as 3-cliques of its edges."""
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
+def triangles_from_edges(edges: set[tuple[int, int]]) -> np.ndarray:
+    """Triangles of a mesh given by its edges, recovered as 3-cliques."""
     neighbours: dict[int, set[int]] = {}
-    for a, b in fmc.FACEMESH_TESSELATION:
+    for a, b in edges:
         neighbours.setdefault(a, set()).add(b)
         neighbours.setdefault(b, set()).add(a)
-    triangles = {
-        tuple(sorted((a, b, c)))
-        for a, b in fmc.FACEMESH_TESSELATION
-        for c in neighbours[a] & neighbours[b]
-    }
+    triangles = {tuple(sorted((a, b, c))) for a, b in edges for c in neighbours[a] & neighbours[b]}
     return np.array(sorted(triangles), dtype=np.int32)
+
+
+@lru_cache(maxsize=1)
+def _topology() -> dict[str, np.ndarray]:
+    # Derived once from mediapipe's FACEMESH_TESSELATION and FACEMESH_FACE_OVAL (see
+    # tests/test_mesh.py, which checks it still matches), so model training can run on
+    # machines without mediapipe.
+    with np.load(TOPOLOGY_FILE) as data:
+        return {name: data[name] for name in data.files}
+
+
+def face_oval() -> np.ndarray:
+    """The face outline, as an ordered loop of 36 landmark indices."""
+    return _topology()["face_oval"]
+
+
+def skin_triangles() -> np.ndarray:
+    """(T, 3) triangles of mediapipe's tessellation."""
+    return _topology()["skin_triangles"]
 
 
 def _fan(loop: list[int], centre: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -62,7 +63,9 @@ class FramesSource:
         if not self.loop and self.index >= len(self.images):
             return None
         self._pace()
-        frame = Frame(image=self.images[self.index % len(self.images)], index=self.index, t_capture=time.monotonic())
+        frame = Frame(
+            image=self.images[self.index % len(self.images)], index=self.index, t_capture=time.monotonic()
+        )
         self.index += 1
         return frame
 
@@ -207,9 +210,20 @@ class FlakyGenerator:
         return replace(rendered, patch=255 - rendered.patch)
 
 
-def make_processor(avatar, generators: Generators | None = None) -> FrameProcessor:
-    generators = generators or build_generators("warp", avatar)
-    return FrameProcessor(avatar, generators, FaceTracker(), Controls(), Metrics(), avatar.size)
+@pytest.fixture
+def make_processor():
+    """Build processors like the CLI does (live: mediapipe in its own process); closed after the test."""
+    made: list[FrameProcessor] = []
+
+    def make(avatar, generators: Generators | None = None, live: bool = False) -> FrameProcessor:
+        generators = generators or build_generators("warp", avatar)
+        tracker = FaceTracker(isolated=live)
+        made.append(FrameProcessor(avatar, generators, tracker, Controls(), Metrics(), avatar.size))
+        return made[-1]
+
+    yield make
+    for processor in made:
+        processor.close()
 
 
 def warps(avatar) -> Generators:
@@ -250,6 +264,17 @@ def test_latest_slot_keeps_only_the_newest_and_counts_overwrites():
     slot.put("a")
     assert slot.overwritten == 4  # the slot was empty: nothing overwritten
     assert slot.get() == "a"
+
+
+def test_latest_slot_reports_each_overwrite():
+    skipped: list[int] = []
+    slot = LatestSlot(on_overwrite=lambda: skipped.append(1))
+    slot.put(1)
+    slot.put(2)
+    slot.put(3)
+    assert slot.get(timeout=0.01) == 3
+    slot.put(4)
+    assert len(skipped) == slot.overwritten == 2
 
 
 def test_latest_slot_close_drains_then_reports_closed():
@@ -297,17 +322,19 @@ def test_latest_slot_under_a_fast_producer_never_goes_back_in_time():
     consumer.join(timeout=10)
     assert not consumer.is_alive()
     assert received[-1] == n - 1  # the newest item is always delivered
-    assert all(a < b for a, b in zip(received, received[1:]))  # strictly newer each time
+    assert all(a < b for a, b in pairwise(received))  # strictly newer each time
     assert len(received) + slot.overwritten == n  # every item was either taken or replaced
 
 
 # --------------------------------------------------------------------------- live engine
 
 
-def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, driver_frames):
+def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, driver_frames, make_processor):
     base = warps(builtin_avatar)
     slow = SlowGenerator(base.by_mode["reenact"], every=3, delay_s=0.12)
-    processor = make_processor(builtin_avatar, Generators(by_mode={"reenact": slow}, fallback=base.fallback))
+    processor = make_processor(
+        builtin_avatar, Generators(by_mode={"reenact": slow}, fallback=base.fallback), live=True
+    )
     sink = RecordingSink()
     budget_ms = 60.0
     engine = Engine(FramesSource(driver_frames), processor, [sink], fps=FPS, budget_ms=budget_ms)
@@ -315,7 +342,7 @@ def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, drive
 
     new = sink.new_frames()
     assert len(slow.slow_indexes) >= 5  # the slow path really ran
-    assert len(new) >= 10, summary
+    assert len(new) >= 5, summary  # (about 20 on an idle machine)
     # No frame older than the budget was sent. The check runs just before the send; the
     # slack covers the send itself and a thread switch on a busy machine. It is far below
     # the 120 ms renders, which must all be dropped.
@@ -333,10 +360,12 @@ def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, drive
     assert len(sink.sent) == summary["frames"] + summary["repeats"]
 
 
-def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver_frames):
+def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver_frames, make_processor):
     source = StallingSource(driver_frames, stall_after=15, stall_s=1.5)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
+    engine = Engine(
+        source, make_processor(builtin_avatar, live=True), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS
+    )
     summary = engine.run(seconds=3.0)
 
     assert source.stall_started is not None and source.stall_ended is not None
@@ -348,10 +377,12 @@ def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver
     assert summary["duration_s"] >= 2.9 and summary["repeats"] >= len(during)
 
 
-def test_a_failing_source_is_survived_and_counted(builtin_avatar, driver_frames, loop_logs):
+def test_a_failing_source_is_survived_and_counted(builtin_avatar, driver_frames, loop_logs, make_processor):
     source = FailingSource(driver_frames, fail_after=10)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
+    engine = Engine(
+        source, make_processor(builtin_avatar, live=True), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS
+    )
     summary = engine.run(seconds=2.5)
 
     assert source.first_failure is not None
@@ -364,10 +395,12 @@ def test_a_failing_source_is_survived_and_counted(builtin_avatar, driver_frames,
     assert summary["duration_s"] >= 2.4
 
 
-def test_a_source_that_reopens_resumes_live_frames(builtin_avatar, driver_frames, loop_logs):
+def test_a_source_that_reopens_resumes_live_frames(builtin_avatar, driver_frames, loop_logs, make_processor):
     source = ReopenableSource(driver_frames, fail_after=10)
     sink = RecordingSink()
-    engine = Engine(source, make_processor(builtin_avatar), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
+    engine = Engine(
+        source, make_processor(builtin_avatar, live=True), [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS
+    )
     summary = engine.run(seconds=2.5)
 
     assert source.reopens >= 1 and summary["errors"]["capture"] >= 1
@@ -377,10 +410,18 @@ def test_a_source_that_reopens_resumes_live_frames(builtin_avatar, driver_frames
     assert messages(loop_logs, "source reconnected")
 
 
-def test_a_failing_sink_is_retried_while_the_other_gets_every_frame(builtin_avatar, driver_frames, loop_logs):
+def test_a_failing_sink_is_retried_while_the_other_gets_every_frame(
+    builtin_avatar, driver_frames, loop_logs, make_processor
+):
     good = RecordingSink("good")
     flaky = FlakySink("flaky", fail_calls={10, 11})  # fails, fails again on the first retry, recovers
-    engine = Engine(FramesSource(driver_frames), make_processor(builtin_avatar), [good, flaky], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
+    engine = Engine(
+        FramesSource(driver_frames),
+        make_processor(builtin_avatar, live=True),
+        [good, flaky],
+        fps=FPS,
+        budget_ms=LOOSE_BUDGET_MS,
+    )
     summary = engine.run(seconds=3.0)
 
     assert len(good.sent) == summary["frames"] + summary["repeats"]  # every emitted frame
@@ -400,7 +441,7 @@ class _FailingOpen(RecordingSink):
         raise RuntimeError("no such device")
 
 
-def test_a_sink_that_cannot_open_closes_the_ones_already_open(builtin_avatar, driver_frames):
+def test_a_sink_that_cannot_open_closes_the_ones_already_open(builtin_avatar, driver_frames, make_processor):
     first = RecordingSink("first")
     source = FramesSource(driver_frames)
     engine = Engine(source, make_processor(builtin_avatar), [first, _FailingOpen("broken")], fps=FPS)
@@ -412,15 +453,18 @@ def test_a_sink_that_cannot_open_closes_the_ones_already_open(builtin_avatar, dr
 # --------------------------------------------------------------------------- per-frame path
 
 
-def test_a_failing_generator_falls_back_to_the_warp_and_logs_once(builtin_avatar, driver_frames, loop_logs):
+def test_a_failing_generator_falls_back_to_the_warp_and_logs_once(
+    builtin_avatar, driver_frames, loop_logs, make_processor
+):
     base = warps(builtin_avatar)
     warp = base.fallback["reenact"]
     fail_on = {5, 6, 7, *range(20, 30)}
     flaky = FlakyGenerator(base.by_mode["reenact"], fail_on)
     processor = make_processor(builtin_avatar, Generators(by_mode={"reenact": flaky}, fallback=base.fallback))
     sink = RecordingSink(keep_images=True)
-    summary = render_offline(FramesSource(driver_frames[:40], paced=False, loop=False), processor, [sink], FPS,
-                             progress=False)
+    summary = render_offline(
+        FramesSource(driver_frames[:40], paced=False, loop=False), processor, [sink], FPS, progress=False
+    )
 
     assert [out.index for out in sink.outputs] == list(range(40))  # the stream went on
     blender = Blender()
@@ -436,13 +480,16 @@ def test_a_failing_generator_falls_back_to_the_warp_and_logs_once(builtin_avatar
     assert len(messages(loop_logs, "generator flaky failed")) == 1
 
 
-def test_a_failing_generator_without_fallback_repeats_the_previous_output(builtin_avatar, driver_frames):
+def test_a_failing_generator_without_fallback_repeats_the_previous_output(
+    builtin_avatar, driver_frames, make_processor
+):
     base = warps(builtin_avatar)
     flaky = FlakyGenerator(base.by_mode["reenact"], {4, 5, 6})
     processor = make_processor(builtin_avatar, Generators(by_mode={"reenact": flaky}))
     sink = RecordingSink(keep_images=True)
-    render_offline(FramesSource(driver_frames[:10], paced=False, loop=False), processor, [sink], FPS,
-                   progress=False)
+    render_offline(
+        FramesSource(driver_frames[:10], paced=False, loop=False), processor, [sink], FPS, progress=False
+    )
     images = [out.image for out in sink.outputs]
     assert len(images) == 10
     for i in (4, 5, 6):
@@ -450,7 +497,9 @@ def test_a_failing_generator_without_fallback_repeats_the_previous_output(builti
     assert not np.array_equal(images[7], images[3])
 
 
-def test_lost_face_in_reenact_shows_the_avatar_never_the_driver(builtin_avatar, driver_frames):
+def test_lost_face_in_reenact_shows_the_avatar_never_the_driver(
+    builtin_avatar, driver_frames, make_processor
+):
     rng = np.random.default_rng(0)
     shape = driver_frames[0].shape
     noise = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -470,7 +519,7 @@ def test_lost_face_in_reenact_shows_the_avatar_never_the_driver(builtin_avatar, 
 
     neutral = processor.neutral_image()
     assert all(outs[i].face_found for i in range(20)) and not any(outs[i].face_found for i in lost)
-    for out, image in zip(outs, driver):
+    for out, image in zip(outs, driver, strict=True):
         assert diff(out.image, image) > 20.0, out.index  # never the raw driver frame
     # Tracked: the avatar moves away from its neutral pose.
     assert diff(outs[19].image, neutral) > 1.0
@@ -481,7 +530,7 @@ def test_lost_face_in_reenact_shows_the_avatar_never_the_driver(builtin_avatar, 
     for i in range(20, hold_end + 1):
         assert diff(outs[i].image, outs[last_seen].image) < 0.1, i
     easing = [diff(outs[i].image, neutral) for i in range(hold_end, settled)]
-    assert all(b <= a + 0.02 for a, b in zip(easing, easing[1:])), easing  # a glide, no jump back
+    assert all(b <= a + 0.02 for a, b in pairwise(easing)), easing  # a glide, no jump back
     assert 0.2 < easing[len(easing) // 2] < easing[0] - 0.2  # halfway is in between
     for i in range(settled, 80):
         assert diff(outs[i].image, neutral) < 0.1, i
@@ -496,23 +545,32 @@ def _count_frames(path: Path) -> int:
     return frames
 
 
-def test_render_offline_writes_exactly_one_frame_per_source_frame(builtin_avatar, driver_frames, tmp_path):
+def test_render_offline_writes_exactly_one_frame_per_source_frame(
+    builtin_avatar, driver_frames, tmp_path, make_processor
+):
     out = tmp_path / "out.mp4"
     sink = FileSink(out)
-    summary = render_offline(FramesSource(driver_frames[:37], paced=False, loop=False),
-                             make_processor(builtin_avatar), [sink], FPS, progress=False)
+    summary = render_offline(
+        FramesSource(driver_frames[:37], paced=False, loop=False),
+        make_processor(builtin_avatar),
+        [sink],
+        FPS,
+        progress=False,
+    )
     assert summary["frames"] == summary["captured"] == 37
     assert out.is_file() and not sink.tmp_path.exists()
     assert _count_frames(out) == 37
 
 
-def test_render_offline_of_a_real_clip_keeps_every_frame(builtin_avatar, tmp_path):
+def test_render_offline_of_a_real_clip_keeps_every_frame(builtin_avatar, tmp_path, make_processor):
     clip = MEDIA / "clips" / "extra_pexels7154235_man_suit.mp4"
     if not clip.exists():
         pytest.skip(f"shared media not available: {clip}")
     source = VideoFileSource(str(clip), paced=False)
     out = tmp_path / "out.mp4"
-    summary = render_offline(source, make_processor(builtin_avatar), [FileSink(out)], source.fps, progress=False)
+    summary = render_offline(
+        source, make_processor(builtin_avatar), [FileSink(out)], source.fps, progress=False
+    )
     source_frames = _count_frames(clip)
     assert source_frames > 20
     assert summary["captured"] == summary["frames"] == source_frames

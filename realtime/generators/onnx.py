@@ -104,7 +104,7 @@ class OnnxRunner:
 @dataclass
 class CropSpec:
     size: int
-    face_scale: float = 0.23  # eye-corner distance as a fraction of the crop side
+    face_scale: float = 0.32  # eye-corner distance as a fraction of the crop side: forehead to chin
 
 
 def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
@@ -194,13 +194,14 @@ class OnnxRefinerGenerator:
         cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
         outputs = self.runner.run(self._feeds(_to_tensor(crop), landmark_map(points, size),
                                               fill.astype(np.float32)[None, None] / 255.0))
-        refined = np.clip(outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0, 0, 255).astype(np.uint8)
-        alpha = np.clip(outputs["mask"][0, 0], 0.0, 1.0)
+        # The model's correction (already weighted by its mask) is mapped back and added to
+        # the full-resolution warp, so a small crop never blurs a large face.
+        refined = outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0
+        delta = (refined - crop.astype(np.float32)).astype(np.float32)
         inverse = cv2.invertAffineTransform(matrix)
-        region = (x0, y0, x0 + w, y0 + h)
-        shift = np.array([[0, 0, -region[0]], [0, 0, -region[1]]], np.float64)
-        back = cv2.warpAffine(refined, inverse + shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        back_alpha = cv2.warpAffine(alpha, inverse + shift, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
-        patch = (back * back_alpha + base.patch * (1.0 - back_alpha)).astype(np.uint8)
+        inverse[:, 2] -= (x0, y0)
+        back = cv2.warpAffine(delta, inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(0.0, 0.0, 0.0))
+        patch = np.clip(base.patch.astype(np.float32) + back, 0, 255).astype(np.uint8)
         return Rendered(frame=base.frame, patch=patch, mask=base.mask, origin=base.origin,
                         colour_match=base.colour_match, background=base.background, generator=self.name)

@@ -1,0 +1,167 @@
+"""Export a trained refiner: checkpoint → ONNX (FP32 and FP16), parity check, model card.
+
+    python -m export.refiner runs/NAME/refiner.pt --out weights/refiner.onnx [--fp16] [--tensorrt]
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``; the runtime only ever
+loads the resulting ONNX file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INPUTS = ["warped", "source", "landmarks", "fill_mask"]
+OUTPUTS = ["image", "mask"]
+
+
+def load_refiner(checkpoint: str | Path):
+    import torch
+
+    from realtime.train.models import Refiner
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = json.loads(state["config"])
+    net = Refiner(tuple(config["widths"]), config["size"])
+    net.load_state_dict(state["model"])
+    return net.eval(), config, int(state.get("step", 0))
+
+
+def example_inputs(size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "warped": rng.random((1, 3, size, size), dtype=np.float32),
+        "source": rng.random((1, 3, size, size), dtype=np.float32),
+        "landmarks": (rng.random((1, 1, size, size)) > 0.97).astype(np.float32),
+        "fill_mask": (rng.random((1, 1, size, size)) > 0.9).astype(np.float32),
+    }
+
+
+def export_onnx(net, size: int, path: str | Path, fp16: bool = False) -> Path:
+    """Write the ONNX file atomically (temp name, then rename)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    model = net.half() if fp16 else net.float()
+    dtype = torch.float16 if fp16 else torch.float32
+    args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size).values())
+    torch.onnx.export(model, args, str(tmp), input_names=INPUTS, output_names=OUTPUTS, opset_version=17,
+                      dynamo=False, do_constant_folding=True)
+    net.float()
+    os.replace(tmp, path)
+    return path
+
+
+def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = None) -> dict[str, float]:
+    """Max abs difference between PyTorch (FP32) and onnxruntime on the same inputs."""
+    import onnxruntime as ort
+    import torch
+
+    feeds = example_inputs(size, seed=1)
+    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    want_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    outs = session.run(OUTPUTS, {k: v.astype(want_dtype) for k, v in feeds.items()})
+    with torch.no_grad():
+        ref = net.float()(*(torch.from_numpy(v) for v in feeds.values()))
+    return {
+        f"{name}_max_abs_diff": float(np.abs(o.astype(np.float32) - r.numpy()).max())
+        for name, o, r in zip(OUTPUTS, outs, ref)
+    } | {"provider": session.get_providers()[0]}
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensorrt_check(onnx_path: str | Path) -> dict:
+    """Build/load a TensorRT engine through onnxruntime's TensorRT provider, where present."""
+    from realtime.generators.onnx import OnnxRunner
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"available": False, "reason": "onnxruntime not installed"}
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return {"available": False, "reason": "this onnxruntime build has no TensorRT provider"}
+    runner = OnnxRunner(str(onnx_path), ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    return {"available": runner.provider == "TensorrtExecutionProvider", "provider": runner.provider}
+
+
+def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None) -> Path:
+    card = {
+        "name": onnx_path.stem,
+        "kind": "refiner",
+        "format": "onnx",
+        "inputs": {
+            "warped": "1x3xSxS float RGB [0,1]: the warp's output, face crop aligned on the target landmarks",
+            "source": "1x3xSxS float RGB [0,1]: the avatar's own face crop",
+            "landmarks": "1x1xSxS float: target landmarks drawn as points, eye and lip contours",
+            "fill_mask": "1x1xSxS float: the target's inner-mouth polygon (what the warp cannot show)",
+        },
+        "outputs": {"image": "1x3xSxS float RGB [0,1]", "mask": "1x1xSxS float [0,1] blend mask (0 at the border)"},
+        "crop": {"size": config["size"], "face_scale": 0.32},
+        "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask",
+        "training": {"steps": step, "batch": config["batch"], "lr": config["lr"], "data": config.get("data"),
+                     "losses": "weighted L1 (mouth x5, eyes x4), Laplacian pyramid L1, temporal (consecutive "
+                               "frames), hinge GAN with 2-scale patch discriminator, feature matching"},
+        "export": checks,
+        "sha256": sha256(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "default": False,
+    }
+    if extra:
+        card.update(extra)
+    card_path = onnx_path.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=2))
+    return card_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--fp16", action="store_true", help="also write NAME.fp16.onnx")
+    parser.add_argument("--tensorrt", action="store_true", help="check the TensorRT provider path")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--summary", default=None, help="training summary.json to quote in the card")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    net, config, step = load_refiner(args.checkpoint)
+    out = export_onnx(net, config["size"], args.out)
+    checks = {"parity_fp32": parity(net, out, config["size"]), "tolerance": args.tolerance,
+              "exported": time.strftime("%Y-%m-%d")}
+    worst = max(v for k, v in checks["parity_fp32"].items() if k.endswith("diff"))
+    if worst > args.tolerance:
+        raise SystemExit(f"parity check failed: max abs diff {worst:.2e} > {args.tolerance:.0e}")
+    if args.fp16:
+        fp16_path = export_onnx(net, config["size"], out.with_suffix(".fp16.onnx"), fp16=True)
+        try:
+            checks["parity_fp16"] = parity(net, fp16_path, config["size"])
+        except Exception as exc:  # CPU onnxruntime lacks some FP16 kernels; report, don't fail
+            checks["parity_fp16"] = {"error": str(exc).splitlines()[0][:200]}
+    if args.tensorrt:
+        checks["tensorrt"] = tensorrt_check(out)
+    extra = {"training_summary": json.loads(Path(args.summary).read_text())} if args.summary else None
+    card = write_card(out, config, step, checks, extra)
+    print(json.dumps(checks, indent=2))
+    print(f"wrote {out} and {card}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training code (PyTorch). Imported only by `realtime train`: the live runtime never imports torch."""

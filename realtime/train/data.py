@@ -1,0 +1,182 @@
+"""Training data for the refiner: clip caches and self-reenactment pairs.
+
+1. ``build_clip_cache``: a talking-head video becomes a small ``.npz``: sampled frames (in
+   pairs of consecutive frames, for the temporal loss) cropped by one fixed per-clip
+   similarity to a ``context`` square around the head, stored as JPEG, with their face
+   landmarks. Fixed per clip, so head motion inside the clip is kept.
+2. ``make_pairs``: the source frame i is warped by the runtime's own ``WarpGenerator`` to the
+   landmarks of target frames j and j+1; the real frames are the ground truth. Crops are
+   aligned exactly as the runtime's ONNX refiner aligns them.
+
+Needs numpy, OpenCV and scipy only (no mediapipe, no torch), so pairs can be made on a
+machine that only trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.generators.onnx import CropSpec, alignment, landmark_map
+
+logger = logging.getLogger(__name__)
+
+CONTEXT = 256  # side of the per-clip context crop
+CONTEXT_FACE_SCALE = 0.15  # eye-corner distance / context side
+
+
+def build_clip_cache(video: str | Path, out_dir: str | Path, pairs: int = 40, jpeg_quality: int = 93) -> Path | None:
+    """Cache ``pairs`` consecutive-frame pairs of ``video``. Returns the .npz path, or None
+    when too few frames have a face."""
+    from realtime.analysis import read_frames
+    from realtime.tracking import FaceTracker
+
+    video = Path(video)
+    frames = list(read_frames(str(video)))
+    if len(frames) < 4:
+        return None
+    starts = np.unique(np.linspace(0, len(frames) - 2, min(pairs, len(frames) - 1)).astype(int))
+    indices = sorted({int(i) for s in starts for i in (s, s + 1)})
+    tracker = FaceTracker(smoothing=False, track_width=0)
+    found: dict[int, np.ndarray] = {}
+    try:
+        for i in indices:
+            faces = tracker.detect(frames[i])
+            if faces:
+                found[i] = faces[0]
+    finally:
+        tracker.close()
+    keep = [i for i in indices if i in found]
+    if len(keep) < 8:
+        logger.warning("skipping %s: faces in only %d sampled frames", video.name, len(keep))
+        return None
+    landmarks = np.stack([found[i] for i in keep])
+    centre = np.median(landmarks[:, mesh.RIGID, :2].mean(axis=1), axis=0)
+    size = float(np.median([mesh.face_size(lm) for lm in landmarks]))
+    scale = CONTEXT_FACE_SCALE * CONTEXT / size
+    matrix = np.array([[scale, 0.0, CONTEXT / 2 - scale * centre[0]], [0.0, scale, CONTEXT * 0.45 - scale * centre[1]]])
+    blobs, offsets = [], [0]
+    for i in keep:
+        crop = cv2.warpAffine(frames[i], matrix, (CONTEXT, CONTEXT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        blobs.append(data.ravel())
+        offsets.append(offsets[-1] + data.size)
+    local = landmarks.copy()
+    local[..., :2] = landmarks[..., :2] * scale + matrix[:, 2]
+    local[..., 2] *= scale
+    out = Path(out_dir) / f"{video.stem}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, jpeg=np.concatenate(blobs), offsets=np.array(offsets), landmarks=local.astype(np.float32),
+             frame_index=np.array(keep), clip=video.stem)
+    return out
+
+
+@dataclass
+class ClipCache:
+    name: str
+    images: list[np.ndarray]
+    landmarks: np.ndarray
+    frame_index: np.ndarray
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClipCache:
+        with np.load(path) as data:
+            jpeg, offsets = data["jpeg"], data["offsets"]
+            images = [cv2.imdecode(jpeg[offsets[k] : offsets[k + 1]], cv2.IMREAD_COLOR) for k in range(len(offsets) - 1)]
+            return cls(str(data["clip"]), images, data["landmarks"], data["frame_index"])
+
+    def consecutive(self) -> list[int]:
+        """Positions k whose frame k+1 is the next video frame."""
+        return [k for k in range(len(self.frame_index) - 1) if self.frame_index[k + 1] == self.frame_index[k] + 1]
+
+
+def region_weights(points: np.ndarray, size: int) -> np.ndarray:
+    """Loss weights: 1 on the face, more on the mouth and the eyes (where the warp fails)."""
+    weight = np.ones((size, size), np.float32)
+    for loop, extra in ((mesh.OUTER_LIP, 4.0), (mesh.RIGHT_EYE, 3.0), (mesh.LEFT_EYE, 3.0)):
+        region = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(region, [np.round(points[loop]).astype(np.int32)], 255)
+        region = cv2.dilate(region, np.ones((5, 5), np.uint8))
+        weight += extra * (region > 0)
+    return weight
+
+
+def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> dict[str, np.ndarray]:
+    """One self-reenactment example: source frame warped to the target frame's landmarks."""
+    from realtime.frames import Frame, Target
+    from realtime.generators.warp import WarpGenerator
+
+    src_image, src_lm = clip.images[source], clip.landmarks[source]
+    dst_lm = clip.landmarks[target]
+    warp = WarpGenerator(src_image, src_lm)
+    target_points = mesh.with_mouth_centre(dst_lm[:, :2]).astype(np.float32)
+    rendered = warp.render(Target(frame=Frame(src_image, 0, 0.0), landmarks=target_points))
+    canvas = src_image.copy()
+    x0, y0 = rendered.origin
+    h, w = rendered.patch.shape[:2]
+    canvas[y0 : y0 + h, x0 : x0 + w] = rendered.patch
+    size = spec.size
+    matrix = alignment(target_points, spec)
+    crop = lambda img: cv2.warpAffine(img, matrix, (size, size), flags=cv2.INTER_AREA,  # noqa: E731
+                                      borderMode=cv2.BORDER_REPLICATE)
+    points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    fill = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
+    src_matrix = alignment(mesh.with_mouth_centre(src_lm[:, :2]), spec)
+    return {
+        "warped": crop(canvas),
+        "target": crop(clip.images[target]),
+        "source": cv2.warpAffine(src_image, src_matrix, (size, size), flags=cv2.INTER_AREA,
+                                 borderMode=cv2.BORDER_REPLICATE),
+        "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
+        "fill": fill,
+        "weight": region_weights(points, size),
+    }
+
+
+def _change(clip: ClipCache, a: int, b: int) -> float:
+    la, lb = clip.landmarks[a], clip.landmarks[b]
+    return abs(mesh.mouth_opening(la) - mesh.mouth_opening(lb)) + abs(mesh.eye_opening(la) - mesh.eye_opening(lb))
+
+
+def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) -> dict[str, np.ndarray]:
+    """``count`` examples of (target j, target j+1) from one clip, with a shared source frame.
+
+    Sources are drawn with a preference for big mouth/eye changes, which is where the
+    warp fails and the refiner must learn.
+    """
+    rng = np.random.default_rng(seed)
+    clip = ClipCache.load(cache_path)
+    consecutive = clip.consecutive()
+    out: dict[str, list[np.ndarray]] = {}
+    for _ in range(count):
+        j = int(rng.choice(consecutive))
+        candidates = np.array([k for k in range(len(clip.images)) if abs(int(clip.frame_index[k]) - int(clip.frame_index[j])) > 2])
+        if candidates.size == 0:
+            continue
+        change = np.array([_change(clip, k, j) for k in candidates]) + 0.02
+        source = int(rng.choice(candidates, p=change / change.sum()))
+        for step, target in enumerate((j, j + 1)):
+            sample = make_sample(clip, source, target, spec)
+            for key, value in sample.items():
+                out.setdefault(f"{key}{step}", []).append(value)
+    return {key: np.stack(values) for key, values in out.items()}
+
+
+def make_dataset(caches: list[Path], per_clip: int, spec: CropSpec, seed: int = 0, workers: int = 1) -> dict[str, np.ndarray]:
+    """Pairs from many clips, in parallel processes when ``workers`` > 1."""
+    jobs = [(str(path), per_clip, spec, seed + k) for k, path in enumerate(caches)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.starmap(make_pairs, jobs)
+    else:
+        parts = [make_pairs(*job) for job in jobs]
+    parts = [p for p in parts if p]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

@@ -1,0 +1,125 @@
+"""The refiner generator, a multi-scale patch discriminator, and losses that need no
+downloaded weights. Sized for the live budget (about 1 GFLOP at 128x128), not a leaderboard.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IN_CHANNELS = 8  # warped RGB, source RGB, landmark map, fill mask
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
+
+
+class _Res(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ch, ch, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Refiner(nn.Module):
+    """U-Net that predicts a correction to the warped crop plus a blend mask.
+
+    The output is ``warped + delta`` (so colours start right and only what the warp got
+    wrong must be learned), and the mask is forced to zero at the crop border so the
+    paste-back never shows a seam.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96), size: int = 128) -> None:
+        super().__init__()
+        w = widths
+        self.enc0 = nn.Sequential(_conv(IN_CHANNELS, w[0]), _conv(w[0], w[0]))
+        self.enc1 = nn.Sequential(_conv(w[0], w[1], 2), _conv(w[1], w[1]))
+        self.enc2 = nn.Sequential(_conv(w[1], w[2], 2), _conv(w[2], w[2]))
+        self.enc3 = nn.Sequential(_conv(w[2], w[3], 2), _Res(w[3]), _Res(w[3]))
+        self.dec2 = nn.Sequential(_conv(w[3] + w[2], w[2]), _conv(w[2], w[2]))
+        self.dec1 = nn.Sequential(_conv(w[2] + w[1], w[1]), _conv(w[1], w[1]))
+        self.dec0 = nn.Sequential(_conv(w[1] + w[0], w[0]), _conv(w[0], w[0]))
+        self.head = nn.Conv2d(w[0], 4, 3, 1, 1)
+        ramp = torch.clamp(torch.minimum(torch.arange(size), torch.arange(size).flip(0)).float() / (size * 0.08), 0, 1)
+        self.register_buffer("border", (ramp[None, :] * ramp[:, None])[None, None], persistent=False)
+
+    def forward(self, warped: torch.Tensor, source: torch.Tensor, landmarks: torch.Tensor,
+                fill_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([warped, source, landmarks, fill_mask], dim=1) * 2.0 - 1.0
+        e0 = self.enc0(x)
+        e1 = self.enc1(e0)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        d2 = self.dec2(torch.cat([up(e3, e2), e2], 1))
+        d1 = self.dec1(torch.cat([up(d2, e1), e1], 1))
+        d0 = self.dec0(torch.cat([up(d1, e0), e0], 1))
+        out = self.head(d0)
+        refined = torch.clamp(warped + torch.tanh(out[:, :3]), 0.0, 1.0)
+        mask = torch.sigmoid(out[:, 3:4]) * self.border
+        image = mask * refined + (1.0 - mask) * warped
+        return image, mask
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN on (image, landmark map); features are returned for feature matching."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.layers = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(4, w, 4, 2, 1), nn.LeakyReLU(0.2, True)),
+            nn.Sequential(nn.Conv2d(w, w * 2, 4, 2, 1), nn.InstanceNorm2d(w * 2), nn.LeakyReLU(0.2, True)),
+            nn.Sequential(nn.Conv2d(w * 2, w * 4, 4, 2, 1), nn.InstanceNorm2d(w * 4), nn.LeakyReLU(0.2, True)),
+            nn.Conv2d(w * 4, 1, 3, 1, 1),
+        ])
+
+    def forward(self, image: torch.Tensor, landmarks: torch.Tensor) -> list[torch.Tensor]:
+        x = torch.cat([image, landmarks], 1) * 2.0 - 1.0
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+class MultiScaleDiscriminator(nn.Module):
+    def __init__(self, scales: int = 2, width: int = 32) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList([PatchDiscriminator(width) for _ in range(scales)])
+
+    def forward(self, image: torch.Tensor, landmarks: torch.Tensor) -> list[list[torch.Tensor]]:
+        outs = []
+        for k, net in enumerate(self.nets):
+            if k:
+                image = F.avg_pool2d(image, 2)
+                landmarks = F.avg_pool2d(landmarks, 2)
+            outs.append(net(image, landmarks))
+        return outs
+
+
+def laplacian_loss(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """L1 between Laplacian pyramids: a perceptual-ish sharpness loss with no learned weights."""
+    total = a.new_zeros(())
+    for _ in range(levels):
+        da, db = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        la = a - F.interpolate(da, size=a.shape[-2:], mode="bilinear", align_corners=False)
+        lb = b - F.interpolate(db, size=b.shape[-2:], mode="bilinear", align_corners=False)
+        total = total + ((la - lb).abs() * weight).mean()
+        a, b, weight = da, db, F.avg_pool2d(weight, 2)
+    return total
+
+
+def hinge_d(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    return sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for r, f in zip(real, fake))
+
+
+def hinge_g(fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    return sum(-f[-1].mean() for f in fake)
+
+
+def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    return sum(F.l1_loss(f, r.detach()) for rs, fs in zip(real, fake) for r, f in zip(rs[:-1], fs[:-1]))

@@ -1,0 +1,249 @@
+"""Train the face refiner: ``realtime train refiner --data DIR... --out runs/NAME``.
+
+A short, readable loop in the spirit of nanoGPT: configuration at the top, one dataset in
+memory, one loop, plain checkpoints (state dicts, loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from realtime.generators.onnx import CropSpec
+from realtime.train import models
+from realtime.train.data import build_clip_cache, make_dataset
+from realtime.train.people import person_of, split
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".mpg", ".mov", ".avi", ".mkv", ".webm"}
+
+
+@dataclass
+class Config:
+    size: int = 128
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    steps: int = 2000
+    max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
+    batch: int = 16
+    lr: float = 2e-4
+    pairs_per_clip: int = 200
+    val_pairs_per_clip: int = 40
+    cache_pairs: int = 40  # consecutive-frame pairs cached per clip
+    gan_start: int = 500  # adversarial terms join after the reconstruction has settled
+    w_l1: float = 10.0
+    w_lap: float = 5.0
+    w_temporal: float = 5.0
+    w_adv: float = 0.1
+    w_fm: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    data: list[str] = field(default_factory=list)
+    # Clip names to validate on instead of the held-out people of realtime.train.people.
+    validation_clips: list[str] = field(default_factory=list)
+
+
+def collect_caches(data: list[str], cache_dir: Path, pairs: int) -> list[Path]:
+    """Every input is a cached clip (.npz), a video, or a folder of either."""
+    from tqdm import tqdm
+
+    items: list[Path] = []
+    for entry in data:
+        path = Path(entry)
+        items += sorted(p for p in path.iterdir() if p.suffix in VIDEO_SUFFIXES | {".npz"}) if path.is_dir() else [path]
+    caches = []
+    for item in tqdm(items, desc="caching clips", unit="clip"):
+        if item.suffix == ".npz":
+            caches.append(item)
+            continue
+        target = cache_dir / f"{item.stem}.npz"
+        built = target if target.exists() else build_clip_cache(item, cache_dir, pairs)
+        if built is not None:
+            caches.append(built)
+    return caches
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in batch.items():
+        t = torch.from_numpy(value).to(device)
+        if key.startswith(("warped", "target", "source")):
+            t = t.permute(0, 3, 1, 2).flip(1).float() / 255.0  # BGR uint8 -> RGB float
+        elif key.startswith(("landmarks", "fill")):
+            t = t[:, None].float() / 255.0
+        else:
+            t = t[:, None].float()
+        out[key] = t
+    return out
+
+
+def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The same random flip and colour change for every image of a sample."""
+    n = b["warped0"].shape[0]
+    device = b["warped0"].device
+    flip = torch.rand(n, generator=generator, device="cpu").to(device) < 0.5
+    gain = (0.8 + 0.4 * torch.rand(n, 3, generator=generator)).to(device)[:, :, None, None]
+    bias = (0.08 * torch.rand(n, 1, generator=generator) - 0.04).to(device)[:, :, None, None]
+    out = {}
+    for key, t in b.items():
+        t = torch.where(flip[:, None, None, None], t.flip(-1), t)
+        if key.startswith(("warped", "target", "source")):
+            t = torch.clamp(t * gain + bias, 0.0, 1.0)
+        out[key] = t
+    return out
+
+
+def run_generator(net: models.Refiner, b: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"])
+
+
+@torch.no_grad()
+def evaluate(net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, batch: int = 64) -> dict[str, float]:
+    """Validation on held-out people: the refiner's L1 next to the warp's it started from."""
+    net.eval()
+    sums = {"l1": 0.0, "warp_l1": 0.0, "mouth_l1": 0.0, "warp_mouth_l1": 0.0, "eyes_l1": 0.0, "warp_eyes_l1": 0.0}
+    count = 0
+    n = len(val["warped0"])
+    for start in range(0, n, batch):
+        b = to_tensors({k: v[start : start + batch] for k, v in val.items() if k.endswith("0")}, device)
+        image, _ = run_generator(net, b, 0)
+        target, warped, weight = b["target0"], b["warped0"], b["weight0"]
+        mouth, eyes = (weight >= 4.5).float(), ((weight > 1.5) & (weight < 4.5)).float()
+        for name, pred in (("", image), ("warp_", warped)):
+            err = (pred - target).abs().mean(1, keepdim=True)
+            sums[f"{name}l1"] += float(err.mean(dim=(1, 2, 3)).sum())
+            sums[f"{name}mouth_l1"] += float(((err * mouth).sum(dim=(1, 2, 3)) / mouth.sum(dim=(1, 2, 3)).clamp(min=1)).sum())
+            sums[f"{name}eyes_l1"] += float(((err * eyes).sum(dim=(1, 2, 3)) / eyes.sum(dim=(1, 2, 3)).clamp(min=1)).sum())
+        count += target.shape[0]
+    net.train()
+    return {k: round(v / max(count, 1), 5) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def sample_grid(net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, path: Path, rows: int = 6) -> None:
+    """Rows of warp | generator | ground truth."""
+    import cv2
+
+    net.eval()
+    pick = np.linspace(0, len(val["warped0"]) - 1, rows).astype(int)
+    b = to_tensors({k: v[pick] for k, v in val.items() if k.endswith("0")}, device)
+    image, _ = run_generator(net, b, 0)
+    net.train()
+    to_img = lambda t: (t.clamp(0, 1).permute(0, 2, 3, 1).flip(-1).cpu().numpy() * 255).astype(np.uint8)  # noqa: E731
+    grid = np.concatenate([np.concatenate(list(to_img(t)), axis=0) for t in (b["warped0"], image, b["target0"])], 1)
+    cv2.imwrite(str(path), grid)
+
+
+def train(cfg: Config, out: Path, resume: bool = True) -> dict:
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    spec = CropSpec(cfg.size)
+    caches = collect_caches(cfg.data, out / "cache", cfg.cache_pairs)
+    if cfg.validation_clips:
+        val_caches = [p for p in caches if p.stem in cfg.validation_clips]
+        train_caches = [p for p in caches if p.stem not in cfg.validation_clips]
+    else:
+        train_caches, val_caches = split(caches)
+    if not train_caches or not val_caches:
+        raise SystemExit(f"need clips of both training and validation people; got {len(train_caches)} / {len(val_caches)}")
+    logger.info("train people: %s", sorted({person_of(p) for p in train_caches}))
+    logger.info("validation people: %s", sorted({person_of(p) for p in val_caches}))
+    t0 = time.time()
+    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers)
+    val = make_dataset(val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers)
+    logger.info("pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0)
+
+    net = models.Refiner(cfg.widths, cfg.size).to(device)
+    disc = models.MultiScaleDiscriminator().to(device)
+    opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+    ckpt_path = out / "checkpoint.pt"
+    step = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        disc.load_state_dict(state["disc"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = int(state["step"])
+        logger.info("resumed at step %d", step)
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    history = []
+    log = open(out / "log.jsonl", "a")
+    n = len(data["warped0"])
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t_start = time.time()
+    while step < cfg.steps:
+        if cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60 and step % cfg.eval_every == 0:
+            logger.info("time budget reached at step %d", step)
+            break
+        idx = torch.randint(0, n, (cfg.batch,), generator=gen).numpy()
+        b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
+        with autocast:
+            img0, _ = run_generator(net, b, 0)
+            img1, _ = run_generator(net, b, 1)
+        img0, img1 = img0.float(), img1.float()
+        w0, w1 = b["weight0"], b["weight1"]
+        loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
+        loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(img1, b["target1"], w1)
+        # Temporal: the output should change from frame to frame the way the real face does.
+        loss_temporal = ((img1 - img0) - (b["target1"] - b["target0"])).abs().mean()
+        loss = cfg.w_l1 * loss_l1 + cfg.w_lap * loss_lap + cfg.w_temporal * loss_temporal
+        adversarial = step >= cfg.gan_start
+        if adversarial:
+            with autocast:
+                fake = disc(img0, b["landmarks0"])
+                real = disc(b["target0"], b["landmarks0"])
+            loss_adv = models.hinge_g(fake)
+            loss_fm = models.feature_matching(real, fake)
+            loss = loss + cfg.w_adv * loss_adv + cfg.w_fm * loss_fm
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt_g.step()
+        if adversarial:
+            with autocast:
+                loss_d = models.hinge_d(disc(b["target0"], b["landmarks0"]), disc(img0.detach(), b["landmarks0"]))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+        step += 1
+        bar.update(1)
+        record = {"step": step, "loss": round(float(loss), 5), "l1": round(float(loss_l1), 5),
+                  "temporal": round(float(loss_temporal), 5)}
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"loss became {record['loss']} at step {step}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        out_of_time = cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60
+        if step % cfg.eval_every == 0 or step == cfg.steps or (out_of_time and step % cfg.eval_every == 0):
+            record["val"] = evaluate(net, val, device)
+            sample_grid(net, val, device, out / f"samples_{step:06d}.png")
+            torch.save({"model": net.state_dict(), "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
+                        "opt_d": opt_d.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, ckpt_path)
+            logger.info("step %d: %s", step, record["val"])
+        history.append(record)
+        log.write(json.dumps(record) + "\n")
+    bar.close()
+    log.close()
+    torch.save({"model": net.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, out / "refiner.pt")
+    summary = {"steps": step, "device": str(device), "train_clips": [p.stem for p in train_caches],
+               "validation_clips": [p.stem for p in val_caches], "train_pairs": n,
+               "validation_pairs": len(val["warped0"]), "final": history[-1] if history else {}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"history": history, **summary}

@@ -1,0 +1,62 @@
+"""`realtime bench` JSON: the keys users rely on, and numbers that agree with each other."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+KEYS = ["latency_ms", "fps", "frames", "dropped", "stages", "provider", "generator", "size", "machine"]
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path, plot_path = out / "bench.json", out / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "bench", "--seconds", "4", "--size", "640x480", "--compare-naive",
+         "--json", str(json_path), "--plot", str(plot_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "engine vs naive" in proc.stdout
+    return json.loads(json_path.read_text()), plot_path
+
+
+def _consistent(report: dict) -> None:
+    for key in KEYS:
+        assert key in report, key
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    for name, stage in report["stages"].items():
+        assert 0 <= stage["p50"] <= stage["p95"] <= stage["p99"], name
+    assert {"track", "generate", "blend", "sink"} <= set(report["stages"])
+    # `frames` counts what the sink received as new frames: it can't exceed what was captured,
+    # and every captured frame was either delivered, dropped, or still in flight at the end.
+    assert 0 < report["frames"] <= report["captured"]
+    assert report["captured"] - report["frames"] - report["dropped"] <= 4
+    assert report["fps"] == pytest.approx(report["frames"] / report["duration_s"], rel=0.02)
+    assert report["deadline_misses"] == report["dropped"] + report["late_frames"]
+    assert report["size"] == "640x480" and report["generator"] == "warp"
+    assert report["peak_rss_mb"] > 50 and 0 < report["cpu_percent"] <= 100
+
+
+def test_engine_report_is_complete_and_consistent(bench_json):
+    report, plot = bench_json
+    _consistent(report)
+    # The engine never sends a frame later than its budget: late frames are dropped instead.
+    assert report["late_frames"] == 0
+    assert report["latency_ms"]["max"] <= report["budget_ms"] + 1.0
+    assert plot.exists() and plot.stat().st_size > 10_000
+
+
+def test_naive_comparison_is_measured_in_the_same_run(bench_json):
+    report, _ = bench_json
+    naive = report["naive"]
+    _consistent(naive)
+    assert naive["dropped"] == 0  # the naive loop never drops
+    ratios = report["engine_vs_naive"]
+    assert ratios["p95_latency_ratio"] == pytest.approx(naive["latency_ms"]["p95"] / report["latency_ms"]["p95"], rel=1e-2)
+    assert ratios["throughput_ratio"] == pytest.approx(report["fps"] / naive["fps"], rel=1e-2)

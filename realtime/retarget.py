@@ -55,6 +55,9 @@ class Retargeter:
         self._last_target = self.avatar.copy()
         self._avatar_centre = self.avatar[mesh.RIGID].mean(axis=0)
         self._avatar_size = mesh.face_size(self.avatar)
+        # Expression is added to the avatar with its mouth closed when the driver's neutral
+        # is a closed mouth too, so an avatar caught mid-word doesn't open twice as wide.
+        self._avatar_base = self._closed_mouth(self.avatar) if adaptive_neutral else self.avatar
         self.adaptive_neutral = adaptive_neutral
         # Regions of the driver's neutral that adapt: everything below the nose (mouth and
         # jaw), and the eyelids with the irises.
@@ -108,7 +111,7 @@ class Retargeter:
         expression = unposed - neutral
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
-        expressive = self.avatar + s_na * expression @ r_na.T
+        expressive = self._avatar_base + s_na * expression @ r_na.T
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
         rel_scale = float(np.clip(scale, *lim.scale_range))

@@ -165,12 +165,16 @@ class FaceMeshProcess:
         parent, child = context.Pipe()
         self._process = context.Process(target=_detector_worker, args=(child, self._shm.name, *self._args),
                                         name="realtime-tracker", daemon=True)
-        self._process.start()
-        child.close()
         self._conn = parent
-        if not self._conn.poll(60.0):
-            raise RuntimeError("the tracker process did not start")
-        self._conn.recv()
+        try:
+            self._process.start()
+            child.close()
+            if not self._conn.poll(60.0):
+                raise RuntimeError("the tracker process did not start")
+            self._conn.recv()
+        except BaseException:
+            self.close()  # unlinks the shared memory too
+            raise
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         if image_bgr.nbytes > self._capacity:

@@ -165,10 +165,24 @@ class OnnxRefinerGenerator:
         self.spec = CropSpec(size=size)
         avatar_matrix = alignment(warp.avatar_points, self.spec)
         self._source = _to_tensor(cv2.warpAffine(warp.avatar_image, avatar_matrix, (size, size), flags=cv2.INTER_LINEAR))
-        card = os.path.splitext(path)[0] + ".json"
+        card = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
         self.card = json.load(open(card)) if os.path.exists(card) else {}
+        # Where the correction is applied: everywhere unless the card names regions
+        # (set from held-out evaluation: where the model measurably beats the warp).
+        self._regions = [r for r in self.card.get("apply_regions", []) if r in ("mouth", "eyes")]
         zeros = np.zeros((1, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((1, 3, size, size), np.float32), zeros, zeros))
+
+    def _region_gate(self, points: np.ndarray, size: int) -> np.ndarray:
+        """Soft mask of the regions the model card says the correction applies to."""
+        gate = np.zeros((size, size), np.uint8)
+        loops = {"mouth": [mesh.OUTER_LIP], "eyes": [mesh.RIGHT_EYE, mesh.LEFT_EYE]}
+        for region in self._regions:
+            for loop in loops[region]:
+                cv2.fillPoly(gate, [np.round(points[loop]).astype(np.int32)], 255)
+        grow = max(3, int(size * 0.06)) | 1
+        gate = cv2.dilate(gate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
+        return cv2.GaussianBlur(gate.astype(np.float32) / 255.0, (0, 0), grow / 3)
 
     @property
     def provider(self) -> str:
@@ -198,6 +212,8 @@ class OnnxRefinerGenerator:
         # the full-resolution warp, so a small crop never blurs a large face.
         refined = outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0
         delta = (refined - crop.astype(np.float32)).astype(np.float32)
+        if self._regions:
+            delta *= self._region_gate(points, size)[..., None]
         inverse = cv2.invertAffineTransform(matrix)
         inverse[:, 2] -= (x0, y0)
         back = cv2.warpAffine(delta, inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,

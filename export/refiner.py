@@ -76,7 +76,7 @@ def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = 
         ref = net.float()(*(torch.from_numpy(v) for v in feeds.values()))
     return {
         f"{name}_max_abs_diff": float(np.abs(o.astype(np.float32) - r.numpy()).max())
-        for name, o, r in zip(OUTPUTS, outs, ref)
+        for name, o, r in zip(OUTPUTS, outs, ref, strict=True)
     } | {"provider": session.get_providers()[0]}
 
 

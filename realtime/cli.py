@@ -49,6 +49,32 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, default=None, help="output WxH")
 
 
+def _add_audio_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio-in", default=None, metavar="DEVICE",
+                   help="microphone to delay in sync with the video: index, part of a name, 'default' "
+                        "or pulse:SOURCE (see `realtime devices`)")
+    p.add_argument("--audio-out", default=None, metavar="DEVICE",
+                   help="virtual microphone to play into (pulse:SINK, 'CABLE Input', 'BlackHole 2ch')")
+    p.add_argument("--audio-offset-ms", type=float, default=0.0,
+                   help="added to the live video latency (negative: less delay)")
+    p.add_argument("--audio-mute", action="store_true", help="start with the audio muted (window hotkey a)")
+
+
+def _check_audio_args(args: argparse.Namespace) -> None:
+    if (args.audio_in is None) != (args.audio_out is None):
+        raise UserError("give both --audio-in (the microphone) and --audio-out (the virtual microphone); "
+                        "`realtime devices` lists them and explains the setup")
+
+
+def _start_audio(args: argparse.Namespace):
+    """The audio bridge for --audio-in/--audio-out, or None (not asked for, or failed: logged, video goes on)."""
+    if args.audio_in is None or args.audio_out is None:
+        return None
+    from realtime.audio import start_bridge
+
+    return start_bridge(args.audio_in, args.audio_out, offset_ms=args.audio_offset_ms, muted=args.audio_mute)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -75,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop frames older than this (default: two frame intervals)")
     run.add_argument("--seconds", type=_positive, default=None, help="stop after this long")
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
+    _add_audio_options(run)
 
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
     render.add_argument("--avatar", required=True)
@@ -98,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+    _add_audio_options(bench)
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
 
@@ -114,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     refiner.add_argument("--workers", type=int, default=None, help="processes that build training pairs")
     refiner.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
     refiner.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    swap = train_sub.add_parser("swap", help="CycleGAN / Recycle-GAN identity translator A→B for swap mode")
+    swap.add_argument("--a", nargs="+", required=True, help="the user: videos, cached clips (.npz) or folders of them")
+    swap.add_argument("--b", nargs="+", required=True, help="who the user becomes: videos, cached clips or folders")
+    swap.add_argument("--out", required=True, help="run folder (checkpoints, samples, log, translator.onnx)")
+    swap.add_argument("--recycle", action="store_true", help="Recycle-GAN: add temporal predictors and the recycle loss")
+    swap.add_argument("--size", type=int, default=None, help="face crop side (default 64)")
+    swap.add_argument("--steps", type=int, default=None)
+    swap.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    swap.add_argument("--batch", type=int, default=None)
+    swap.add_argument("--width", type=int, default=None, help="generator base width (default 32)")
+    swap.add_argument("--n-res", type=int, default=None, help="generator residual blocks (default 4)")
+    swap.add_argument("--holdout", type=float, default=None, help="last fraction of each video never trained on")
+    swap.add_argument("--eval-every", type=int, default=None)
+    swap.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    swap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
 
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
     ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
@@ -174,22 +217,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     from realtime.metrics import machine_description
     from realtime.sinks import make_sink
 
+    _check_audio_args(args)
     size = args.size or (1280, 720)
     source = _live_source(args, size)
     driver_size = (source.width, source.height) if hasattr(source, "width") else size
     processor = _processor(args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size)
+    audio = None
     try:  # from here on the tracker process and its shared memory must be released on any error
         fps = args.fps or getattr(source, "fps", 30.0) or 30.0
         sinks = [make_sink(spec, processor.controls) for spec in (args.sink or ["virtualcam"])]
         name, provider = _generator_info(processor)
         logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-        engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms)
+        audio = _start_audio(args)
+        for sink in sinks:
+            if hasattr(sink, "audio"):
+                sink.audio = audio  # the window's level meter and audio hotkeys
+        engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms,
+                        on_latency=audio.set_video_latency_ms if audio is not None else None)
         summary = engine.run(seconds=args.seconds)
     finally:
         processor.close()
+        if audio is not None:
+            audio.close()
     summary.update(generator=name, provider=provider, mode=args.mode,
                    size=f"{processor.output_size[0]}x{processor.output_size[1]}",
                    budget_ms=round(engine.budget_s * 1000.0, 2), machine=machine_description())
+    if audio is not None:
+        from realtime.audio import format_audio_summary
+
+        summary["audio"] = audio.stats()
+        print(format_audio_summary(summary["audio"]))
     _finish(summary, args.metrics_json)
     return 0
 
@@ -199,6 +256,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from realtime.sinks import FileSink
     from realtime.sources import VideoFileSource
 
+    if os.path.isdir(args.out):  # found only at the final rename, after the whole render
+        raise UserError(f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}")
     source = VideoFileSource(args.driver, paced=False)
     processor = _processor(args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2), live=False)
     sink = FileSink(args.out, audio_from=args.driver)
@@ -272,6 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from realtime.metrics import write_json
     from realtime.sinks import make_sink
 
+    _check_audio_args(args)
     size = args.size or (1280, 720)
     processor = _processor(args.avatar, args, size, size)
     runs: dict[str, tuple[dict, object]] = {}
@@ -283,19 +343,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         fps = getattr(source, "fps", 30.0) or 30.0
         budget_ms = args.budget_ms or 2000.0 / fps
         sinks = [make_sink(spec, proc.controls) for spec in (args.sink or ["null"])]
+        audio = _start_audio(args) if kind == "engine" else None
         meter = bench.ResourceMeter()
         try:
             if kind == "engine":
-                summary = Engine(source, proc, sinks, fps=fps, budget_ms=budget_ms).run(seconds=args.seconds)
+                summary = Engine(source, proc, sinks, fps=fps, budget_ms=budget_ms,
+                                 on_latency=audio.set_video_latency_ms if audio else None).run(seconds=args.seconds)
             else:
                 summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)
         finally:
             proc.close()
+            if audio is not None:
+                audio.close()
         runs[kind] = (bench.annotate(summary, proc.metrics, budget_ms, meter.stop()), proc.metrics)
+        if audio is not None:
+            runs[kind][0]["audio"] = audio.stats()
         runs[kind][0].update(info, input=args.input or ("camera" if args.camera is not None else "builtin"),
                              input_fps=round(fps, 3))
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
+    if "audio" in summaries["engine"]:
+        from realtime.audio import format_audio_summary
+
+        print(format_audio_summary(summaries["engine"]["audio"]))
     result = dict(summaries["engine"])
     if args.compare_naive:
         engine, naive = summaries["engine"], summaries["naive"]
@@ -323,6 +393,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("training needs PyTorch: pip install 'realtime[train]'") from None
     from pathlib import Path
 
+    if args.model == "swap":
+        return _train_swap(args)
     from realtime.train.refiner import Config, train
 
     cfg = Config(data=list(args.data))
@@ -333,6 +405,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = result["final"]
     print(f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
           f"validation {final.get('val')}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def _train_swap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from realtime.train.cyclegan import Config, train
+
+    cfg = Config(a=list(args.a), b=list(args.b), recycle=args.recycle)
+    for name in ("size", "steps", "max_minutes", "batch", "width", "n_res", "holdout", "eval_every", "device"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    result = train(cfg, Path(args.out), resume=not args.fresh)
+    final = result["final"]
+    print(f"trained {result['steps']} steps on {result['device']} in {result['minutes']} min: "
+          f"cycle {final.get('cycle')}, validation {final.get('val')}")
+    if "export" in result:
+        print(f"exported {result['export']['onnx']} (parity {result['export']['parity_fp32']['image_max_abs_diff']:.1e})")
     print(f"run folder: {args.out}")
     return 0
 

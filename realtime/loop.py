@@ -27,7 +27,7 @@ from realtime.blend import Blender
 from realtime.controls import Controls
 from realtime.frames import FaceTrack, Frame, Output, Target
 from realtime.metrics import Metrics
-from realtime.retarget import RetargetLimits, Retargeter
+from realtime.retarget import Retargeter, RetargetLimits
 from realtime.tracking import FaceTracker
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,8 @@ class FrameProcessor:
             t_capture=track.frame.t_capture,
             t_done=time.monotonic(),
             face_found=track.found,
-            stage_ms={"track": self.metrics.stage_ms["track"][-1] if self.metrics.stage_ms["track"] else 0.0, **stage_ms},
+            stage_ms={"track": self.metrics.stage_ms["track"][-1] if len(self.metrics.stage_ms["track"]) else 0.0,
+                      **stage_ms},
         )
 
     def process(self, frame: Frame) -> Output:
@@ -274,8 +275,11 @@ class Engine:
         fps: float,
         budget_ms: float | None = None,
         controls: Controls | None = None,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.source = source
+        # Called with each new frame's capture→sink latency in ms (the audio bridge follows it).
+        self.on_latency = on_latency
         self.processor = processor
         self.metrics = processor.metrics
         self.controls = controls or processor.controls
@@ -375,7 +379,7 @@ class Engine:
             # Don't leave the sinks that did open behind (a FileSink's ffmpeg and temp file).
             for guard in opened:
                 try:
-                    guard.close()
+                    abort_sink(guard.sink)
                 except Exception as exc:
                     logger.error("closing sink %s failed: %s", guard.sink.name, exc)
             close = getattr(self.source, "close", None)
@@ -416,6 +420,11 @@ class Engine:
                 else:
                     self._emit(out, now)
                     self.metrics.add_output((now - out.t_capture) * 1000.0, now, out.face_found)
+                    if self.on_latency is not None:
+                        try:
+                            self.on_latency((now - out.t_capture) * 1000.0)
+                        except Exception as exc:  # audio never stops the video
+                            self._errors.error("on_latency", "latency listener failed: %s", exc)
                     last = out
                     repeat_at = now + 1.5 * interval
         finally:
@@ -446,6 +455,12 @@ class Engine:
         self.metrics.add_stage("sink", (time.perf_counter() - t0) * 1000.0)
 
 
+def abort_sink(sink: Any) -> None:
+    """Stop a sink without finishing its output (``abort`` where it has one)."""
+    abort = getattr(sink, "abort", None)
+    (abort or sink.close)()
+
+
 def render_offline(source: Any, processor: FrameProcessor, sinks: list[Any], fps: float, progress: bool = True) -> dict:
     """Every source frame, in order, no drops, through the same per-frame code path.
 
@@ -459,7 +474,8 @@ def render_offline(source: Any, processor: FrameProcessor, sinks: list[Any], fps
         sink.open(processor.output_size[0], processor.output_size[1], fps)
     metrics.t_start = time.monotonic()
     total = getattr(source, "frame_count", None) or None
-    bar = tqdm(total=total, unit="frame", disable=not progress, leave=False)
+    # disable=None: a bar only on a terminal; piped or logged, it would bury the one-line error.
+    bar = tqdm(total=total, unit="frame", disable=None if progress else True, leave=False)
     try:
         while True:
             frame = source.read()
@@ -473,6 +489,10 @@ def render_offline(source: Any, processor: FrameProcessor, sinks: list[Any], fps
             now = time.monotonic()
             metrics.add_output((now - t0) * 1000.0, now, out.face_found)
             bar.update(1)
+    except BaseException:
+        for sink in sinks:  # an interrupted render leaves no half-written output behind
+            abort_sink(sink)
+        raise
     finally:
         bar.close()
         metrics.t_end = time.monotonic()

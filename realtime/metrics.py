@@ -11,7 +11,7 @@ from collections import defaultdict
 import numpy as np
 
 
-def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
+def percentiles(values) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
@@ -38,15 +38,46 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+class Series:
+    """The most recent ``capacity`` samples of a per-frame number, in a fixed numpy ring.
+
+    A live run may last all day: memory stays flat, and percentiles describe the last
+    ``capacity`` frames (about 73 minutes at 30 fps by default). ``total`` counts every sample.
+    """
+
+    def __init__(self, capacity: int = 1 << 17) -> None:
+        self._data = np.zeros(capacity, np.float64)
+        self.total = 0
+
+    def append(self, value: float) -> None:
+        self._data[self.total % len(self._data)] = value
+        self.total += 1
+
+    def __len__(self) -> int:
+        return min(self.total, len(self._data))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        n, cap = len(self), len(self._data)
+        start = self.total % cap if self.total > cap else 0
+        out = np.concatenate([self._data[start:n], self._data[:start]]) if start else self._data[:n].copy()
+        return out.astype(dtype) if dtype is not None else out
+
+    def __iter__(self):
+        return iter(np.asarray(self).tolist())
+
+    def __getitem__(self, index: int) -> float:
+        return float(np.asarray(self)[index]) if index != -1 else float(self._data[(self.total - 1) % len(self._data)])
+
+
 class Metrics:
     """Thread-safe collector. Stages add durations; the sink adds each emitted frame."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.stage_ms: dict[str, list[float]] = defaultdict(list)
-        self.latency_ms: list[float] = []
-        self.emit_times: list[float] = []
-        self.latency_times: list[float] = []  # emit time of each latency sample (new frames)
+        self.stage_ms: dict[str, Series] = defaultdict(Series)
+        self.latency_ms = Series()
+        self.emit_times = Series()
+        self.latency_times = Series()  # emit time of each latency sample (new frames)
         self.dropped: dict[str, int] = defaultdict(int)
         self.captured = 0
         self.repeats = 0
@@ -86,25 +117,26 @@ class Metrics:
     @property
     def frames(self) -> int:
         """New (non-repeated) frames that reached the sinks."""
-        return len(self.latency_ms)
+        return self.latency_ms.total
 
     def summary(self, **extra: object) -> dict:
         with self._lock:
             duration = (self.t_end or 0.0) - (self.t_start or 0.0)
             emits = np.asarray(self.emit_times)
             gaps = np.diff(emits) * 1000.0 if emits.size > 1 else np.zeros(0)
+            frames = self.latency_ms.total
             out = {
-                "frames": len(self.latency_ms),
+                "frames": frames,
                 "captured": self.captured,
                 "repeats": self.repeats,
                 "dropped": int(sum(self.dropped.values())),
                 "dropped_by_reason": dict(self.dropped),
                 "errors": dict(self.errors),
                 "duration_s": round(duration, 3),
-                "fps": round(len(self.latency_ms) / duration, 2) if duration > 0 else 0.0,
-                "output_fps": round(len(self.emit_times) / duration, 2) if duration > 0 else 0.0,
-                "face_found_ratio": round(self.faces_found / len(self.latency_ms), 4) if self.latency_ms else 0.0,
-                "latency_ms": {k: v for k, v in percentiles(self.latency_ms).items()},
+                "fps": round(frames / duration, 2) if duration > 0 else 0.0,
+                "output_fps": round(self.emit_times.total / duration, 2) if duration > 0 else 0.0,
+                "face_found_ratio": round(self.faces_found / frames, 4) if frames else 0.0,
+                "latency_ms": percentiles(self.latency_ms),
                 "sink_gap_ms": percentiles(gaps),
                 "stages": {name: percentiles(values) for name, values in self.stage_ms.items()},
             }

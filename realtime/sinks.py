@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -181,6 +181,7 @@ class VirtualCamSink:
 # --------------------------------------------------------------------------- preview window
 
 HOTKEYS_LINE = "n: recalibrate  m: swap/reenact  q/Esc: quit"
+AUDIO_HOTKEYS = "  a: mute  [/]: audio offset -/+10 ms"
 OverlayLine = str | tuple[str, tuple[int, int, int]]
 
 
@@ -216,14 +217,21 @@ def draw_overlay(image: np.ndarray, lines: Sequence[OverlayLine]) -> np.ndarray:
     return canvas
 
 
-def overlay_lines(out: Output, fps: float, latency_ms: float) -> list[OverlayLine]:
-    """The preview overlay's text for one output frame."""
+def overlay_lines(out: Output, fps: float, latency_ms: float, audio: object | None = None) -> list[OverlayLine]:
+    """The preview overlay's text for one output frame.
+
+    ``audio`` (a running ``realtime.audio.AudioBridge``) adds its level meter, delay,
+    offset and mute state, and its hotkeys.
+    """
     lines: list[OverlayLine] = [f"{fps:5.1f} fps   latency {latency_ms:4.0f} ms"]
     if out.stage_ms:
         lines.append("  ".join(f"{k} {v:.1f}" for k, v in out.stage_ms.items()) + " ms")
     if not out.face_found:
         lines.append(("NO FACE", (0, 0, 255)))
-    lines.append(HOTKEYS_LINE)
+    if audio is not None:
+        muted = bool(getattr(audio, "muted", False)) or bool(getattr(audio, "failed", None))
+        lines.append((audio.status_line(), (0, 165, 255) if muted else (255, 255, 255)))  # type: ignore[attr-defined]
+    lines.append(HOTKEYS_LINE + (AUDIO_HOTKEYS if audio is not None else ""))
     return lines
 
 
@@ -238,6 +246,9 @@ class WindowSink:
         self._times: collections.deque[float] = collections.deque(maxlen=30)
         self._open = False
         self._size = (0, 0)
+        self._last_index: int | None = None
+        self._last_latency_ms = 0.0
+        self.audio: object | None = None  # an AudioBridge: overlay meter and a/[/] hotkeys
 
     @property
     def fps(self) -> float:
@@ -269,9 +280,12 @@ class WindowSink:
             raise RuntimeError("WindowSink.send() before open()")
         now = time.monotonic()
         self._times.append(now)
-        latency_ms = (now - out.t_capture) * 1000.0
+        # A repeated frame (nothing new arrived in time) keeps the latency of its first showing.
+        if out.index != self._last_index:
+            self._last_index, self._last_latency_ms = out.index, (now - out.t_capture) * 1000.0
+        latency_ms = self._last_latency_ms
         width, height = self._size
-        image = draw_overlay(as_bgr(out.image, width, height), overlay_lines(out, self.fps, latency_ms))
+        image = draw_overlay(as_bgr(out.image, width, height), overlay_lines(out, self.fps, latency_ms, self.audio))
         cv2.imshow(self.title, image)
         self.frames += 1
         self.handle_key(cv2.waitKey(1))
@@ -288,6 +302,14 @@ class WindowSink:
             logger.info("mode: %s", self.controls.toggle_mode())
         elif key in (ord("q"), 27):
             self.controls.request_quit()
+        elif self.audio is not None and key in (ord("a"), ord("["), ord("]")):
+            audio: Any = self.audio
+            if key == ord("a"):
+                audio.muted = not audio.muted
+                logger.info("audio %s", "muted" if audio.muted else "unmuted")
+            else:
+                audio.offset_ms += 10.0 if key == ord("]") else -10.0
+                logger.info("audio offset %+.0f ms", audio.offset_ms)
 
     def close(self) -> None:
         if self._open:
@@ -345,6 +367,8 @@ class FileSink:
         """The ffmpeg argument list (no shell)."""
         import imageio_ffmpeg
 
+        from realtime.audio import video_start_offset_s
+
         enc_w, enc_h = width + self._pad[0], height + self._pad[1]
         cmd = [
             imageio_ffmpeg.get_ffmpeg_exe(),
@@ -378,6 +402,12 @@ class FileSink:
                 "-b:a",
                 "160k",
             ]
+            filters = []
+            # The frames sent start at the source's first video frame: audio from before
+            # it is dropped, so a source whose video starts after its audio stays in sync.
+            shift = video_start_offset_s(self.audio_from)
+            if shift > 0:
+                filters += [f"atrim=start={shift:.6f}", f"asetpts=PTS-{shift:.6f}/TB"]
             if self.trim_audio:
                 # Pad the audio with silence forever, so the video is always the shortest
                 # stream and -shortest ends the file at the last frame sent: no video frame
@@ -385,7 +415,11 @@ class FileSink:
                 # stopping a 10 min driver after 5 s gives 10 min of audio and a ~20 s wait
                 # in close()). The audio may run a little (< ~1 s) past the last frame on
                 # very short clips. A source without audio ignores -af.
-                cmd += ["-af", "apad", "-shortest"]
+                filters.append("apad")
+            if filters:
+                cmd += ["-af", ",".join(filters)]
+            if self.trim_audio:
+                cmd += ["-shortest"]
         cmd += [
             "-c:v",
             "libx264",
@@ -411,6 +445,8 @@ class FileSink:
         folder = self.path.parent
         if not folder.is_dir():
             raise UserError(f"Output folder {folder} does not exist; create it or choose another path.")
+        if self.path.is_dir():
+            raise UserError(f"Output {self.path} is a folder; give a file name such as {self.path / 'out.mp4'}.")
         if self.audio_from and not Path(self.audio_from).is_file():
             raise UserError(
                 f"Audio source {self.audio_from} not found; give an existing video or audio file."
@@ -489,6 +525,14 @@ class FileSink:
         self._remove_tmp()
         raise UserError(f"Writing {self.path} failed (ffmpeg exit {rc}): {self._last_error()}")
 
+    def abort(self) -> None:
+        """Stop because of an error elsewhere: kill ffmpeg, leave no partial file, say nothing."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._finish(timeout=10)
+        self._remove_tmp()
+
     def close(self) -> None:
         if self._proc is None:
             return
@@ -503,7 +547,11 @@ class FileSink:
         if rc != 0:
             self._remove_tmp()
             raise UserError(f"Writing {self.path} failed (ffmpeg exit {rc}): {self._last_error()}")
-        os.replace(self.tmp_path, self.path)
+        try:
+            os.replace(self.tmp_path, self.path)
+        except OSError as exc:
+            self._remove_tmp()
+            raise UserError(f"Could not write {self.path}: {exc.strerror or exc}") from exc
         logger.info("wrote %s (%d frames)", self.path, self.frames)
 
 

@@ -87,7 +87,7 @@ def probe_video(path: str) -> tuple[float, int, int, int]:
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise UserError(f"video could not be opened (corrupt or unsupported format): {path}")
+            raise UserError(f"video could not be opened (no video stream, corrupt or unsupported format): {path}")
         ok, first = cap.read()
         if not ok or first is None:
             raise UserError(f"video has no decodable frames: {path}")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 KEYS = ["latency_ms", "fps", "frames", "dropped", "stages", "provider", "generator", "size", "machine"]
@@ -60,3 +61,14 @@ def test_naive_comparison_is_measured_in_the_same_run(bench_json):
     ratios = report["engine_vs_naive"]
     assert ratios["p95_latency_ratio"] == pytest.approx(naive["latency_ms"]["p95"] / report["latency_ms"]["p95"], rel=1e-2)
     assert ratios["throughput_ratio"] == pytest.approx(report["fps"] / naive["fps"], rel=1e-2)
+
+
+def test_metrics_memory_is_bounded_and_ordered():
+    from realtime.metrics import Series
+
+    series = Series(capacity=100)
+    for i in range(250):
+        series.append(float(i))
+    assert len(series) == 100 and series.total == 250
+    assert np.asarray(series).tolist() == [float(i) for i in range(150, 250)]
+    assert series[-1] == 249.0

@@ -80,7 +80,6 @@ def test_render_moves_the_painting_with_the_driver(painting_render):
 def test_render_leaves_pixels_far_from_the_head_unchanged(painting_render):
     avatar, _, out, _ = painting_render
     from realtime.avatar import default_canvas_size, load_avatar
-
     from realtime.media import read_image
 
     size = default_canvas_size(read_image(str(avatar)))
@@ -114,7 +113,7 @@ def test_swap_keeps_background_and_pose_and_changes_identity(tmp_path):
     from realtime.tracking import FaceTracker
 
     judge = FaceTracker(smoothing=False, track_width=0)
-    for a, b in zip(real[::10], swapped[::10]):
+    for a, b in zip(real[::10], swapped[::10], strict=False):
         la, lb = judge.detect(a)[0], judge.detect(b)[0]
         # Same pose and place: the swapped face sits where the user's face is.
         assert np.linalg.norm(la[mesh.RIGID, :2] - lb[mesh.RIGID, :2], axis=1).mean() < 0.08 * mesh.face_size(la)

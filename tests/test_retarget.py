@@ -5,7 +5,7 @@ import pytest
 
 from realtime import expression, mesh
 from realtime.frames import FaceTrack, Frame
-from realtime.retarget import RetargetLimits, Retargeter
+from realtime.retarget import Retargeter, RetargetLimits
 from realtime.tracking import find_face
 
 

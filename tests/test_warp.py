@@ -7,7 +7,7 @@ import pytest
 from realtime import expression, mesh
 from realtime.blend import Blender, match_colour
 from realtime.frames import Frame, Target
-from realtime.generators.piecewise import rasterise_map, warp_region
+from realtime.generators.piecewise import rasterise_map
 from realtime.generators.warp import WarpGenerator
 from realtime.tracking import find_face
 

@@ -98,7 +98,7 @@ class OnnxRunner:
         for name in self.outputs:
             binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
-        return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
+        return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
 @dataclass

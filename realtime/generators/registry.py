@@ -53,6 +53,12 @@ def build_generators(name: str | None, avatar: Avatar, providers: list[str] | No
             known = ", ".join(["warp", *models]) or "warp"
             raise UserError(f"unknown generator {name!r}; available: {known}, or a path to an .onnx file")
         path = models[name]["path"]
+    from realtime.generators.translator import TranslatorGenerator, is_translator
+
+    if is_translator(path):
+        # An identity translator (`realtime train swap`) draws swap mode; reenact keeps the warp.
+        return Generators(by_mode={"reenact": warps["reenact"], "swap": TranslatorGenerator(path, providers)},
+                          fallback=dict(warps))
     from realtime.generators.onnx import OnnxRefinerGenerator
 
     learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in ("reenact", "swap")}

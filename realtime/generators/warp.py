@@ -153,7 +153,10 @@ class WarpGenerator:
     def _fill_mouth(self, patch: np.ndarray, dest: np.ndarray, roi: tuple[int, int, int, int]) -> None:
         """Paint a mouth interior where the target mouth is open wider than the avatar's."""
         opening = mesh.mouth_opening(dest)
-        strength = float(np.clip((opening - self._avatar_mouth - 0.015) / 0.05, 0.0, 1.0))
+        # An avatar whose own mouth is open (teeth showing) keeps its real interior,
+        # stretched, until the target opens much wider than it.
+        threshold = max(self._avatar_mouth + 0.015, 1.6 * self._avatar_mouth)
+        strength = float(np.clip((opening - threshold) / 0.05, 0.0, 1.0))
         if strength <= 0.0:
             return
         origin = np.array(roi[:2], np.float64)

@@ -114,7 +114,7 @@ def laplacian_loss(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, level
 
 
 def hinge_d(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    return sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for r, f in zip(real, fake))
+    return sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for r, f in zip(real, fake, strict=True))
 
 
 def hinge_g(fake: list[list[torch.Tensor]]) -> torch.Tensor:
@@ -122,4 +122,4 @@ def hinge_g(fake: list[list[torch.Tensor]]) -> torch.Tensor:
 
 
 def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    return sum(F.l1_loss(f, r.detach()) for rs, fs in zip(real, fake) for r, f in zip(rs[:-1], fs[:-1]))
+    return sum(F.l1_loss(f, r.detach()) for rs, fs in zip(real, fake, strict=True) for r, f in zip(rs[:-1], fs[:-1], strict=True))

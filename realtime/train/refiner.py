@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from realtime.generators.onnx import CropSpec
 from realtime.train import models

@@ -13,6 +13,7 @@ from realtime.errors import DeviceUnavailable, UserError
 logger = logging.getLogger("realtime")
 
 DEFAULT_DEMO_OUT = "realtime-demo.mp4"
+DEFAULT_PIPELINE = "parallel"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop frames older than this (default: two frame intervals)")
     run.add_argument("--seconds", type=_positive, default=None, help="stop after this long")
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
+    run.add_argument("--pipeline", choices=["serial", "parallel"], default=DEFAULT_PIPELINE,
+                     help="serial: track then render in one thread; parallel: overlap them on different frames")
     _add_audio_options(run)
 
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+    bench.add_argument("--pipeline", choices=["serial", "parallel"], default=DEFAULT_PIPELINE,
+                       help="serial: track then render in one thread; parallel: overlap them on different frames")
     _add_audio_options(bench)
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
@@ -233,6 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if hasattr(sink, "audio"):
                 sink.audio = audio  # the window's level meter and audio hotkeys
         engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms,
+                        pipelined=args.pipeline == "parallel",
                         on_latency=audio.set_video_latency_ms if audio is not None else None)
         summary = engine.run(seconds=args.seconds)
     finally:
@@ -348,7 +354,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         try:
             if kind == "engine":
                 summary = Engine(source, proc, sinks, fps=fps, budget_ms=budget_ms,
-                                 on_latency=audio.set_video_latency_ms if audio else None).run(seconds=args.seconds)
+                                 pipelined=args.pipeline == "parallel", on_latency=audio.set_video_latency_ms if audio else None).run(seconds=args.seconds)
             else:
                 summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)
         finally:

@@ -276,8 +276,13 @@ class Engine:
         budget_ms: float | None = None,
         controls: Controls | None = None,
         on_latency: Callable[[float], None] | None = None,
+        pipelined: bool = True,
     ) -> None:
         self.source = source
+        # Pipelined: tracking and rendering overlap on different frames (more throughput).
+        # Serial: one thread tracks then renders each frame (less latency when both fit in
+        # a frame interval, since nothing waits in a hand-off).
+        self.pipelined = pipelined
         # Called with each new frame's capture→sink latency in ms (the audio bridge follows it).
         self.on_latency = on_latency
         self.processor = processor
@@ -344,9 +349,14 @@ class Engine:
                     self.metrics.add_error("track")
                     self._errors.error("track", "tracking failed: %s", exc)
                     track = FaceTrack(frame=frame, landmarks=None, lost_for_s=math.inf)
-                self._tracked.put(track)
+                if self.pipelined:
+                    self._tracked.put(track)
+                else:
+                    self._render_one(track)
         finally:
             self._tracked.close()
+            if not self.pipelined:
+                self._rendered.close()
 
     def _render_loop(self) -> None:
         try:
@@ -356,17 +366,20 @@ class Engine:
                     if self._tracked.closed:
                         break
                     continue
-                if self._late(track.frame.t_capture, "late_before_render"):
-                    continue
-                try:
-                    out = self.processor.render(track)
-                except Exception as exc:
-                    self.metrics.add_error("render")
-                    self._errors.error("render", "rendering failed: %s", exc)
-                    continue
-                self._rendered.put(out)
+                self._render_one(track)
         finally:
             self._rendered.close()
+
+    def _render_one(self, track: FaceTrack) -> None:
+        if self._late(track.frame.t_capture, "late_before_render"):
+            return
+        try:
+            out = self.processor.render(track)
+        except Exception as exc:
+            self.metrics.add_error("render")
+            self._errors.error("render", "rendering failed: %s", exc)
+            return
+        self._rendered.put(out)
 
     # -- output (runs in the caller's thread, so a window sink lives on the main thread) --
     def run(self, seconds: float | None = None) -> dict:
@@ -392,8 +405,9 @@ class Engine:
         threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
             threading.Thread(target=self._track_loop, name="track", daemon=True),
-            threading.Thread(target=self._render_loop, name="render", daemon=True),
         ]
+        if self.pipelined:
+            threads.append(threading.Thread(target=self._render_loop, name="render", daemon=True))
         for thread in threads:
             thread.start()
         interval = 1.0 / self.fps

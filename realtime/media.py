@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 
 import cv2
 import numpy as np
 
 from realtime.errors import UserError
+from realtime.native import quiet_native_stderr
 
 MAX_IMAGE_SIDE = 12000
 MIN_IMAGE_SIDE = 48
@@ -36,28 +35,6 @@ def to_bgr8(image: np.ndarray, name: str = "image") -> np.ndarray:
     raise UserError(f"{name}: unsupported image layout {image.shape}")
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """libpng and libjpeg print to file descriptor 2 themselves ("libpng error: PNG input
-    buffer is incomplete" for a truncated PNG, "Corrupt JPEG data: ..." for a damaged JPEG),
-    which would precede our one-line error. Only used while decoding a user's image at
-    start-up, before any other thread could be writing to stderr."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr: nothing to protect
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def read_image(path: str, what: str = "image") -> np.ndarray:
     """Read an image file as BGR uint8, or raise UserError with one clear line."""
     if not os.path.exists(path):
@@ -67,7 +44,7 @@ def read_image(path: str, what: str = "image") -> np.ndarray:
     if os.path.getsize(path) == 0:
         raise UserError(f"{what} is empty (0 bytes): {path}")
     data = np.fromfile(path, dtype=np.uint8)
-    with _native_stderr_silenced():
+    with quiet_native_stderr():
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise UserError(f"{what} could not be decoded (corrupt, truncated or not an image): {path}")

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import sys
 
 import cv2
 import numpy as np
 
 from realtime import mesh
 from realtime.frames import FaceTrack, Frame
+from realtime.native import quiet_native_stderr
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence mediapipe's C++ start-up chatter (TFLite/absl write straight to fd 2)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class OneEuroFilter:

@@ -109,7 +109,7 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
                         f"{config['n_res']} residual blocks, instance norm, bilinear upsampling",
         "training": {"steps": step, "batch": config["batch"], "lr": config["lr"], "recycle": config.get("recycle"),
                      "holdout": config.get("holdout"),
-                     "losses": "hinge GAN (2-scale patch discriminators conditioned on the source landmark map), "
+                     "losses": "hinge GAN (2-scale patch discriminators), "
                                f"cycle L1 x{config['w_cycle']}, identity L1 x{config['w_identity']}"
                                + (f", recurrent x{config['w_recurrent']}, recycle x{config['w_recycle']}"
                                   if config.get("recycle") else "")},

@@ -9,9 +9,8 @@ the live generator will feed the model. The last ``holdout`` fraction of every v
 frames is never trained on: evaluation (``benchmarks/swap_eval.py``) uses them.
 
 - CycleGAN: generators A→B and B→A (ResNet: 2 down, residual blocks, 2 up), one 2-scale
-  patch discriminator per domain conditioned on the landmark map of the frame the image
-  was made from (so a fake B must keep A's mouth, eyes and face shape), hinge adversarial
-  loss, cycle and identity L1.
+  patch discriminator per domain (the refiner's, its landmark channel left blank), hinge
+  adversarial loss, cycle and identity L1.
 - Recycle-GAN (``--recycle``): adds temporal predictors P_A, P_B (frame t+1 from t-1, t)
   trained on consecutive triplets with the recurrent loss, and the recycle loss
   ``x_{t+1} ≈ G_BA(P_B(G_AB(x_{t-1}), G_AB(x_t)))`` (both directions), which penalises
@@ -69,6 +68,7 @@ class Config:
     eval_every: int = 250
     seed: int = 0
     device: str = "auto"
+    bf16: bool = False  # bf16 autocast on CPU too (always on CUDA); ~1.6x on CPUs with AVX512-BF16/AMX
     export: bool = True
     a: list[str] = field(default_factory=list)
     b: list[str] = field(default_factory=list)
@@ -228,17 +228,25 @@ class Nets(nn.Module):
         return [*self.d_a.parameters(), *self.d_b.parameters()]
 
 
+def _blank(x: torch.Tensor) -> torch.Tensor:
+    """The discriminators' landmark channel, left empty: conditioning a fake B on A's landmarks
+    lets the discriminator tell A's geometry from B's and ignore the image (the generator then
+    only learns noise)."""
+    return torch.zeros_like(x[:, :1])
+
+
 def generator_losses(nets: Nets, cfg: Config, a: list[torch.Tensor], ma: list[torch.Tensor],
                      b: list[torch.Tensor], mb: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
     """All generator-side losses for one batch; ``a``/``b`` hold 1 frame (CycleGAN) or 3 (Recycle-GAN).
 
-    Returns the loss terms and the fakes (for the discriminator step)."""
+    ``ma``/``mb`` are the frames' landmark maps (kept for conditioning experiments; the
+    discriminators currently see a blank channel). Returns the loss terms and the fakes."""
     fake_b = [nets.g_ab(x) for x in a]
     fake_a = [nets.g_ba(x) for x in b]
     last = len(a) - 1
     terms: dict[str, torch.Tensor] = {}
-    adv = sum(models.hinge_g(nets.d_b(fb, m)) for fb, m in zip(fake_b, ma, strict=True))
-    adv = adv + sum(models.hinge_g(nets.d_a(fa, m)) for fa, m in zip(fake_a, mb, strict=True))
+    adv = sum(models.hinge_g(nets.d_b(fb, _blank(fb))) for fb in fake_b)
+    adv = adv + sum(models.hinge_g(nets.d_a(fa, _blank(fa))) for fa in fake_a)
     terms["adv"] = adv / len(a)
     terms["cycle"] = (nets.g_ba(fake_b[last]) - a[last]).abs().mean() + (nets.g_ab(fake_a[last]) - b[last]).abs().mean()
     terms["identity"] = (nets.g_ab(b[last]) - b[last]).abs().mean() + (nets.g_ba(a[last]) - a[last]).abs().mean()
@@ -255,11 +263,11 @@ def generator_losses(nets: Nets, cfg: Config, a: list[torch.Tensor], ma: list[to
     return terms, {"fake_a": fake_a, "fake_b": fake_b}
 
 
-def discriminator_loss(nets: Nets, a, ma, b, mb, fakes: dict) -> torch.Tensor:
-    loss = sum(models.hinge_d(nets.d_b(x, m), nets.d_b(f.detach(), mf))
-               for x, m, f, mf in zip(b, mb, fakes["fake_b"], ma, strict=True))
-    loss = loss + sum(models.hinge_d(nets.d_a(x, m), nets.d_a(f.detach(), mf))
-                      for x, m, f, mf in zip(a, ma, fakes["fake_a"], mb, strict=True))
+def discriminator_loss(nets: Nets, a: list[torch.Tensor], b: list[torch.Tensor], fakes: dict) -> torch.Tensor:
+    loss = sum(models.hinge_d(nets.d_b(x, _blank(x)), nets.d_b(f.detach(), _blank(f)))
+               for x, f in zip(b, fakes["fake_b"], strict=True))
+    loss = loss + sum(models.hinge_d(nets.d_a(x, _blank(x)), nets.d_a(f.detach(), _blank(f)))
+                      for x, f in zip(a, fakes["fake_a"], strict=True))
     return loss / len(a)
 
 
@@ -337,7 +345,7 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     history = []
     log = open(out / "log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="recycle-gan" if cfg.recycle else "cyclegan")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cfg.bf16)
     t_start = time.time()
     pool_a = faces_a.triplets if cfg.recycle else np.arange(len(faces_a.crops))
     pool_b = faces_b.triplets if cfg.recycle else np.arange(len(faces_b.crops))
@@ -358,7 +366,7 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         terms["loss"].backward()
         opt_g.step()
         with autocast:
-            loss_d = discriminator_loss(nets, a, ma, b, mb, fakes)
+            loss_d = discriminator_loss(nets, a, b, fakes)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()

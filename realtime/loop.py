@@ -61,7 +61,14 @@ class LatestSlot:
             if not self._has:
                 return None
             item, self._item, self._has = self._item, None, False
+            self._cond.notify_all()
             return item
+
+    def wait_taken(self, stop: threading.Event, poll_s: float = 0.05) -> None:
+        """Block until the waiting item has been taken (or ``stop`` is set)."""
+        with self._cond:
+            while self._has and not stop.is_set():
+                self._cond.wait(poll_s)
 
     def close(self) -> None:
         with self._cond:
@@ -283,6 +290,10 @@ class Engine:
         # Serial: one thread tracks then renders each frame (less latency when both fit in
         # a frame interval, since nothing waits in a hand-off).
         self.pipelined = pipelined
+        # An unpaced file is read as fast as the pipeline takes frames, not faster: decoding
+        # frames only to skip them would steal the CPU the pipeline needs. Cameras and paced
+        # sources deliver on their own clock, so for them the newest frame wins.
+        self._backpressure = getattr(source, "paced", True) is False
         # Called with each new frame's capture→sink latency in ms (the audio bridge follows it).
         self.on_latency = on_latency
         self.processor = processor
@@ -324,6 +335,8 @@ class Engine:
                     break
                 self.metrics.add_captured()
                 self._captured.put(frame)
+                if self._backpressure:
+                    self._captured.wait_taken(self._stop)
         finally:
             self._captured.close()
 

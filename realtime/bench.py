@@ -141,10 +141,9 @@ def bench_info(processor: Any, args: Any) -> dict:
 
 def fresh(processor: Any) -> Any:
     """A processor with the same avatar and generators but new tracker state and metrics."""
+    from realtime.controls import Controls
     from realtime.loop import FrameProcessor
     from realtime.tracking import FaceTracker
-
-    from realtime.controls import Controls
 
     controls = Controls(mode=processor.controls.mode)
     return FrameProcessor(processor.avatar, processor.generators, FaceTracker(), controls, Metrics(),

@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--holdout", type=float, default=None, help="last fraction of each video never trained on")
     swap.add_argument("--eval-every", type=int, default=None)
     swap.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    swap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)")
     swap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
 
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
@@ -420,7 +421,7 @@ def _train_swap(args: argparse.Namespace) -> int:
 
     from realtime.train.cyclegan import Config, train
 
-    cfg = Config(a=list(args.a), b=list(args.b), recycle=args.recycle)
+    cfg = Config(a=list(args.a), b=list(args.b), recycle=args.recycle, bf16=args.bf16)
     for name in ("size", "steps", "max_minutes", "batch", "width", "n_res", "holdout", "eval_every", "device"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

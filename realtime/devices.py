@@ -10,6 +10,7 @@ import os
 import platform
 from typing import Any
 
+from realtime.audio import virtual_mic_setup
 from realtime.sinks import one_line, platform_virtualcam_backends, virtualcam_fix
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ def probe_audio() -> dict[str, Any]:
         "error": None,
         "fix": None,
         "virtual_mic_hint": VIRTUAL_MIC_HINT.get(system, VIRTUAL_MIC_HINT["Linux"]),
+        "virtual_mic_setup": {name: virtual_mic_setup(name) for name in ("Linux", "Windows", "Darwin")},
+        "system": system,
     }
     try:
         import sounddevice as sd
@@ -225,7 +228,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  [{d['index']}] {d['name']} (in {d['inputs']}, out {d['outputs']}){mark}")
     if not audio.get("error") and not audio.get("devices"):
         lines.append("  no audio devices")
-    if audio.get("virtual_mic_hint"):
+    setup = audio.get("virtual_mic_setup") or {}
+    if setup:
+        # A/V-synced audio for calls: `realtime run ... --audio-in MIC --audio-out VIRTUAL_MIC`.
+        here = audio.get("system") or platform.system()
+        lines.append("  virtual microphone (for `realtime run --audio-in MIC --audio-out DEVICE`):")
+        for name in sorted(setup, key=lambda n: n != here):
+            label = {"Darwin": "macOS"}.get(name, name) + (" (this machine)" if name == here else "")
+            steps = setup[name].splitlines()
+            lines.append(f"    {label}: {steps[0]}")
+            lines.extend(f"      {step.strip()}" for step in steps[1:])
+    elif audio.get("virtual_mic_hint"):
         lines.append(f"  virtual microphone: {audio['virtual_mic_hint']}")
     lines.append("")
 

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime and onnxruntime-gpu share one package folder: choose with ORT=cpu|gpu.
 ORT ?= cpu
 
-.PHONY: demo test setup setup-test lint bench audio-server
+.PHONY: demo test setup setup-test lint bench audio-server test-services
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,20 @@ setup-test: $(VENV)/.test-$(ORT)
 demo: setup
 	$(VENV)/bin/realtime demo
 
-test: setup-test
+test: setup-test test-services
 	$(PY) -m pytest -q
+
+# System pieces some tests use for real: a PulseAudio server (audio) and Xvfb + xdotool
+# (the preview window). Best effort: without root/apt those tests skip with the reason.
+test-services: audio-server
+	@if ! command -v Xvfb >/dev/null 2>&1 || ! command -v xdotool >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends xvfb xdotool >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+				--no-install-recommends xvfb xdotool >/dev/null 2>&1; } \
+			|| echo "xvfb/xdotool could not be installed; the window test will skip"; \
+		else echo "no root/apt: install xvfb and xdotool for the window test"; fi; \
+	fi
 
 lint: setup-test
 	$(VENV)/bin/ruff check realtime export benchmarks tests

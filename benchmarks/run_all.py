@@ -31,7 +31,10 @@ def bench(name: str, args: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr[-1500:], file=sys.stderr)
-        return {"name": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        return {
+            "name": name,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed",
+        }
     print(proc.stdout, flush=True)
     result = json.loads(out.read_text())
     result["name"] = name
@@ -51,9 +54,27 @@ def scaled_input(source: str, size: str, folder: Path) -> str:
     width, height = size.split("x")
     out = folder / f"input_{size}.mp4"
     if not out.exists():
-        subprocess.run([get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", source, "-vf",
-                        f"scale={width}:{height}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-an",
-                        str(out)], check=True)
+        subprocess.run(
+            [
+                get_ffmpeg_exe(),
+                "-y",
+                "-loglevel",
+                "error",
+                "-i",
+                source,
+                "-vf",
+                f"scale={width}:{height}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "18",
+                "-an",
+                str(out),
+            ],
+            check=True,
+        )
     return str(out)
 
 
@@ -62,9 +83,11 @@ def row(r: dict) -> str:
         return f"| {r['name']} | error: {r['error']} |" + " |" * 9
     lat, st = r["latency_ms"], r["stages"]
     stage = lambda k: f"{st[k]['p50']:.1f}" if k in st else "-"  # noqa: E731
-    return (f"| {r['name']} | {r['fps']:.1f} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} "
-            f"| {r['deadline_misses']} / {r['captured']} | {stage('track')} | {stage('generate')} | {stage('blend')} "
-            f"| {r['cpu_percent']:.0f}% | {r['peak_rss_mb']:.0f} |")
+    return (
+        f"| {r['name']} | {r['fps']:.1f} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} "
+        f"| {r['deadline_misses']} / {r['captured']} | {stage('track')} | {stage('generate')} | {stage('blend')} "
+        f"| {r['cpu_percent']:.0f}% | {r['peak_rss_mb']:.0f} |"
+    )
 
 
 def main() -> int:
@@ -83,18 +106,61 @@ def main() -> int:
     t0 = time.time()
     folder = Path(tempfile.mkdtemp(prefix="realtime-bench-"))
     inputs = {label: scaled_input(args.input, size, folder) for label, size in SIZES.items()}
-    results.append(bench("720p_warp_paced_60s", ["--input", inputs["720p"], "--size", SIZES["720p"], "--generator",
-                                                 "warp", "--seconds", long,
-                                                 "--plot", str(RESULTS / "bench_720p_warp_paced_60s.png")]))
-    results.append(bench("720p_warp_vs_naive", ["--input", inputs["720p"], "--size", SIZES["720p"], "--generator",
-                                                "warp", "--seconds", short, "--compare-naive",
-                                                "--plot", str(RESULTS / "bench_720p_warp_vs_naive.png")]))
+    results.append(
+        bench(
+            "720p_warp_paced_60s",
+            [
+                "--input",
+                inputs["720p"],
+                "--size",
+                SIZES["720p"],
+                "--generator",
+                "warp",
+                "--seconds",
+                long,
+                "--plot",
+                str(RESULTS / "bench_720p_warp_paced_60s.png"),
+            ],
+        )
+    )
+    results.append(
+        bench(
+            "720p_warp_vs_naive",
+            [
+                "--input",
+                inputs["720p"],
+                "--size",
+                SIZES["720p"],
+                "--generator",
+                "warp",
+                "--seconds",
+                short,
+                "--compare-naive",
+                "--plot",
+                str(RESULTS / "bench_720p_warp_vs_naive.png"),
+            ],
+        )
+    )
     for label, size in SIZES.items():
         for gen in generators:
             for pacing in ("paced", "unpaced"):
                 extra = ["--unpaced"] if pacing == "unpaced" else []
-                results.append(bench(f"{label}_{gen}_{pacing}", ["--input", inputs[label], "--size", size,
-                                                                  "--generator", gen, "--seconds", short, *extra]))
+                results.append(
+                    bench(
+                        f"{label}_{gen}_{pacing}",
+                        [
+                            "--input",
+                            inputs[label],
+                            "--size",
+                            size,
+                            "--generator",
+                            gen,
+                            "--seconds",
+                            short,
+                            *extra,
+                        ],
+                    )
+                )
     machine = next((r["machine"] for r in results if "machine" in r), "unknown")
     naive = next((r for r in results if r.get("name") == "720p_warp_vs_naive" and "naive" in r), None)
     lines = [
@@ -123,8 +189,12 @@ def main() -> int:
             f"- p95 latency ratio (naive / engine): {ratio['p95_latency_ratio']:.2f}; "
             f"throughput ratio (engine / naive): {ratio['throughput_ratio']:.2f}",
         ]
-    lines += ["", "## GPU", "",
-              "Not measured in this run: see the GPU notes in the issue tracker for what was checked on a lent GPU."]
+    lines += [
+        "",
+        "## GPU",
+        "",
+        "Not measured in this run: see the GPU notes in the issue tracker for what was checked on a lent GPU.",
+    ]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

@@ -102,20 +102,33 @@ def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
 def run_method(name: str, generator: str, avatar, frames: list[np.ndarray], fps: float) -> tuple[list, dict]:
     controls = Controls(mode="swap")
     size = (frames[0].shape[1], frames[0].shape[0])
-    processor = FrameProcessor(avatar, build_generators(generator, avatar), FaceTracker(), controls, Metrics(), size)
+    processor = FrameProcessor(
+        avatar, build_generators(generator, avatar), FaceTracker(), controls, Metrics(), size
+    )
     outputs = []
     try:
         for index, image in enumerate(frames):
             outputs.append(processor.process(Frame(image, index, index / fps)).image)
     finally:
         processor.close()
-    info = {"generate_ms": percentiles(processor.metrics.stage_ms.get("generate", [])),
-            "errors": dict(processor.metrics.errors), "generator": name}
+    info = {
+        "generate_ms": percentiles(processor.metrics.stage_ms.get("generate", [])),
+        "errors": dict(processor.metrics.errors),
+        "generator": name,
+    }
     return outputs, info
 
 
-def score(outputs: list[np.ndarray], inputs: list[np.ndarray], input_lms: list, embed: FaceEmbedder,
-          ref_a: np.ndarray, ref_b: np.ndarray, judge: FaceTracker, stride: int) -> dict:
+def score(
+    outputs: list[np.ndarray],
+    inputs: list[np.ndarray],
+    input_lms: list,
+    embed: FaceEmbedder,
+    ref_a: np.ndarray,
+    ref_b: np.ndarray,
+    judge: FaceTracker,
+    stride: int,
+) -> dict:
     mouth_in, mouth_out, eyes_in, eyes_out, flicker, motion_in, motion_out = [], [], [], [], [], [], []
     dist_a, dist_b = [], []
     previous = None
@@ -136,8 +149,13 @@ def score(outputs: list[np.ndarray], inputs: list[np.ndarray], input_lms: list, 
             mouth_out.append(np.nan)
             eyes_out.append(np.nan)
         matrix = alignment(lm, CROP)
-        crop_in = cv2.warpAffine(real, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA).astype(np.float32) / 255
-        crop_out = cv2.warpAffine(out, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA).astype(np.float32) / 255
+        crop_in = (
+            cv2.warpAffine(real, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA).astype(np.float32)
+            / 255
+        )
+        crop_out = (
+            cv2.warpAffine(out, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA).astype(np.float32) / 255
+        )
         oval = face_oval_mask(lm[:, :2] @ matrix[:, :2].T + matrix[:, 2], CROP.size)
         if previous is not None:
             d_out, d_in = crop_out - previous[1], crop_in - previous[0]
@@ -167,20 +185,32 @@ def score(outputs: list[np.ndarray], inputs: list[np.ndarray], input_lms: list, 
     }
 
 
-def contact_sheet(columns: dict[str, list[np.ndarray]], lms: list, picks: list[int], b_crops: list[np.ndarray],
-                  path: Path, thumb: int = 128) -> None:
+def contact_sheet(
+    columns: dict[str, list[np.ndarray]],
+    lms: list,
+    picks: list[int],
+    b_crops: list[np.ndarray],
+    path: Path,
+    thumb: int = 128,
+) -> None:
     """Rows: held-out frames of A; columns: every method, then a held-out frame of B for reference."""
     rows = []
     for r, i in enumerate(picks):
         matrix = alignment(lms[i], CROP)
-        cells = [cv2.resize(cv2.warpAffine(col[i], matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA), (thumb, thumb))
-                 for col in columns.values()]
+        cells = [
+            cv2.resize(
+                cv2.warpAffine(col[i], matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA), (thumb, thumb)
+            )
+            for col in columns.values()
+        ]
         cells.append(cv2.resize(b_crops[r % len(b_crops)], (thumb, thumb)))
         rows.append(np.concatenate(cells, axis=1))
     names = [*columns, "B (held out)"]
     header = np.full((22, thumb * len(names), 3), 255, np.uint8)
     for k, name in enumerate(names):
-        cv2.putText(header, name, (k * thumb + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            header, name, (k * thumb + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
     cv2.imwrite(str(path), np.concatenate([header, *rows], axis=0))
 
 
@@ -188,8 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", required=True, help="video of A (the user)")
     parser.add_argument("--b", required=True, help="video of B (who A becomes)")
-    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
-                        help="a `realtime train swap` run folder with translator.onnx (repeatable)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a `realtime train swap` run folder with translator.onnx (repeatable)",
+    )
     parser.add_argument("--holdout", type=float, default=0.15, help="used when no run records its cut")
     parser.add_argument("--stride", type=int, default=2, help="embed every Nth frame (dlib is ~80 ms a face)")
     parser.add_argument("--json", default="benchmarks/results/swap_eval.json")
@@ -207,17 +242,23 @@ def main(argv: list[str] | None = None) -> int:
 
     judge = FaceTracker(smoothing=False, track_width=0)
     embed = FaceEmbedder()
-    detect = lambda img: (f[0] if (f := judge.detect(img)) else None)  # noqa: E731
+    detect = lambda img: f[0] if (f := judge.detect(img)) else None  # noqa: E731
     ref_a_frames = [frames_a[i] for i in np.linspace(0, cut_a - 1, 48).astype(int)]
     ref_a = np.mean([e for img in ref_a_frames if (e := embed(img, detect(img))) is not None], axis=0)
     b_lms = [detect(img) for img in held_b[:: args.stride]]
-    b_embeddings = [e for img, lm in zip(held_b[:: args.stride], b_lms, strict=True) if (e := embed(img, lm)) is not None]
+    b_embeddings = [
+        e for img, lm in zip(held_b[:: args.stride], b_lms, strict=True) if (e := embed(img, lm)) is not None
+    ]
     ref_b = np.mean(b_embeddings, axis=0)
     input_lms = [detect(img) for img in held_a]
 
     avatar_image = held_b[0]
     avatar = make_avatar(avatar_image, (avatar_image.shape[1], avatar_image.shape[0]), args.b)
-    methods: dict[str, str] = {"input": "", "warp": "warp", **{n: str(p / "translator.onnx") for n, p in runs.items()}}
+    methods: dict[str, str] = {
+        "input": "",
+        "warp": "warp",
+        **{n: str(p / "translator.onnx") for n, p in runs.items()},
+    }
     columns: dict[str, list[np.ndarray]] = {}
     results: dict[str, dict] = {}
     for name, generator in methods.items():
@@ -235,36 +276,58 @@ def main(argv: list[str] | None = None) -> int:
     # B's own held-out frames: how close the same real person lands (calibration).
     b_dist_b = [float(np.linalg.norm(e - ref_b)) for e in b_embeddings]
     b_dist_a = [float(np.linalg.norm(e - ref_a)) for e in b_embeddings]
-    results["b_held_out"] = {"identity_dist_to_a": round(float(np.mean(b_dist_a)), 4),
-                             "identity_dist_to_b": round(float(np.mean(b_dist_b)), 4),
-                             "note": "B's own held-out frames (they also define B's centroid)"}
+    results["b_held_out"] = {
+        "identity_dist_to_a": round(float(np.mean(b_dist_a)), 4),
+        "identity_dist_to_b": round(float(np.mean(b_dist_b)), 4),
+        "note": "B's own held-out frames (they also define B's centroid)",
+    }
     judge.close()
 
     picks = [i for i in np.linspace(0, len(held_a) - 1, 5).astype(int) if input_lms[i] is not None]
     b_crops = []
     for img, lm in zip(held_b[:: args.stride], b_lms, strict=True):
         if lm is not None and len(b_crops) < len(picks):
-            b_crops.append(cv2.warpAffine(img, alignment(lm, CROP), (CROP.size, CROP.size), flags=cv2.INTER_AREA))
+            b_crops.append(
+                cv2.warpAffine(img, alignment(lm, CROP), (CROP.size, CROP.size), flags=cv2.INTER_AREA)
+            )
         if len(b_crops) == len(picks):
             break
     Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(columns, input_lms, picks, b_crops or [np.zeros((CROP.size, CROP.size, 3), np.uint8)], Path(args.sheet))
+    contact_sheet(
+        columns,
+        input_lms,
+        picks,
+        b_crops or [np.zeros((CROP.size, CROP.size, 3), np.uint8)],
+        Path(args.sheet),
+    )
     report = {
         "a": {"video": Path(args.a).name, "held_out_from_frame": cut_a, "held_out_frames": len(held_a)},
         "b": {"video": Path(args.b).name, "held_out_from_frame": cut_b, "held_out_frames": len(held_b)},
         "identity": "dlib 128-D embedding; A centroid: 48 training frames of A; B centroid: B's held-out frames; "
-                    "same-person threshold 0.6",
+        "same-person threshold 0.6",
         "flicker": "mean |Δoutput − Δinput| between consecutive frames in the face oval (crop aligned on the input)",
         "warp_avatar": f"{Path(args.b).name} frame {cut_b}",
         "methods": results,
         "machine": machine_description(),
     }
     Path(args.json).write_text(json.dumps(report, indent=2))
-    cols = ["identity_dist_to_a", "identity_dist_to_b", "closer_to_b", "mouth_r", "blink_r", "flicker", "motion_ratio"]
+    cols = [
+        "identity_dist_to_a",
+        "identity_dist_to_b",
+        "closer_to_b",
+        "mouth_r",
+        "blink_r",
+        "flicker",
+        "motion_ratio",
+    ]
     print("| method | " + " | ".join(cols) + " | generate ms p50 |")
     print("|---" * (len(cols) + 2) + "|")
     for name, r in results.items():
-        ms = r.get("generate_ms", {}).get("p50", float("nan")) if isinstance(r.get("generate_ms"), dict) else float("nan")
+        ms = (
+            r.get("generate_ms", {}).get("p50", float("nan"))
+            if isinstance(r.get("generate_ms"), dict)
+            else float("nan")
+        )
         print(f"| {name} | " + " | ".join(str(r.get(c, "-")) for c in cols) + f" | {ms:.1f} |")
     print(f"json: {args.json}\nsheet: {args.sheet}")
     return 0

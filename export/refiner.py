@@ -56,8 +56,16 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False) -> Path:
     model = net.half() if fp16 else net.float()
     dtype = torch.float16 if fp16 else torch.float32
     args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size).values())
-    torch.onnx.export(model, args, str(tmp), input_names=INPUTS, output_names=OUTPUTS, opset_version=17,
-                      dynamo=False, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        args,
+        str(tmp),
+        input_names=INPUTS,
+        output_names=OUTPUTS,
+        opset_version=17,
+        dynamo=False,
+        do_constant_folding=True,
+    )
     net.float()
     os.replace(tmp, path)
     return path
@@ -98,7 +106,9 @@ def tensorrt_check(onnx_path: str | Path) -> dict:
         return {"available": False, "reason": "onnxruntime not installed"}
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
         return {"available": False, "reason": "this onnxruntime build has no TensorRT provider"}
-    runner = OnnxRunner(str(onnx_path), ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    runner = OnnxRunner(
+        str(onnx_path), ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     return {"available": runner.provider == "TensorrtExecutionProvider", "provider": runner.provider}
 
 
@@ -113,12 +123,20 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
             "landmarks": "1x1xSxS float: target landmarks drawn as points, eye and lip contours",
             "fill_mask": "1x1xSxS float: the target's inner-mouth polygon (what the warp cannot show)",
         },
-        "outputs": {"image": "1x3xSxS float RGB [0,1]", "mask": "1x1xSxS float [0,1] blend mask (0 at the border)"},
+        "outputs": {
+            "image": "1x3xSxS float RGB [0,1]",
+            "mask": "1x1xSxS float [0,1] blend mask (0 at the border)",
+        },
         "crop": {"size": config["size"], "face_scale": 0.32},
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask",
-        "training": {"steps": step, "batch": config["batch"], "lr": config["lr"], "data": config.get("data"),
-                     "losses": "weighted L1 (mouth x5, eyes x4), Laplacian pyramid L1, temporal (consecutive "
-                               "frames), hinge GAN with 2-scale patch discriminator, feature matching"},
+        "training": {
+            "steps": step,
+            "batch": config["batch"],
+            "lr": config["lr"],
+            "data": config.get("data"),
+            "losses": "weighted L1 (mouth x5, eyes x4), Laplacian pyramid L1, temporal (consecutive "
+            "frames), hinge GAN with 2-scale patch discriminator, feature matching",
+        },
         "export": checks,
         "sha256": sha256(onnx_path),
         "bytes": onnx_path.stat().st_size,
@@ -143,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net, config, step = load_refiner(args.checkpoint)
     out = export_onnx(net, config["size"], args.out)
-    checks = {"parity_fp32": parity(net, out, config["size"]), "tolerance": args.tolerance,
-              "exported": time.strftime("%Y-%m-%d")}
+    checks = {
+        "parity_fp32": parity(net, out, config["size"]),
+        "tolerance": args.tolerance,
+        "exported": time.strftime("%Y-%m-%d"),
+    }
     worst = max(v for k, v in checks["parity_fp32"].items() if k.endswith("diff"))
     if worst > args.tolerance:
         raise SystemExit(f"parity check failed: max abs diff {worst:.2e} > {args.tolerance:.0e}")

@@ -41,7 +41,7 @@ def load_translator(checkpoint: str | Path, reverse: bool = False):
     net = make_generator(Config(**{k: v for k, v in config.items() if k in fields}))
     if "nets" in state:  # a training checkpoint: every network of the run
         prefix = "g_ba." if reverse else "g_ab."
-        weights = {k[len(prefix):]: v for k, v in state["nets"].items() if k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v for k, v in state["nets"].items() if k.startswith(prefix)}
     else:
         weights = state["reverse" if reverse else "model"]
     net.load_state_dict(weights)
@@ -63,9 +63,16 @@ def export_onnx(net, size: int, path: str | Path) -> Path:
         # Instance norm always normalises by the input's own statistics, in training and
         # export alike; the legacy exporter's notes about it and about Slice folding are noise.
         warnings.filterwarnings("ignore", message=".*(instance_norm|Constant folding).*")
-        torch.onnx.export(net.float().eval(), (torch.from_numpy(example_input(size)),), str(tmp),
-                          input_names=INPUTS, output_names=OUTPUTS, opset_version=17, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            net.float().eval(),
+            (torch.from_numpy(example_input(size)),),
+            str(tmp),
+            input_names=INPUTS,
+            output_names=OUTPUTS,
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     os.replace(tmp, path)
     return path
 
@@ -83,8 +90,9 @@ def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = 
     return {"image_max_abs_diff": float(np.abs(image - ref).max()), "provider": session.get_providers()[0]}
 
 
-def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None,
-               reverse: bool = False) -> Path:
+def write_card(
+    onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None, reverse: bool = False
+) -> Path:
     size = config["size"]
     mode = "Recycle-GAN" if config.get("recycle") else "CycleGAN"
     card = {
@@ -98,21 +106,31 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
             "size": size,
             "face_scale": config.get("face_scale", 0.32),
             "alignment": "realtime.generators.onnx.alignment(landmarks, CropSpec(size, face_scale)): a "
-                         "similarity from mediapipe's 478 landmarks; outer eye corners (33, 263) level and "
-                         "face_scale*size apart, the rigid points' centroid at (size/2, 0.47*size); "
-                         "border replicated",
+            "similarity from mediapipe's 478 landmarks; outer eye corners (33, 263) level and "
+            "face_scale*size apart, the rigid points' centroid at (size/2, 0.47*size); "
+            "border replicated",
         },
         "paste": "face-oval mask from the user's landmarks, eroded and feathered, then Lab colour match",
-        "identities": {"a": [c["clip"] for c in config.get("clips_a", [])] or config.get("a"),
-                       "b": [c["clip"] for c in config.get("clips_b", [])] or config.get("b")},
+        "identities": {
+            "a": [c["clip"] for c in config.get("clips_a", [])] or config.get("a"),
+            "b": [c["clip"] for c in config.get("clips_b", [])] or config.get("b"),
+        },
         "architecture": f"{mode} ResNet generator: width {config['width']}, {config['n_down']} down/up, "
-                        f"{config['n_res']} residual blocks, instance norm, bilinear upsampling",
-        "training": {"steps": step, "batch": config["batch"], "lr": config["lr"], "recycle": config.get("recycle"),
-                     "holdout": config.get("holdout"),
-                     "losses": "hinge GAN (2-scale patch discriminators), "
-                               f"cycle L1 x{config['w_cycle']}, identity L1 x{config['w_identity']}"
-                               + (f", recurrent x{config['w_recurrent']}, recycle x{config['w_recycle']}"
-                                  if config.get("recycle") else "")},
+        f"{config['n_res']} residual blocks, instance norm, bilinear upsampling",
+        "training": {
+            "steps": step,
+            "batch": config["batch"],
+            "lr": config["lr"],
+            "recycle": config.get("recycle"),
+            "holdout": config.get("holdout"),
+            "losses": "hinge GAN (2-scale patch discriminators), "
+            f"cycle L1 x{config['w_cycle']}, identity L1 x{config['w_identity']}"
+            + (
+                f", recurrent x{config['w_recurrent']}, recycle x{config['w_recycle']}"
+                if config.get("recycle")
+                else ""
+            ),
+        },
         "export": checks,
         "sha256": sha256(onnx_path),
         "bytes": onnx_path.stat().st_size,
@@ -125,16 +143,24 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
     return card_path
 
 
-def export_run(run: str | Path, out: str | Path | None = None, tolerance: float = 1e-4, reverse: bool = False,
-               tensorrt: bool = False) -> dict:
+def export_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    tolerance: float = 1e-4,
+    reverse: bool = False,
+    tensorrt: bool = False,
+) -> dict:
     """Export a run folder's generator (``translator.pt``, else ``checkpoint.pt``) with parity check and card."""
     run = Path(run)
     checkpoint = run / "translator.pt" if (run / "translator.pt").exists() else run / "checkpoint.pt"
     net, config, step = load_translator(checkpoint, reverse)
     target = Path(out) if out else run / ("translator_b_to_a.onnx" if reverse else "translator.onnx")
     path = export_onnx(net, config["size"], target)
-    checks = {"parity_fp32": parity(net, path, config["size"]), "tolerance": tolerance,
-              "exported": time.strftime("%Y-%m-%d")}
+    checks = {
+        "parity_fp32": parity(net, path, config["size"]),
+        "tolerance": tolerance,
+        "exported": time.strftime("%Y-%m-%d"),
+    }
     worst = checks["parity_fp32"]["image_max_abs_diff"]
     if worst > tolerance:
         raise SystemExit(f"parity check failed: max abs diff {worst:.2e} > {tolerance:.0e}")
@@ -145,8 +171,9 @@ def export_run(run: str | Path, out: str | Path | None = None, tolerance: float 
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         config = {**config, "clips_a": summary.get("a", []), "clips_b": summary.get("b", [])}
-        extra["training_summary"] = {k: summary[k] for k in ("steps", "device", "minutes", "a", "b", "train_crops")
-                                     if k in summary}
+        extra["training_summary"] = {
+            k: summary[k] for k in ("steps", "device", "minutes", "a", "b", "train_crops") if k in summary
+        }
     card = write_card(path, config, step, checks, extra, reverse)
     logger.info("exported %s (parity %.1e)", path, worst)
     return {"onnx": str(path), "card": str(card), **checks}

@@ -54,7 +54,9 @@ class VideoFaces:
 def track_video(path: str, limit: int | None = None) -> VideoFaces:
     tracker = FaceTracker(smoothing=False, track_width=0)
     try:
-        return VideoFaces([faces[0] if (faces := tracker.detect(img)) else None for img in read_frames(path, limit)])
+        return VideoFaces(
+            [faces[0] if (faces := tracker.detect(img)) else None for img in read_frames(path, limit)]
+        )
     finally:
         tracker.close()
 

@@ -55,7 +55,9 @@ def make_avatar(image: np.ndarray, size: tuple[int, int] | None, source: str) ->
     if landmarks is None:
         raise UserError(f"no face found in avatar {source}; use a portrait with a clearly visible face")
     if mesh.face_size(landmarks) < 12:
-        raise UserError(f"the face in avatar {source} is too small ({mesh.face_size(landmarks):.0f}px between the eyes)")
+        raise UserError(
+            f"the face in avatar {source} is too small ({mesh.face_size(landmarks):.0f}px between the eyes)"
+        )
     return Avatar(image=canvas, landmarks=landmarks.astype(np.float32), source=source)
 
 

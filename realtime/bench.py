@@ -146,5 +146,12 @@ def fresh(processor: Any) -> Any:
     from realtime.tracking import FaceTracker
 
     controls = Controls(mode=processor.controls.mode)
-    return FrameProcessor(processor.avatar, processor.generators, FaceTracker(), controls, Metrics(),
-                          processor.output_size, processor.limits)
+    return FrameProcessor(
+        processor.avatar,
+        processor.generators,
+        FaceTracker(),
+        controls,
+        Metrics(),
+        processor.output_size,
+        processor.limits,
+    )

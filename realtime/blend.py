@@ -51,5 +51,7 @@ class Blender:
             under[:] = patch
         else:
             alpha = mask[..., None]
-            under[:] = (patch.astype(np.float32) * alpha + under.astype(np.float32) * (1.0 - alpha)).astype(np.uint8)
+            under[:] = (patch.astype(np.float32) * alpha + under.astype(np.float32) * (1.0 - alpha)).astype(
+                np.uint8
+            )
         return out

@@ -43,28 +43,49 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["reenact", "swap"], default="reenact")
-    p.add_argument("--generator", default=None, help="warp, a model shipped in weights/, or PATH.onnx "
-                   "(default: the best shipped generator)")
-    p.add_argument("--provider", action="append", default=None,
-                   help="onnxruntime execution provider to prefer (repeatable)")
+    p.add_argument(
+        "--generator",
+        default=None,
+        help="warp, a model shipped in weights/, or PATH.onnx (default: the best shipped generator)",
+    )
+    p.add_argument(
+        "--provider",
+        action="append",
+        default=None,
+        help="onnxruntime execution provider to prefer (repeatable)",
+    )
     p.add_argument("--size", type=_size, default=None, help="output WxH")
 
 
 def _add_audio_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--audio-in", default=None, metavar="DEVICE",
-                   help="microphone to delay in sync with the video: index, part of a name, 'default' "
-                        "or pulse:SOURCE (see `realtime devices`)")
-    p.add_argument("--audio-out", default=None, metavar="DEVICE",
-                   help="virtual microphone to play into (pulse:SINK, 'CABLE Input', 'BlackHole 2ch')")
-    p.add_argument("--audio-offset-ms", type=float, default=0.0,
-                   help="added to the live video latency (negative: less delay)")
+    p.add_argument(
+        "--audio-in",
+        default=None,
+        metavar="DEVICE",
+        help="microphone to delay in sync with the video: index, part of a name, 'default' "
+        "or pulse:SOURCE (see `realtime devices`)",
+    )
+    p.add_argument(
+        "--audio-out",
+        default=None,
+        metavar="DEVICE",
+        help="virtual microphone to play into (pulse:SINK, 'CABLE Input', 'BlackHole 2ch')",
+    )
+    p.add_argument(
+        "--audio-offset-ms",
+        type=float,
+        default=0.0,
+        help="added to the live video latency (negative: less delay)",
+    )
     p.add_argument("--audio-mute", action="store_true", help="start with the audio muted (window hotkey a)")
 
 
 def _check_audio_args(args: argparse.Namespace) -> None:
     if (args.audio_in is None) != (args.audio_out is None):
-        raise UserError("give both --audio-in (the microphone) and --audio-out (the virtual microphone); "
-                        "`realtime devices` lists them and explains the setup")
+        raise UserError(
+            "give both --audio-in (the microphone) and --audio-out (the virtual microphone); "
+            "`realtime devices` lists them and explains the setup"
+        )
 
 
 def _start_audio(args: argparse.Namespace):
@@ -83,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="zero-configuration demo")
-    demo.add_argument("--seconds", type=_positive, default=None,
-                      help="stop after this long (default: until q with a window, else 10 s)")
+    demo.add_argument(
+        "--seconds",
+        type=_positive,
+        default=None,
+        help="stop after this long (default: until q with a window, else 10 s)",
+    )
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
 
     run = sub.add_parser("run", help="the live loop")
@@ -94,16 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", default=None, help="video file played as if it were a camera")
     run.add_argument("--loop", action="store_true", help="loop --input")
     run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
-    run.add_argument("--sink", action="append", default=None,
-                     help="virtualcam[:BACKEND] | window | file:PATH | null (repeatable; default virtualcam)")
+    run.add_argument(
+        "--sink",
+        action="append",
+        default=None,
+        help="virtualcam[:BACKEND] | window | file:PATH | null (repeatable; default virtualcam)",
+    )
     _add_pipeline_options(run)
     run.add_argument("--fps", type=_positive, default=None, help="output fps (default: the source's, or 30)")
-    run.add_argument("--budget-ms", type=_positive, default=None,
-                     help="drop frames older than this (default: two frame intervals)")
+    run.add_argument(
+        "--budget-ms",
+        type=_positive,
+        default=None,
+        help="drop frames older than this (default: two frame intervals)",
+    )
     run.add_argument("--seconds", type=_positive, default=None, help="stop after this long")
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
-    run.add_argument("--pipeline", choices=["serial", "parallel"], default=DEFAULT_PIPELINE,
-                     help="serial: track then render in one thread; parallel: overlap them on different frames")
+    run.add_argument(
+        "--pipeline",
+        choices=["serial", "parallel"],
+        default=DEFAULT_PIPELINE,
+        help="serial: track then render in one thread; parallel: overlap them on different frames",
+    )
     _add_audio_options(run)
 
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
@@ -113,14 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)
 
-    bench = sub.add_parser("bench", help="camera-to-output latency percentiles, deadline misses, naive comparison")
+    bench = sub.add_parser(
+        "bench", help="camera-to-output latency percentiles, deadline misses, naive comparison"
+    )
     bsrc = bench.add_mutually_exclusive_group()
     bsrc.add_argument("--input", default=None, help="video file, looped (default: the built-in driver)")
     bsrc.add_argument("--camera", type=int, default=None)
     bench.add_argument("--avatar", default="builtin")
     _add_pipeline_options(bench)
     pace = bench.add_mutually_exclusive_group()
-    pace.add_argument("--fps", type=_positive, default=None, help="pace the input at this fps (default: its own)")
+    pace.add_argument(
+        "--fps", type=_positive, default=None, help="pace the input at this fps (default: its own)"
+    )
     pace.add_argument("--unpaced", action="store_true", help="read the input as fast as possible")
     bench.add_argument("--seconds", type=_positive, default=20.0)
     bench.add_argument("--budget-ms", type=_positive, default=None)
@@ -128,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
-    bench.add_argument("--pipeline", choices=["serial", "parallel"], default=DEFAULT_PIPELINE,
-                       help="serial: track then render in one thread; parallel: overlap them on different frames")
+    bench.add_argument(
+        "--pipeline",
+        choices=["serial", "parallel"],
+        default=DEFAULT_PIPELINE,
+        help="serial: track then render in one thread; parallel: overlap them on different frames",
+    )
     _add_audio_options(bench)
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
@@ -137,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (needs the 'train' extra: torch)")
     train_sub = train.add_subparsers(dest="model", required=True, parser_class=_Parser)
     refiner = train_sub.add_parser("refiner", help="the face refiner used by the learned generator")
-    refiner.add_argument("--data", nargs="+", required=True, help="videos, cached clips (.npz) or folders of them")
+    refiner.add_argument(
+        "--data", nargs="+", required=True, help="videos, cached clips (.npz) or folders of them"
+    )
     refiner.add_argument("--out", required=True, help="run folder (checkpoints, samples, log)")
     refiner.add_argument("--steps", type=int, default=None)
     refiner.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
@@ -146,23 +193,37 @@ def build_parser() -> argparse.ArgumentParser:
     refiner.add_argument("--pairs-per-clip", type=int, default=None)
     refiner.add_argument("--workers", type=int, default=None, help="processes that build training pairs")
     refiner.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
-    refiner.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    refiner.add_argument(
+        "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
+    )
     swap = train_sub.add_parser("swap", help="CycleGAN / Recycle-GAN identity translator A→B for swap mode")
-    swap.add_argument("--a", nargs="+", required=True, help="the user: videos, cached clips (.npz) or folders of them")
-    swap.add_argument("--b", nargs="+", required=True, help="who the user becomes: videos, cached clips or folders")
+    swap.add_argument(
+        "--a", nargs="+", required=True, help="the user: videos, cached clips (.npz) or folders of them"
+    )
+    swap.add_argument(
+        "--b", nargs="+", required=True, help="who the user becomes: videos, cached clips or folders"
+    )
     swap.add_argument("--out", required=True, help="run folder (checkpoints, samples, log, translator.onnx)")
-    swap.add_argument("--recycle", action="store_true", help="Recycle-GAN: add temporal predictors and the recycle loss")
+    swap.add_argument(
+        "--recycle", action="store_true", help="Recycle-GAN: add temporal predictors and the recycle loss"
+    )
     swap.add_argument("--size", type=int, default=None, help="face crop side (default 64)")
     swap.add_argument("--steps", type=int, default=None)
     swap.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     swap.add_argument("--batch", type=int, default=None)
     swap.add_argument("--width", type=int, default=None, help="generator base width (default 32)")
     swap.add_argument("--n-res", type=int, default=None, help="generator residual blocks (default 4)")
-    swap.add_argument("--holdout", type=float, default=None, help="last fraction of each video never trained on")
+    swap.add_argument(
+        "--holdout", type=float, default=None, help="last fraction of each video never trained on"
+    )
     swap.add_argument("--eval-every", type=int, default=None)
     swap.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
-    swap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)")
-    swap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    swap.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)"
+    )
+    swap.add_argument(
+        "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
+    )
 
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
     ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
@@ -175,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- building blocks ------------------------------------------------------------------
-def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int] | None, driver_size=None,
-               live: bool = True):
+def _processor(
+    avatar_path: str,
+    args: argparse.Namespace,
+    size: tuple[int, int] | None,
+    driver_size=None,
+    live: bool = True,
+):
     from realtime.avatar import load_avatar
     from realtime.controls import Controls
     from realtime.generators.registry import build_generators
@@ -192,7 +258,9 @@ def _processor(avatar_path: str, args: argparse.Namespace, size: tuple[int, int]
         output_size = avatar.size
     controls = Controls(mode=args.mode)
     # Live: mediapipe runs in its own process so tracking overlaps with rendering.
-    processor = FrameProcessor(avatar, generators, FaceTracker(isolated=live), controls, Metrics(), output_size)
+    processor = FrameProcessor(
+        avatar, generators, FaceTracker(isolated=live), controls, Metrics(), output_size
+    )
     return processor
 
 
@@ -227,7 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     size = args.size or (1280, 720)
     source = _live_source(args, size)
     driver_size = (source.width, source.height) if hasattr(source, "width") else size
-    processor = _processor(args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size)
+    processor = _processor(
+        args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size
+    )
     audio = None
     try:  # from here on the tracker process and its shared memory must be released on any error
         fps = args.fps or getattr(source, "fps", 30.0) or 30.0
@@ -238,17 +308,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sink in sinks:
             if hasattr(sink, "audio"):
                 sink.audio = audio  # the window's level meter and audio hotkeys
-        engine = Engine(source, processor, sinks, fps=fps, budget_ms=args.budget_ms,
-                        pipelined=args.pipeline == "parallel",
-                        on_latency=audio.set_video_latency_ms if audio is not None else None)
+        engine = Engine(
+            source,
+            processor,
+            sinks,
+            fps=fps,
+            budget_ms=args.budget_ms,
+            pipelined=args.pipeline == "parallel",
+            on_latency=audio.set_video_latency_ms if audio is not None else None,
+        )
         summary = engine.run(seconds=args.seconds)
     finally:
         processor.close()
         if audio is not None:
             audio.close()
-    summary.update(generator=name, provider=provider, mode=args.mode,
-                   size=f"{processor.output_size[0]}x{processor.output_size[1]}",
-                   budget_ms=round(engine.budget_s * 1000.0, 2), machine=machine_description())
+    summary.update(
+        generator=name,
+        provider=provider,
+        mode=args.mode,
+        size=f"{processor.output_size[0]}x{processor.output_size[1]}",
+        budget_ms=round(engine.budget_s * 1000.0, 2),
+        machine=machine_description(),
+    )
     if audio is not None:
         from realtime.audio import format_audio_summary
 
@@ -264,9 +345,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     from realtime.sources import VideoFileSource
 
     if os.path.isdir(args.out):  # found only at the final rename, after the whole render
-        raise UserError(f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}")
+        raise UserError(
+            f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
+        )
     source = VideoFileSource(args.driver, paced=False)
-    processor = _processor(args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2), live=False)
+    processor = _processor(
+        args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2), live=False
+    )
     sink = FileSink(args.out, audio_from=args.driver)
     t0 = time.monotonic()
     try:
@@ -274,8 +359,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     finally:
         processor.close()
     name, provider = _generator_info(processor)
-    summary.update(generator=name, provider=provider, mode=args.mode, driver_fps=source.fps,
-                   wall_s=round(time.monotonic() - t0, 2))
+    summary.update(
+        generator=name,
+        provider=provider,
+        mode=args.mode,
+        driver_fps=source.fps,
+        wall_s=round(time.monotonic() - t0, 2),
+    )
     _finish(summary, args.metrics_json)
     print(f"wrote {args.out}")
     return 0
@@ -354,8 +444,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         meter = bench.ResourceMeter()
         try:
             if kind == "engine":
-                summary = Engine(source, proc, sinks, fps=fps, budget_ms=budget_ms,
-                                 pipelined=args.pipeline == "parallel", on_latency=audio.set_video_latency_ms if audio else None).run(seconds=args.seconds)
+                summary = Engine(
+                    source,
+                    proc,
+                    sinks,
+                    fps=fps,
+                    budget_ms=budget_ms,
+                    pipelined=args.pipeline == "parallel",
+                    on_latency=audio.set_video_latency_ms if audio else None,
+                ).run(seconds=args.seconds)
             else:
                 summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)
         finally:
@@ -365,8 +462,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs[kind] = (bench.annotate(summary, proc.metrics, budget_ms, meter.stop()), proc.metrics)
         if audio is not None:
             runs[kind][0]["audio"] = audio.stats()
-        runs[kind][0].update(info, input=args.input or ("camera" if args.camera is not None else "builtin"),
-                             input_fps=round(fps, 3))
+        runs[kind][0].update(
+            info,
+            input=args.input or ("camera" if args.camera is not None else "builtin"),
+            input_fps=round(fps, 3),
+        )
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
     if "audio" in summaries["engine"]:
@@ -378,11 +478,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         engine, naive = summaries["engine"], summaries["naive"]
         result["naive"] = naive
         result["engine_vs_naive"] = {
-            "p95_latency_ratio": round(naive["latency_ms"]["p95"] / max(engine["latency_ms"]["p95"], 1e-6), 3),
+            "p95_latency_ratio": round(
+                naive["latency_ms"]["p95"] / max(engine["latency_ms"]["p95"], 1e-6), 3
+            ),
             "throughput_ratio": round(engine["fps"] / max(naive["fps"], 1e-6), 3),
         }
         r = result["engine_vs_naive"]
-        print(f"engine vs naive: p95 latency {r['p95_latency_ratio']:.2f}x lower, throughput {r['throughput_ratio']:.2f}x")
+        print(
+            f"engine vs naive: p95 latency {r['p95_latency_ratio']:.2f}x lower, throughput {r['throughput_ratio']:.2f}x"
+        )
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")
@@ -410,8 +514,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     result = train(cfg, Path(args.out), resume=not args.fresh)
     final = result["final"]
-    print(f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
-          f"validation {final.get('val')}")
+    print(
+        f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
+        f"validation {final.get('val')}"
+    )
     print(f"run folder: {args.out}")
     return 0
 
@@ -422,15 +528,29 @@ def _train_swap(args: argparse.Namespace) -> int:
     from realtime.train.cyclegan import Config, train
 
     cfg = Config(a=list(args.a), b=list(args.b), recycle=args.recycle, bf16=args.bf16)
-    for name in ("size", "steps", "max_minutes", "batch", "width", "n_res", "holdout", "eval_every", "device"):
+    for name in (
+        "size",
+        "steps",
+        "max_minutes",
+        "batch",
+        "width",
+        "n_res",
+        "holdout",
+        "eval_every",
+        "device",
+    ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     result = train(cfg, Path(args.out), resume=not args.fresh)
     final = result["final"]
-    print(f"trained {result['steps']} steps on {result['device']} in {result['minutes']} min: "
-          f"cycle {final.get('cycle')}, validation {final.get('val')}")
+    print(
+        f"trained {result['steps']} steps on {result['device']} in {result['minutes']} min: "
+        f"cycle {final.get('cycle')}, validation {final.get('val')}"
+    )
     if "export" in result:
-        print(f"exported {result['export']['onnx']} (parity {result['export']['parity_fp32']['image_max_abs_diff']:.1e})")
+        print(
+            f"exported {result['export']['onnx']} (parity {result['export']['parity_fp32']['image_max_abs_diff']:.1e})"
+        )
     print(f"run folder: {args.out}")
     return 0
 
@@ -448,7 +568,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {name: summarise(s) for name, s in scores.items()}
     print(format_table(summary))
     if args.json:
-        write_json(args.json, {"generators": summary, "max_frames": args.max_frames, "machine": machine_description()})
+        write_json(
+            args.json,
+            {"generators": summary, "max_frames": args.max_frames, "machine": machine_description()},
+        )
         print(f"scores: {args.json}")
     if args.sheet:
         contact_sheet(scores, args.sheet)
@@ -456,8 +579,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "render": cmd_render, "demo": cmd_demo, "devices": cmd_devices, "eval": cmd_eval,
-            "bench": cmd_bench, "train": cmd_train}
+COMMANDS = {
+    "run": cmd_run,
+    "render": cmd_render,
+    "demo": cmd_demo,
+    "devices": cmd_devices,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "train": cmd_train,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,8 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     # would precede the one-line error. -8 is AV_LOG_QUIET; read when cv2 first opens a video.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
@@ -482,7 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything unexpected still ends in one line; --debug shows the trace
         if args.debug:
             raise
-        print(f"realtime: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        print(
+            f"realtime: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

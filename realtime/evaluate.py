@@ -59,8 +59,14 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
     fps, _, _, _ = probe_video(path)
     frames = list(read_frames(path, max_frames))
     avatar = make_avatar(frames[0], (frames[0].shape[1], frames[0].shape[0]), path)
-    processor = FrameProcessor(avatar, build_generators(generator, avatar, providers), FaceTracker(), Controls(),
-                               Metrics(), avatar.size)
+    processor = FrameProcessor(
+        avatar,
+        build_generators(generator, avatar, providers),
+        FaceTracker(),
+        Controls(),
+        Metrics(),
+        avatar.size,
+    )
     judge = FaceTracker(smoothing=False, track_width=0)
     rows: dict[str, list[float]] = {k: [] for k in ("l1", "psnr", "ssim", "mouth", "eyes", "lm", "flicker")}
     mouth_real, mouth_out, eyes_real, eyes_out = [], [], [], []
@@ -100,7 +106,9 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         if out_faces:
             found += 1
             out_lm = out_faces[0]
-            rows["lm"].append(float(np.linalg.norm(out_lm[:, :2] - real_lm[:, :2], axis=1).mean() / mesh.face_size(real_lm)))
+            rows["lm"].append(
+                float(np.linalg.norm(out_lm[:, :2] - real_lm[:, :2], axis=1).mean() / mesh.face_size(real_lm))
+            )
             mouth_out.append(mesh.mouth_opening(out_lm))
             eyes_out.append(mesh.eye_opening(out_lm))
         else:
@@ -112,22 +120,40 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
     processor.tracker.close()
     n = len(rows["l1"])
     return ClipScore(
-        clip=os.path.basename(path), frames=n,
-        l1=float(np.mean(rows["l1"])), psnr=float(np.mean(rows["psnr"])), ssim=float(np.mean(rows["ssim"])),
-        mouth_l1=float(np.mean(rows["mouth"])), eyes_l1=float(np.mean(rows["eyes"])),
+        clip=os.path.basename(path),
+        frames=n,
+        l1=float(np.mean(rows["l1"])),
+        psnr=float(np.mean(rows["psnr"])),
+        ssim=float(np.mean(rows["ssim"])),
+        mouth_l1=float(np.mean(rows["mouth"])),
+        eyes_l1=float(np.mean(rows["eyes"])),
         landmark_error=float(np.mean(rows["lm"])) if rows["lm"] else float("nan"),
         mouth_r=pearson(np.array(mouth_real), np.array(mouth_out)),
         blink_r=pearson(np.array(eyes_real), np.array(eyes_out)),
         flicker=float(np.mean(rows["flicker"])) if rows["flicker"] else float("nan"),
-        face_found=found / max(1, n), samples=samples,
+        face_found=found / max(1, n),
+        samples=samples,
     )
 
 
 def summarise(scores: list[ClipScore]) -> dict:
-    keys = ["l1", "psnr", "ssim", "mouth_l1", "eyes_l1", "landmark_error", "mouth_r", "blink_r", "flicker", "face_found"]
+    keys = [
+        "l1",
+        "psnr",
+        "ssim",
+        "mouth_l1",
+        "eyes_l1",
+        "landmark_error",
+        "mouth_r",
+        "blink_r",
+        "flicker",
+        "face_found",
+    ]
     mean = {k: round(float(np.nanmean([getattr(s, k) for s in scores])), 4) for k in keys}
-    per_clip = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(s).items() if k != "samples"}
-                for s in scores]
+    per_clip = [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(s).items() if k != "samples"}
+        for s in scores
+    ]
     return {"mean": mean, "clips": per_clip}
 
 
@@ -151,12 +177,25 @@ def contact_sheet(results: dict[str, list[ClipScore]], path: str, thumb: int = 1
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     header = np.full((24, width, 3), 255, np.uint8)
     label = "  |  ".join(["real", *names])
-    cv2.putText(header, f"per sample: {label}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        header, f"per sample: {label}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+    )
     cv2.imwrite(path, np.concatenate([header, *rows], axis=0))
 
 
 def format_table(results: dict[str, dict]) -> str:
-    cols = ["l1", "psnr", "ssim", "mouth_l1", "eyes_l1", "landmark_error", "mouth_r", "blink_r", "flicker", "face_found"]
+    cols = [
+        "l1",
+        "psnr",
+        "ssim",
+        "mouth_l1",
+        "eyes_l1",
+        "landmark_error",
+        "mouth_r",
+        "blink_r",
+        "flicker",
+        "face_found",
+    ]
     lines = ["| generator | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, summary in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{summary['mean'][c]:.4f}" for c in cols) + " |")

@@ -53,5 +53,7 @@ def head_pose(landmarks: np.ndarray, roll_deg: float, shift: tuple[float, float]
     centre = landmarks[mesh.RIGID, :2].mean(axis=0)
     angle = np.deg2rad(roll_deg)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    out[:, :2] = (landmarks[:, :2] - centre) @ rotation.T + centre + np.asarray(shift) * mesh.face_size(landmarks)
+    out[:, :2] = (
+        (landmarks[:, :2] - centre) @ rotation.T + centre + np.asarray(shift) * mesh.face_size(landmarks)
+    )
     return out

@@ -178,7 +178,12 @@ class FrameProcessor:
             return generator.render(target)
         except Exception as exc:  # a learned generator failing on one frame must not stop the stream
             self.metrics.add_error("generate")
-            self._errors.error(f"generate:{type(exc).__name__}", "generator %s failed: %s", getattr(generator, "name", "?"), exc)
+            self._errors.error(
+                f"generate:{type(exc).__name__}",
+                "generator %s failed: %s",
+                getattr(generator, "name", "?"),
+                exc,
+            )
             fallback = self.generators.fallback.get(mode)
             if fallback is None or fallback is generator:
                 return None
@@ -213,8 +218,10 @@ class FrameProcessor:
             t_capture=track.frame.t_capture,
             t_done=time.monotonic(),
             face_found=track.found,
-            stage_ms={"track": self.metrics.stage_ms["track"][-1] if len(self.metrics.stage_ms["track"]) else 0.0,
-                      **stage_ms},
+            stage_ms={
+                "track": self.metrics.stage_ms["track"][-1] if len(self.metrics.stage_ms["track"]) else 0.0,
+                **stage_ms,
+            },
         )
 
     def process(self, frame: Frame) -> Output:
@@ -488,7 +495,9 @@ def abort_sink(sink: Any) -> None:
     (abort or sink.close)()
 
 
-def render_offline(source: Any, processor: FrameProcessor, sinks: list[Any], fps: float, progress: bool = True) -> dict:
+def render_offline(
+    source: Any, processor: FrameProcessor, sinks: list[Any], fps: float, progress: bool = True
+) -> dict:
     """Every source frame, in order, no drops, through the same per-frame code path.
 
     Time inside the pipeline is the video's own (index / fps), so hold-and-ease after a

@@ -50,9 +50,13 @@ def read_image(path: str, what: str = "image") -> np.ndarray:
         raise UserError(f"{what} could not be decoded (corrupt, truncated or not an image): {path}")
     height, width = image.shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
-        raise UserError(f"{what} is too small ({width}x{height}); use at least {MIN_IMAGE_SIDE}px per side: {path}")
+        raise UserError(
+            f"{what} is too small ({width}x{height}); use at least {MIN_IMAGE_SIDE}px per side: {path}"
+        )
     if max(height, width) > MAX_IMAGE_SIDE:
-        raise UserError(f"{what} is too large ({width}x{height}); the limit is {MAX_IMAGE_SIDE}px per side: {path}")
+        raise UserError(
+            f"{what} is too large ({width}x{height}); the limit is {MAX_IMAGE_SIDE}px per side: {path}"
+        )
     image = to_bgr8(image, f"{what} {path}")
     if image.std() < 1.0:
         raise UserError(f"{what} is blank (a single flat colour): {path}")

@@ -66,7 +66,11 @@ class Series:
         return iter(np.asarray(self).tolist())
 
     def __getitem__(self, index: int) -> float:
-        return float(np.asarray(self)[index]) if index != -1 else float(self._data[(self.total - 1) % len(self._data)])
+        return (
+            float(np.asarray(self)[index])
+            if index != -1
+            else float(self._data[(self.total - 1) % len(self._data)])
+        )
 
 
 class Metrics:

@@ -46,7 +46,10 @@ class Retargeter:
     """``process(track) -> Target`` in the avatar's canvas coordinates."""
 
     def __init__(
-        self, avatar_landmarks: np.ndarray, limits: RetargetLimits | None = None, adaptive_neutral: bool = True
+        self,
+        avatar_landmarks: np.ndarray,
+        limits: RetargetLimits | None = None,
+        adaptive_neutral: bool = True,
     ) -> None:
         self.avatar = avatar_landmarks[: mesh.NUM_LANDMARKS].astype(np.float64)
         self.limits = limits or RetargetLimits()

@@ -217,7 +217,9 @@ def draw_overlay(image: np.ndarray, lines: Sequence[OverlayLine]) -> np.ndarray:
     return canvas
 
 
-def overlay_lines(out: Output, fps: float, latency_ms: float, audio: object | None = None) -> list[OverlayLine]:
+def overlay_lines(
+    out: Output, fps: float, latency_ms: float, audio: object | None = None
+) -> list[OverlayLine]:
     """The preview overlay's text for one output frame.
 
     ``audio`` (a running ``realtime.audio.AudioBridge``) adds its level meter, delay,
@@ -285,7 +287,9 @@ class WindowSink:
             self._last_index, self._last_latency_ms = out.index, (now - out.t_capture) * 1000.0
         latency_ms = self._last_latency_ms
         width, height = self._size
-        image = draw_overlay(as_bgr(out.image, width, height), overlay_lines(out, self.fps, latency_ms, self.audio))
+        image = draw_overlay(
+            as_bgr(out.image, width, height), overlay_lines(out, self.fps, latency_ms, self.audio)
+        )
         cv2.imshow(self.title, image)
         self.frames += 1
         self.handle_key(cv2.waitKey(1))
@@ -446,7 +450,9 @@ class FileSink:
         if not folder.is_dir():
             raise UserError(f"Output folder {folder} does not exist; create it or choose another path.")
         if self.path.is_dir():
-            raise UserError(f"Output {self.path} is a folder; give a file name such as {self.path / 'out.mp4'}.")
+            raise UserError(
+                f"Output {self.path} is a folder; give a file name such as {self.path / 'out.mp4'}."
+            )
         if self.audio_from and not Path(self.audio_from).is_file():
             raise UserError(
                 f"Audio source {self.audio_from} not found; give an existing video or audio file."

@@ -38,12 +38,16 @@ class CameraSource:
 
     def open(self) -> None:
         if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{self.index}"):
-            raise DeviceUnavailable(f"camera {self.index} does not exist (no /dev/video{self.index}); see `realtime devices`")
+            raise DeviceUnavailable(
+                f"camera {self.index} does not exist (no /dev/video{self.index}); see `realtime devices`"
+            )
         backend = cv2.CAP_DSHOW if sys.platform == "win32" else cv2.CAP_ANY
         cap = cv2.VideoCapture(self.index, backend)
         if not cap.isOpened():
             cap.release()
-            raise DeviceUnavailable(f"camera {self.index} did not open; see `realtime devices` for cameras that work")
+            raise DeviceUnavailable(
+                f"camera {self.index} did not open; see `realtime devices` for cameras that work"
+            )
         cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
@@ -87,7 +91,9 @@ def probe_video(path: str) -> tuple[float, int, int, int]:
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise UserError(f"video could not be opened (no video stream, corrupt or unsupported format): {path}")
+            raise UserError(
+                f"video could not be opened (no video stream, corrupt or unsupported format): {path}"
+            )
         ok, first = cap.read()
         if not ok or first is None:
             raise UserError(f"video has no decodable frames: {path}")
@@ -177,8 +183,15 @@ class BuiltinDriverSource:
 
     live = False
 
-    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, seconds: float = 6.0,
-                 paced: bool = True, loop: bool = True) -> None:
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 30.0,
+        seconds: float = 6.0,
+        paced: bool = True,
+        loop: bool = True,
+    ) -> None:
         from realtime.avatar import builtin_portrait
         from realtime.generators.warp import WarpGenerator
         from realtime.tracking import find_face
@@ -203,15 +216,20 @@ class BuiltinDriverSource:
         from realtime import expression, mesh
 
         t = i / self.fps
-        speech = max(0.0, math.sin(2 * math.pi * 1.3 * t)) * (0.5 + 0.5 * math.sin(2 * math.pi * 0.31 * t) ** 2)
+        speech = max(0.0, math.sin(2 * math.pi * 1.3 * t)) * (
+            0.5 + 0.5 * math.sin(2 * math.pi * 0.31 * t) ** 2
+        )
         blink_phase = (t % 3.0) / 0.25
         blink = math.sin(math.pi * blink_phase) if blink_phase < 1.0 else 0.0
         pts = self._landmarks[:, :2].astype(np.float64)
         pts = expression.open_mouth(pts, 0.22 * speech)
         pts = expression.close_eyes(pts, blink)
         pts = expression.look(pts, 0.12 * math.sin(2 * math.pi * 0.2 * t))
-        pts = expression.head_pose(pts, 6.0 * math.sin(2 * math.pi * 0.17 * t),
-                                   (0.12 * math.sin(2 * math.pi * 0.11 * t), 0.05 * math.sin(2 * math.pi * 0.23 * t)))
+        pts = expression.head_pose(
+            pts,
+            6.0 * math.sin(2 * math.pi * 0.17 * t),
+            (0.12 * math.sin(2 * math.pi * 0.11 * t), 0.05 * math.sin(2 * math.pi * 0.23 * t)),
+        )
         return mesh.with_mouth_centre(pts)
 
     def render(self, i: int) -> np.ndarray:
@@ -220,7 +238,9 @@ class BuiltinDriverSource:
 
         if i not in self._cache:
             dummy = Frame(self._canvas, i, 0.0)
-            rendered = self._warp.render(Target(frame=dummy, landmarks=self.performance(i).astype(np.float32)))
+            rendered = self._warp.render(
+                Target(frame=dummy, landmarks=self.performance(i).astype(np.float32))
+            )
             self._cache[i] = Blender().process(rendered)
         return self._cache[i]
 

@@ -96,7 +96,11 @@ class FaceMeshDetector:
 
 def _detector_worker(conn, shm_name: str, max_faces: int, static_images: bool, confidence: float) -> None:
     """Child process: detect faces in frames handed over through shared memory."""
+    import signal
     from multiprocessing import shared_memory
+
+    # Ctrl-C is the parent's to handle; it closes this worker through the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     shm = shared_memory.SharedMemory(name=shm_name)
     detector = FaceMeshDetector(max_faces, static_images, confidence)
@@ -125,8 +129,13 @@ class FaceMeshProcess:
     through a pipe. A child that dies is restarted on the next frame.
     """
 
-    def __init__(self, max_faces: int, static_images: bool, min_detection_confidence: float,
-                 max_pixels: int = 1920 * 1080) -> None:
+    def __init__(
+        self,
+        max_faces: int,
+        static_images: bool,
+        min_detection_confidence: float,
+        max_pixels: int = 1920 * 1080,
+    ) -> None:
         self._args = (max_faces, static_images, min_detection_confidence)
         self._capacity = max_pixels * 3
         self._shm = None
@@ -142,8 +151,12 @@ class FaceMeshProcess:
         context = mp.get_context("spawn")  # never fork a process that runs threads
         self._shm = shared_memory.SharedMemory(create=True, size=self._capacity)
         parent, child = context.Pipe()
-        self._process = context.Process(target=_detector_worker, args=(child, self._shm.name, *self._args),
-                                        name="realtime-tracker", daemon=True)
+        self._process = context.Process(
+            target=_detector_worker,
+            args=(child, self._shm.name, *self._args),
+            name="realtime-tracker",
+            daemon=True,
+        )
         self._conn = parent
         try:
             self._process.start()
@@ -233,7 +246,11 @@ class FaceTracker:
         """All faces in the image as (478, 3) pixel arrays, largest first."""
         width = image_bgr.shape[1]
         scale = min(1.0, self.track_width / float(width)) if self.track_width else 1.0
-        small = image_bgr if scale == 1.0 else cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        small = (
+            image_bgr
+            if scale == 1.0
+            else cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        )
         faces = self._detector.detect(small)
         if scale != 1.0:
             for pts in faces:

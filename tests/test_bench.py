@@ -17,9 +17,24 @@ def bench_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     json_path, plot_path = out / "bench.json", out / "bench.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "realtime.cli", "bench", "--seconds", "4", "--size", "640x480", "--compare-naive",
-         "--json", str(json_path), "--plot", str(plot_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "realtime.cli",
+            "bench",
+            "--seconds",
+            "4",
+            "--size",
+            "640x480",
+            "--compare-naive",
+            "--json",
+            str(json_path),
+            "--plot",
+            str(plot_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "engine vs naive" in proc.stdout
@@ -59,7 +74,9 @@ def test_naive_comparison_is_measured_in_the_same_run(bench_json):
     _consistent(naive)
     assert naive["dropped"] == 0  # the naive loop never drops
     ratios = report["engine_vs_naive"]
-    assert ratios["p95_latency_ratio"] == pytest.approx(naive["latency_ms"]["p95"] / report["latency_ms"]["p95"], rel=1e-2)
+    assert ratios["p95_latency_ratio"] == pytest.approx(
+        naive["latency_ms"]["p95"] / report["latency_ms"]["p95"], rel=1e-2
+    )
     assert ratios["throughput_ratio"] == pytest.approx(report["fps"] / naive["fps"], rel=1e-2)
 
 

@@ -44,8 +44,20 @@ def identities(tmp_path_factory):
 def _tiny_config(identities, **kw):
     from realtime.train.cyclegan import Config
 
-    return Config(a=[str(identities["a"])], b=[str(identities["b"])], size=32, width=8, n_res=1, disc_width=8,
-                  pred_width=8, batch=2, steps=30, eval_every=15, device="cpu", **kw)
+    return Config(
+        a=[str(identities["a"])],
+        b=[str(identities["b"])],
+        size=32,
+        width=8,
+        n_res=1,
+        disc_width=8,
+        pred_width=8,
+        batch=2,
+        steps=30,
+        eval_every=15,
+        device="cpu",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +126,9 @@ def test_export_round_trip_matches_pytorch(cyclegan_run):
     import onnx
 
     model = onnx.load(str(out / "translator.onnx"))
-    assert [i.name for i in model.graph.input] == ["face"] and [o.name for o in model.graph.output] == ["image"]
+    assert [i.name for i in model.graph.input] == ["face"] and [o.name for o in model.graph.output] == [
+        "image"
+    ]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, cfg.size, cfg.size]
 
@@ -149,7 +163,9 @@ def test_swap_mode_runs_the_exported_translator_end_to_end(cyclegan_run, builtin
     generators = build_generators(str(out / "translator.onnx"), builtin_avatar)
     assert isinstance(generators.for_mode("swap"), TranslatorGenerator)
     assert isinstance(generators.for_mode("reenact"), WarpGenerator)  # reenact keeps the warp
-    processor = FrameProcessor(builtin_avatar, generators, FaceTracker(), Controls(mode="swap"), Metrics(), (640, 480))
+    processor = FrameProcessor(
+        builtin_avatar, generators, FaceTracker(), Controls(mode="swap"), Metrics(), (640, 480)
+    )
     source = BuiltinDriverSource(640, 480, 25.0, seconds=0.4, paced=False, loop=False)
     judge = FaceTracker(smoothing=False, track_width=0)
     changed_any = False
@@ -181,9 +197,23 @@ def test_cli_render_swap_with_translator(cyclegan_run, identities, tmp_path):
 
     out, _, _ = cyclegan_run
     video = tmp_path / "swapped.mp4"
-    code = main(["render", "--avatar", "builtin", "--driver", str(identities["a"]), "--out", str(video),
-                 "--mode", "swap", "--generator", str(out / "translator.onnx"),
-                 "--metrics-json", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "render",
+            "--avatar",
+            "builtin",
+            "--driver",
+            str(identities["a"]),
+            "--out",
+            str(video),
+            "--mode",
+            "swap",
+            "--generator",
+            str(out / "translator.onnx"),
+            "--metrics-json",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert code == 0
     assert video_frame_count(str(video)) == video_frame_count(str(identities["a"]))
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -193,6 +223,22 @@ def test_cli_render_swap_with_translator(cyclegan_run, identities, tmp_path):
 def test_cli_parses_train_swap():
     from realtime.cli import build_parser
 
-    args = build_parser().parse_args(["train", "swap", "--a", "x.mp4", "--b", "y.mp4", "z/", "--out", "runs/s",
-                                      "--recycle", "--size", "64", "--steps", "10"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "swap",
+            "--a",
+            "x.mp4",
+            "--b",
+            "y.mp4",
+            "z/",
+            "--out",
+            "runs/s",
+            "--recycle",
+            "--size",
+            "64",
+            "--steps",
+            "10",
+        ]
+    )
     assert args.model == "swap" and args.recycle and args.b == ["y.mp4", "z/"] and args.size == 64

@@ -28,7 +28,9 @@ def _run(args: list[str], timeout: float = 300, env: dict | None = None) -> subp
 def _streams(path) -> str:
     from imageio_ffmpeg import get_ffmpeg_exe
 
-    probe = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    probe = subprocess.run(
+        [get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    )
     return probe.stderr
 
 
@@ -51,8 +53,21 @@ def painting_render(tmp_path_factory):
     driver = media("webcam/spectre_mead_M003_happy.mp4")  # 1080p, talking, with audio
     out = tmp_path_factory.mktemp("render") / "mona.mp4"
     metrics = out.with_suffix(".json")
-    _run(["render", "--avatar", str(avatar), "--driver", str(driver), "--out", str(out), "--generator", "warp",
-          "--metrics-json", str(metrics)])
+    _run(
+        [
+            "render",
+            "--avatar",
+            str(avatar),
+            "--driver",
+            str(driver),
+            "--out",
+            str(out),
+            "--generator",
+            "warp",
+            "--metrics-json",
+            str(metrics),
+        ]
+    )
     return avatar, driver, out, json.loads(metrics.read_text())
 
 
@@ -105,8 +120,21 @@ def test_swap_keeps_background_and_pose_and_changes_identity(tmp_path):
     avatar = media("avatars/liveportrait_s42.jpg")
     driver = media("webcam/spectre_mead_W023_surprised.mp4")
     out = tmp_path / "swap.mp4"
-    _run(["render", "--mode", "swap", "--avatar", str(avatar), "--driver", str(driver), "--out", str(out),
-          "--generator", "warp"])
+    _run(
+        [
+            "render",
+            "--mode",
+            "swap",
+            "--avatar",
+            str(avatar),
+            "--driver",
+            str(driver),
+            "--out",
+            str(out),
+            "--generator",
+            "warp",
+        ]
+    )
     real = list(read_frames(str(driver), 30))
     swapped = list(read_frames(str(out), 30))
     assert swapped[0].shape == real[0].shape
@@ -116,7 +144,9 @@ def test_swap_keeps_background_and_pose_and_changes_identity(tmp_path):
     for a, b in zip(real[::10], swapped[::10], strict=False):
         la, lb = judge.detect(a)[0], judge.detect(b)[0]
         # Same pose and place: the swapped face sits where the user's face is.
-        assert np.linalg.norm(la[mesh.RIGID, :2] - lb[mesh.RIGID, :2], axis=1).mean() < 0.08 * mesh.face_size(la)
+        assert np.linalg.norm(la[mesh.RIGID, :2] - lb[mesh.RIGID, :2], axis=1).mean() < 0.08 * mesh.face_size(
+            la
+        )
         oval = np.zeros(a.shape[:2], np.uint8)
         cv2.fillPoly(oval, [np.round(la[mesh.face_oval(), :2]).astype(np.int32)], 255)
         grown = cv2.dilate(oval, np.ones((31, 31), np.uint8))

@@ -97,7 +97,9 @@ def test_recalibrate_takes_a_new_neutral(faces):
     retarget.process(_track(driver))
     opened = driver.copy()
     opened[:, :2] = expression.open_mouth(driver[:, :2], 0.2)
-    assert mesh.mouth_opening(retarget.process(_track(opened, 0.1)).landmarks) > mesh.mouth_opening(avatar) + 0.1
+    assert (
+        mesh.mouth_opening(retarget.process(_track(opened, 0.1)).landmarks) > mesh.mouth_opening(avatar) + 0.1
+    )
     retarget.recalibrate()
     # The open mouth is now "neutral": the avatar returns to its own mouth.
     target = retarget.process(_track(opened, 0.2)).landmarks

@@ -39,9 +39,20 @@ def tiny_run(tiny_clips, tmp_path_factory):
     from realtime.train.refiner import Config, train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = Config(data=[str(p) for p in tiny_clips], steps=40, batch=4, size=64, widths=(8, 16, 16, 24),
-                 pairs_per_clip=12, val_pairs_per_clip=4, cache_pairs=10, eval_every=20, gan_start=20,
-                 device="cpu", validation_clips=["driver_b"])
+    cfg = Config(
+        data=[str(p) for p in tiny_clips],
+        steps=40,
+        batch=4,
+        size=64,
+        widths=(8, 16, 16, 24),
+        pairs_per_clip=12,
+        val_pairs_per_clip=4,
+        cache_pairs=10,
+        eval_every=20,
+        gan_start=20,
+        device="cpu",
+        validation_clips=["driver_b"],
+    )
     return out, cfg, train(cfg, out)
 
 
@@ -92,7 +103,9 @@ def test_exported_model_runs_in_the_live_pipeline(tiny_run, tmp_path, builtin_av
     learned = OnnxRefinerGenerator(str(path), warp)
     assert learned.provider == "CPUExecutionProvider"
     pts = expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32))
+    target = Target(
+        frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32)
+    )
     plain = Blender().process(warp.render(target))
     refined = Blender().process(learned.render(target))
     assert refined.shape == plain.shape

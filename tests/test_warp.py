@@ -30,16 +30,27 @@ def test_piecewise_map_is_exact_for_an_affine_motion():
         got = np.stack([map_x.ravel(), map_y.ravel()], -1)
         # Exact at stride 1; the bilinear upsampled map is exact for an affine motion too,
         # except at the hull border where grid cells straddle the edge.
-        border = np.array([Delaunay(dest).find_simplex(p + d) < 0 for p in pts[inside][::50]
-                           for d in ((3, 0), (-3, 0), (0, 3), (0, -3))]).reshape(-1, 4).any(1)
+        border = (
+            np.array(
+                [
+                    Delaunay(dest).find_simplex(p + d) < 0
+                    for p in pts[inside][::50]
+                    for d in ((3, 0), (-3, 0), (0, 3), (0, -3))
+                ]
+            )
+            .reshape(-1, 4)
+            .any(1)
+        )
         err = np.abs(got[inside][::50] - expected[inside][::50]).max(axis=1)
         assert err[~border].max() < 1e-2
 
 
 def test_identity_target_reproduces_the_avatar(builtin_avatar):
     gen = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0),
-                    landmarks=mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2]).astype(np.float32))
+    target = Target(
+        frame=Frame(builtin_avatar.image, 0, 0.0),
+        landmarks=mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2]).astype(np.float32),
+    )
     out = Blender().process(gen.render(target))
     assert np.abs(out.astype(int) - builtin_avatar.image).max() <= 1
 
@@ -49,7 +60,9 @@ def opened(builtin_avatar):
     gen = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     pts = expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.2)
     pts = expression.head_pose(pts, 4.0, (0.05, 0.0))
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32))
+    target = Target(
+        frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32)
+    )
     return pts, Blender().process(gen.render(target))
 
 
@@ -76,7 +89,9 @@ def test_mouth_interior_is_filled_not_stretched_lips(builtin_avatar, opened):
     # Without the fill the same pixels would be stretched lips/teeth: not dark.
     plain = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     plain._fill_mouth = lambda *args: None
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32))
+    target = Target(
+        frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=mesh.with_mouth_centre(pts).astype(np.float32)
+    )
     stretched = cv2.cvtColor(Blender().process(plain.render(target)), cv2.COLOR_BGR2GRAY)[hole > 0]
     assert (stretched < 80).mean() < (gray < 80).mean() - 0.15
 
@@ -105,8 +120,9 @@ def test_swap_paints_inside_the_face_only(builtin_avatar, astronaut):
     avatar[nose[1] - half : nose[1] + half, nose[0] - half : nose[0] + half] = checker[..., None]
     gen = WarpGenerator(avatar, builtin_avatar.landmarks, mode="swap")
     frame = Frame(user, 0, 0.0)
-    rendered = gen.render(Target(frame=frame, landmarks=mesh.with_mouth_centre(user_lm[:, :2]).astype(np.float32),
-                                 mode="swap"))
+    rendered = gen.render(
+        Target(frame=frame, landmarks=mesh.with_mouth_centre(user_lm[:, :2]).astype(np.float32), mode="swap")
+    )
     out = Blender().process(rendered)
     oval = np.zeros(user.shape[:2], np.uint8)
     cv2.fillPoly(oval, [np.round(user_lm[mesh.face_oval(), :2]).astype(np.int32)], 255)

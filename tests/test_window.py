@@ -12,15 +12,19 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("Xvfb") and shutil.which("xdotool")), reason="needs Xvfb and xdotool (apt-get install xvfb xdotool)"
+    not (shutil.which("Xvfb") and shutil.which("xdotool")),
+    reason="needs Xvfb and xdotool (apt-get install xvfb xdotool)",
 )
 
 
 @pytest.fixture()
 def display():
     number = 90 + os.getpid() % 9
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x800x24"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1280x800x24"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     try:
         yield f":{number}"
@@ -31,7 +35,9 @@ def display():
 
 def _xdotool(display: str, *args: str) -> str:
     env = dict(os.environ, DISPLAY=display)
-    return subprocess.run(["xdotool", *args], capture_output=True, text=True, env=env, timeout=20).stdout.strip()
+    return subprocess.run(
+        ["xdotool", *args], capture_output=True, text=True, env=env, timeout=20
+    ).stdout.strip()
 
 
 def test_window_shows_the_overlay_and_obeys_hotkeys(display):
@@ -39,9 +45,28 @@ def test_window_shows_the_overlay_and_obeys_hotkeys(display):
 
     env = dict(os.environ, DISPLAY=display)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime.cli", "-v", "run", "--avatar", "builtin", "--sink", "window",
-         "--input", _driver_clip(), "--loop", "--seconds", "60", "--fps", "25"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "realtime.cli",
+            "-v",
+            "run",
+            "--avatar",
+            "builtin",
+            "--sink",
+            "window",
+            "--input",
+            _driver_clip(),
+            "--loop",
+            "--seconds",
+            "60",
+            "--fps",
+            "25",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         window = ""

@@ -42,14 +42,20 @@ def import_onnxruntime():
 
 def _provider_options(name: str, cache_dir: str) -> tuple[str, dict] | str:
     if name == "TensorrtExecutionProvider":
-        return name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir, "trt_fp16_enable": True}
+        return name, {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache_dir,
+            "trt_fp16_enable": True,
+        }
     return name
 
 
 class OnnxRunner:
     """Load an ONNX model, pick a provider with fallback, warm up, run with IO binding."""
 
-    def __init__(self, path: str, providers: list[str] | None = None, threads: int = 0, warmup: int = 2) -> None:
+    def __init__(
+        self, path: str, providers: list[str] | None = None, threads: int = 0, warmup: int = 2
+    ) -> None:
         ort = import_onnxruntime()
         if not os.path.isfile(path):
             raise UserError(f"model not found: {path}")
@@ -81,7 +87,9 @@ class OnnxRunner:
             logger.warning("wanted %s, running on %s", chosen[0], self.provider)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self._device = "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        self._device = (
+            "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        )
         self._warmup = warmup
 
     def input_shape(self, name: str) -> list:
@@ -159,12 +167,16 @@ class OnnxRefinerGenerator:
                 f"{sorted(self.OPTIONAL_INPUTS)}"
             )
         if not self.REQUIRED_OUTPUTS <= set(self.runner.outputs):
-            raise UserError(f"model {path} has outputs {self.runner.outputs}; a generator needs {sorted(self.REQUIRED_OUTPUTS)}")
+            raise UserError(
+                f"model {path} has outputs {self.runner.outputs}; a generator needs {sorted(self.REQUIRED_OUTPUTS)}"
+            )
         shape = self.runner.input_shape("warped")
         size = shape[-1] if isinstance(shape[-1], int) else 256
         self.spec = CropSpec(size=size)
         avatar_matrix = alignment(warp.avatar_points, self.spec)
-        self._source = _to_tensor(cv2.warpAffine(warp.avatar_image, avatar_matrix, (size, size), flags=cv2.INTER_LINEAR))
+        self._source = _to_tensor(
+            cv2.warpAffine(warp.avatar_image, avatar_matrix, (size, size), flags=cv2.INTER_LINEAR)
+        )
         card = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
         self.card = json.load(open(card)) if os.path.exists(card) else {}
         # Where the correction is applied: everywhere unless the card names regions
@@ -202,12 +214,17 @@ class OnnxRefinerGenerator:
             return base
         canvas[y0 : y0 + h, x0 : x0 + w] = base.patch
         matrix = alignment(target.landmarks, self.spec)
-        crop = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(
+            canvas, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         points = target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         fill = np.zeros((size, size), np.uint8)
         cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
-        outputs = self.runner.run(self._feeds(_to_tensor(crop), landmark_map(points, size),
-                                              fill.astype(np.float32)[None, None] / 255.0))
+        outputs = self.runner.run(
+            self._feeds(
+                _to_tensor(crop), landmark_map(points, size), fill.astype(np.float32)[None, None] / 255.0
+            )
+        )
         # The model's correction (already weighted by its mask) is mapped back and added to
         # the full-resolution warp, so a small crop never blurs a large face.
         refined = outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0
@@ -216,8 +233,21 @@ class OnnxRefinerGenerator:
             delta *= self._region_gate(points, size)[..., None]
         inverse = cv2.invertAffineTransform(matrix)
         inverse[:, 2] -= (x0, y0)
-        back = cv2.warpAffine(delta, inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=(0.0, 0.0, 0.0))
+        back = cv2.warpAffine(
+            delta,
+            inverse,
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0.0, 0.0, 0.0),
+        )
         patch = np.clip(base.patch.astype(np.float32) + back, 0, 255).astype(np.uint8)
-        return Rendered(frame=base.frame, patch=patch, mask=base.mask, origin=base.origin,
-                        colour_match=base.colour_match, background=base.background, generator=self.name)
+        return Rendered(
+            frame=base.frame,
+            patch=patch,
+            mask=base.mask,
+            origin=base.origin,
+            colour_match=base.colour_match,
+            background=base.background,
+            generator=self.name,
+        )

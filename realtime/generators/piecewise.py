@@ -50,7 +50,9 @@ def rasterise_map(
     total = int(counts.sum())
     if total:
         tri = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        local = np.arange(total, dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32), counts)
+        local = np.arange(total, dtype=np.int32) - np.repeat(
+            (np.cumsum(counts) - counts).astype(np.int32), counts
+        )
         ew = extent[tri, 0].astype(np.int32)
         gy_local = local // ew
         gx = (lo[tri, 0] + (local - gy_local * ew)).astype(np.int32)

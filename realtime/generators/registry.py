@@ -57,8 +57,10 @@ def build_generators(name: str | None, avatar: Avatar, providers: list[str] | No
 
     if is_translator(path):
         # An identity translator (`realtime train swap`) draws swap mode; reenact keeps the warp.
-        return Generators(by_mode={"reenact": warps["reenact"], "swap": TranslatorGenerator(path, providers)},
-                          fallback=dict(warps))
+        return Generators(
+            by_mode={"reenact": warps["reenact"], "swap": TranslatorGenerator(path, providers)},
+            fallback=dict(warps),
+        )
     from realtime.generators.onnx import OnnxRefinerGenerator
 
     learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in ("reenact", "swap")}

@@ -53,7 +53,9 @@ def aligned_crop(image: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> tu
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     size = spec.size
     if scale >= 0.7:
-        crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(
+            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         return crop, matrix
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
     inverse = cv2.invertAffineTransform(matrix)
@@ -73,9 +75,15 @@ class TranslatorGenerator:
     def __init__(self, path: str, providers: list[str] | None = None, feather: float = 0.05) -> None:
         self.runner = OnnxRunner(path, providers)
         self.name = os.path.splitext(os.path.basename(path))[0]
-        if "face" not in self.runner.inputs or len(self.runner.inputs) != 1 or "image" not in self.runner.outputs:
-            raise UserError(f"model {path} has inputs {sorted(self.runner.inputs)} and outputs {self.runner.outputs}; "
-                            "a translator needs input 'face' and output 'image' (optionally 'mask')")
+        if (
+            "face" not in self.runner.inputs
+            or len(self.runner.inputs) != 1
+            or "image" not in self.runner.outputs
+        ):
+            raise UserError(
+                f"model {path} has inputs {sorted(self.runner.inputs)} and outputs {self.runner.outputs}; "
+                "a translator needs input 'face' and output 'image' (optionally 'mask')"
+            )
         self.card = model_card(path)
         crop = self.card.get("crop", {})
         shape = self.runner.input_shape("face")
@@ -90,13 +98,17 @@ class TranslatorGenerator:
     def provider(self) -> str:
         return self.runner.provider
 
-    def _mask(self, dest: np.ndarray, origin: np.ndarray, shape: tuple[int, int], inside: np.ndarray) -> np.ndarray:
+    def _mask(
+        self, dest: np.ndarray, origin: np.ndarray, shape: tuple[int, int], inside: np.ndarray
+    ) -> np.ndarray:
         """The face oval, feathered inwards (nothing spills past the jaw), within the crop's footprint."""
         oval = np.zeros(shape, np.uint8)
         cv2.fillPoly(oval, [np.round(dest[self._oval] - origin).astype(np.int32)], 255)
         size = mesh.face_size(dest)
         erode = max(1, int(size * 0.06))
-        inner = cv2.erode(np.minimum(oval, inside), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1,) * 2))
+        inner = cv2.erode(
+            np.minimum(oval, inside), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1,) * 2)
+        )
         soft = cv2.GaussianBlur(inner.astype(np.float32) / 255.0, (0, 0), max(1.0, size * self.feather))
         soft *= oval > 0
         return soft
@@ -106,17 +118,33 @@ class TranslatorGenerator:
         dest = target.landmarks[:, :2].astype(np.float64)
         crop, matrix = aligned_crop(image, dest, self.spec)
         outputs = self.runner.run({"face": _to_tensor(crop)})
-        face = np.clip(outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        face = np.clip(outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(
+            np.uint8
+        )
         x0, y0, x1, y1 = bounding_roi(dest[: mesh.NUM_LANDMARKS], image.shape, margin=4)
         w, h = x1 - x0, y1 - y0
         back = cv2.invertAffineTransform(matrix)
         back[:, 2] -= (x0, y0)
         patch = cv2.warpAffine(face, back, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        inside = cv2.warpAffine(self._footprint, back, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+        inside = cv2.warpAffine(
+            self._footprint, back, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
+        )
         mask = self._mask(dest, np.array([x0, y0], np.float64), (h, w), inside)
         if "mask" in outputs:
-            model_mask = cv2.warpAffine(outputs["mask"][0, 0].astype(np.float32), back, (w, h), flags=cv2.INTER_LINEAR,
-                                        borderMode=cv2.BORDER_CONSTANT)
+            model_mask = cv2.warpAffine(
+                outputs["mask"][0, 0].astype(np.float32),
+                back,
+                (w, h),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+            )
             mask *= np.clip(model_mask, 0.0, 1.0)
-        return Rendered(frame=target.frame, patch=patch, mask=mask, origin=(x0, y0), colour_match=True,
-                        background=image, generator=self.name)
+        return Rendered(
+            frame=target.frame,
+            patch=patch,
+            mask=mask,
+            origin=(x0, y0),
+            colour_match=True,
+            background=image,
+            generator=self.name,
+        )

@@ -58,8 +58,17 @@ class WarpGenerator:
             height, width = avatar_image.shape[:2]
             outer = _ring(oval, OUTER_RING_SCALE)
             frame = np.array(
-                [[-1, -1], [width / 2, -1], [width, -1], [width, height / 2], [width, height],
-                 [width / 2, height], [-1, height], [-1, height / 2]], dtype=np.float64,
+                [
+                    [-1, -1],
+                    [width / 2, -1],
+                    [width, -1],
+                    [width, height / 2],
+                    [width, height],
+                    [width / 2, height],
+                    [-1, height],
+                    [-1, height / 2],
+                ],
+                dtype=np.float64,
             )
             self._fixed = np.concatenate([outer, frame])
             self.source_points = np.concatenate([self.avatar_points, self._inner_ring, self._fixed])
@@ -107,11 +116,15 @@ class WarpGenerator:
         scale, rotation, translation = mesh.umeyama(self._avatar_rigid, dest[mesh.RIGID])
         inner = self._inner_ring @ (scale * rotation).T + translation
         dest_all = np.concatenate([dest, inner, self._fixed])
-        roi = self._union(self._static_roi, bounding_roi(dest_all[: -len(self._fixed)], self.avatar_image.shape))
+        roi = self._union(
+            self._static_roi, bounding_roi(dest_all[: -len(self._fixed)], self.avatar_image.shape)
+        )
         patch = self._warp(dest_all, roi)
         self._fill_mouth(patch, dest, roi)
         mask = np.ones(patch.shape[:2], np.float32)
-        return Rendered(frame=target.frame, patch=patch, mask=mask, origin=roi[:2], background=self.avatar_image)
+        return Rendered(
+            frame=target.frame, patch=patch, mask=mask, origin=roi[:2], background=self.avatar_image
+        )
 
     def _render_swap(self, target: Target, dest: np.ndarray) -> Rendered:
         background = target.frame.image
@@ -128,7 +141,12 @@ class WarpGenerator:
         soft = cv2.GaussianBlur(inner.astype(np.float32) / 255.0, (0, 0), max(1.0, size * 0.05))
         soft *= mask > 0  # the blur's tail must not reach past the outline either
         return Rendered(
-            frame=target.frame, patch=patch, mask=soft, origin=roi[:2], colour_match=True, background=background
+            frame=target.frame,
+            patch=patch,
+            mask=soft,
+            origin=roi[:2],
+            colour_match=True,
+            background=background,
         )
 
     @staticmethod
@@ -184,8 +202,13 @@ class WarpGenerator:
         centre_x = (local[0, 0] + local[10, 0]) / 2.0
         columns = np.abs(np.arange(shape[1], dtype=np.float32) - centre_x) < 0.36 * width
         teeth[:, ~columns] = 0
-        teeth_alpha = cv2.GaussianBlur(teeth.astype(np.float32) / 255.0, (0, 0), max(0.6, tooth_h / 5))[..., None]
+        teeth_alpha = cv2.GaussianBlur(teeth.astype(np.float32) / 255.0, (0, 0), max(0.6, tooth_h / 5))[
+            ..., None
+        ]
         interior = interior * (1 - teeth_alpha) + self._mouth_colours["teeth"] * teeth_alpha
-        alpha = cv2.GaussianBlur(hole.astype(np.float32) / 255.0, (0, 0), max(0.6, gap / 14))[..., None] * strength
+        alpha = (
+            cv2.GaussianBlur(hole.astype(np.float32) / 255.0, (0, 0), max(0.6, gap / 14))[..., None]
+            * strength
+        )
         region = patch[by0:by1, bx0:bx1].astype(np.float32)
         patch[by0:by1, bx0:bx1] = (region * (1 - alpha) + interior * alpha).astype(np.uint8)

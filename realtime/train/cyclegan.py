@@ -82,8 +82,14 @@ def _norm_act(ch: int) -> list[nn.Module]:
 class _ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), *_norm_act(ch),
-                                  nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), nn.InstanceNorm2d(ch, affine=True))
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(ch, ch, 3),
+            *_norm_act(ch),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(ch, ch, 3),
+            nn.InstanceNorm2d(ch, affine=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -97,8 +103,14 @@ class ResnetGenerator(nn.Module):
     output is a correction of that input frame.
     """
 
-    def __init__(self, in_ch: int = 3, width: int = 32, n_down: int = 2, n_res: int = 4,
-                 residual_from: int | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int = 3,
+        width: int = 32,
+        n_down: int = 2,
+        n_res: int = 4,
+        residual_from: int | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, width, 7), *_norm_act(width)]
         ch = width
@@ -107,8 +119,11 @@ class ResnetGenerator(nn.Module):
             ch *= 2
         layers += [_ResBlock(ch) for _ in range(n_res)]
         for _ in range(n_down):
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                       nn.Conv2d(ch, ch // 2, 3, 1, 1), *_norm_act(ch // 2)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(ch, ch // 2, 3, 1, 1),
+                *_norm_act(ch // 2),
+            ]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3, 7)]
         self.net = nn.Sequential(*layers)
@@ -150,8 +165,9 @@ def align_cache(clip: ClipCache, spec: CropSpec) -> tuple[np.ndarray, np.ndarray
     crops, marks = [], []
     for image, lm in zip(clip.images, clip.landmarks, strict=True):
         matrix = alignment(lm, spec)
-        crop = cv2.warpAffine(image, matrix, (spec.size, spec.size), flags=cv2.INTER_AREA,
-                              borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(
+            image, matrix, (spec.size, spec.size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
         points = lm[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         crops.append(crop[:, :, ::-1])
         marks.append((landmark_map(points, spec.size)[0, 0] * 255).astype(np.uint8))
@@ -165,7 +181,9 @@ def load_faces(caches: list[Path], spec: CropSpec, holdout: float) -> FaceSet:
         clip = ClipCache.load(path)
         c, m = align_cache(clip, spec)
         index = clip.frame_index.astype(int)
-        cut = int(math.floor((int(index.max()) + 1) * (1.0 - holdout))) if holdout > 0 else int(index.max()) + 1
+        cut = (
+            int(math.floor((int(index.max()) + 1) * (1.0 - holdout))) if holdout > 0 else int(index.max()) + 1
+        )
         train = index < cut
         if train.sum() == 0:  # a still or a very short clip: keep it for training
             train[:] = True
@@ -174,16 +192,32 @@ def load_faces(caches: list[Path], spec: CropSpec, holdout: float) -> FaceSet:
         marks.append(m[train])
         held_c.append(c[~train])
         held_m.append(m[~train])
-        starts = [k for k in range(len(tr_index) - 2)
-                  if tr_index[k + 1] == tr_index[k] + 1 and tr_index[k + 2] == tr_index[k] + 2]
+        starts = [
+            k
+            for k in range(len(tr_index) - 2)
+            if tr_index[k + 1] == tr_index[k] + 1 and tr_index[k + 2] == tr_index[k] + 2
+        ]
         triplets.append(np.array(starts, dtype=np.int64) + offset)
         offset += int(train.sum())
-        clips.append({"clip": clip.name, "frames": len(index), "train_frames": int(train.sum()),
-                      "held_out_frames": int((~train).sum()), "cut": cut})
+        clips.append(
+            {
+                "clip": clip.name,
+                "frames": len(index),
+                "train_frames": int(train.sum()),
+                "held_out_frames": int((~train).sum()),
+                "cut": cut,
+            }
+        )
     size = spec.size
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros((0, *shape), np.uint8)  # noqa: E731
-    return FaceSet(cat(crops, (size, size, 3)), cat(marks, (size, size)), np.concatenate(triplets),
-                   cat(held_c, (size, size, 3)), cat(held_m, (size, size)), clips)
+    return FaceSet(
+        cat(crops, (size, size, 3)),
+        cat(marks, (size, size)),
+        np.concatenate(triplets),
+        cat(held_c, (size, size, 3)),
+        cat(held_m, (size, size)),
+        clips,
+    )
 
 
 def faces_for(inputs: list[str], cache_dir: Path, cfg: Config) -> FaceSet:
@@ -197,8 +231,9 @@ def _to_tensor(crops: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255.0
 
 
-def batch_of(faces: FaceSet, idx: np.ndarray, flip: torch.Tensor, device: torch.device, frames: int = 1
-             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def batch_of(
+    faces: FaceSet, idx: np.ndarray, flip: torch.Tensor, device: torch.device, frames: int = 1
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``frames`` consecutive crops from each start in ``idx`` (one random flip per sample)."""
     images, marks = [], []
     f = flip.to(device)[:, None, None, None]
@@ -235,8 +270,14 @@ def _blank(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x[:, :1])
 
 
-def generator_losses(nets: Nets, cfg: Config, a: list[torch.Tensor], ma: list[torch.Tensor],
-                     b: list[torch.Tensor], mb: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+def generator_losses(
+    nets: Nets,
+    cfg: Config,
+    a: list[torch.Tensor],
+    ma: list[torch.Tensor],
+    b: list[torch.Tensor],
+    mb: list[torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict]:
     """All generator-side losses for one batch; ``a``/``b`` hold 1 frame (CycleGAN) or 3 (Recycle-GAN).
 
     ``ma``/``mb`` are the frames' landmark maps (kept for conditioning experiments; the
@@ -248,26 +289,36 @@ def generator_losses(nets: Nets, cfg: Config, a: list[torch.Tensor], ma: list[to
     adv = sum(models.hinge_g(nets.d_b(fb, _blank(fb))) for fb in fake_b)
     adv = adv + sum(models.hinge_g(nets.d_a(fa, _blank(fa))) for fa in fake_a)
     terms["adv"] = adv / len(a)
-    terms["cycle"] = (nets.g_ba(fake_b[last]) - a[last]).abs().mean() + (nets.g_ab(fake_a[last]) - b[last]).abs().mean()
-    terms["identity"] = (nets.g_ab(b[last]) - b[last]).abs().mean() + (nets.g_ba(a[last]) - a[last]).abs().mean()
+    terms["cycle"] = (nets.g_ba(fake_b[last]) - a[last]).abs().mean() + (
+        nets.g_ab(fake_a[last]) - b[last]
+    ).abs().mean()
+    terms["identity"] = (nets.g_ab(b[last]) - b[last]).abs().mean() + (
+        nets.g_ba(a[last]) - a[last]
+    ).abs().mean()
     total = cfg.w_adv * terms["adv"] + cfg.w_cycle * terms["cycle"] + cfg.w_identity * terms["identity"]
     if cfg.recycle:
         # Recurrent: each domain's predictor learns its own motion.
-        terms["recurrent"] = ((nets.p_a(torch.cat(a[:2], 1)) - a[2]).abs().mean()
-                              + (nets.p_b(torch.cat(b[:2], 1)) - b[2]).abs().mean())
+        terms["recurrent"] = (nets.p_a(torch.cat(a[:2], 1)) - a[2]).abs().mean() + (
+            nets.p_b(torch.cat(b[:2], 1)) - b[2]
+        ).abs().mean()
         # Recycle: translate two frames, predict the next in the other domain, translate back.
-        terms["recycle"] = ((nets.g_ba(nets.p_b(torch.cat(fake_b[:2], 1))) - a[2]).abs().mean()
-                            + (nets.g_ab(nets.p_a(torch.cat(fake_a[:2], 1))) - b[2]).abs().mean())
+        terms["recycle"] = (nets.g_ba(nets.p_b(torch.cat(fake_b[:2], 1))) - a[2]).abs().mean() + (
+            nets.g_ab(nets.p_a(torch.cat(fake_a[:2], 1))) - b[2]
+        ).abs().mean()
         total = total + cfg.w_recurrent * terms["recurrent"] + cfg.w_recycle * terms["recycle"]
     terms["loss"] = total
     return terms, {"fake_a": fake_a, "fake_b": fake_b}
 
 
 def discriminator_loss(nets: Nets, a: list[torch.Tensor], b: list[torch.Tensor], fakes: dict) -> torch.Tensor:
-    loss = sum(models.hinge_d(nets.d_b(x, _blank(x)), nets.d_b(f.detach(), _blank(f)))
-               for x, f in zip(b, fakes["fake_b"], strict=True))
-    loss = loss + sum(models.hinge_d(nets.d_a(x, _blank(x)), nets.d_a(f.detach(), _blank(f)))
-                      for x, f in zip(a, fakes["fake_a"], strict=True))
+    loss = sum(
+        models.hinge_d(nets.d_b(x, _blank(x)), nets.d_b(f.detach(), _blank(f)))
+        for x, f in zip(b, fakes["fake_b"], strict=True)
+    )
+    loss = loss + sum(
+        models.hinge_d(nets.d_a(x, _blank(x)), nets.d_a(f.detach(), _blank(f)))
+        for x, f in zip(a, fakes["fake_a"], strict=True)
+    )
     return loss / len(a)
 
 
@@ -321,8 +372,14 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     faces_b = faces_for(cfg.b, out / "cache" / "b", cfg)
     frames = 3 if cfg.recycle else 1
     for name, faces in (("A", faces_a), ("B", faces_b)):
-        logger.info("%s: %d training crops (%d triplets), %d held out, from %s", name, len(faces.crops),
-                    len(faces.triplets), len(faces.held_crops), [c["clip"] for c in faces.clips])
+        logger.info(
+            "%s: %d training crops (%d triplets), %d held out, from %s",
+            name,
+            len(faces.crops),
+            len(faces.triplets),
+            len(faces.held_crops),
+            [c["clip"] for c in faces.clips],
+        )
         if cfg.recycle and len(faces.triplets) == 0:
             raise SystemExit(f"--recycle needs videos: no consecutive frames for {name}")
     logger.info("data ready in %.0f s", time.time() - t0)
@@ -372,8 +429,11 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         opt_d.step()
         step += 1
         bar.update(1)
-        record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()},
-                  "disc": round(float(loss_d.detach()), 5)}
+        record = {
+            "step": step,
+            **{k: round(float(v.detach()), 5) for k, v in terms.items()},
+            "disc": round(float(loss_d.detach()), 5),
+        }
         if not all(math.isfinite(v) for k, v in record.items() if k != "step"):
             raise FloatingPointError(f"loss became non-finite at step {step}: {record}")
         bar.set_postfix(loss=f"{record['loss']:.3f}", cyc=f"{record['cycle']:.3f}")
@@ -381,20 +441,41 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             record["val"] = validate(nets, faces_a, faces_b, device)
             sample_grid(nets, faces_a, faces_b, device, out / f"samples_{step:06d}.png")
-            torch.save({"nets": nets.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                        "step": step, "config": json.dumps(asdict(cfg))}, ckpt_path)
+            torch.save(
+                {
+                    "nets": nets.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "step": step,
+                    "config": json.dumps(asdict(cfg)),
+                },
+                ckpt_path,
+            )
             logger.info("step %d: %s", step, record["val"])
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
     seconds_trained = time.time() - t_start
-    torch.save({"model": nets.g_ab.state_dict(), "reverse": nets.g_ba.state_dict(), "step": step,
-                "config": json.dumps(asdict(cfg))}, out / "translator.pt")
-    summary = {"steps": step, "device": str(device), "minutes": round(seconds_trained / 60, 2),
-               "recycle": cfg.recycle, "a": faces_a.clips, "b": faces_b.clips,
-               "train_crops": {"a": len(faces_a.crops), "b": len(faces_b.crops)},
-               "final": history[-1] if history else {}}
+    torch.save(
+        {
+            "model": nets.g_ab.state_dict(),
+            "reverse": nets.g_ba.state_dict(),
+            "step": step,
+            "config": json.dumps(asdict(cfg)),
+        },
+        out / "translator.pt",
+    )
+    summary = {
+        "steps": step,
+        "device": str(device),
+        "minutes": round(seconds_trained / 60, 2),
+        "recycle": cfg.recycle,
+        "a": faces_a.clips,
+        "b": faces_b.clips,
+        "train_crops": {"a": len(faces_a.crops), "b": len(faces_b.crops)},
+        "final": history[-1] if history else {},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.export:
         from export.translator import export_run

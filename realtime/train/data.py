@@ -30,7 +30,9 @@ CONTEXT = 256  # side of the per-clip context crop
 CONTEXT_FACE_SCALE = 0.15  # eye-corner distance / context side
 
 
-def build_clip_cache(video: str | Path, out_dir: str | Path, pairs: int = 40, jpeg_quality: int = 93) -> Path | None:
+def build_clip_cache(
+    video: str | Path, out_dir: str | Path, pairs: int = 40, jpeg_quality: int = 93
+) -> Path | None:
     """Cache ``pairs`` consecutive-frame pairs of ``video``. Returns the .npz path, or None
     when too few frames have a face."""
     from realtime.analysis import read_frames
@@ -59,10 +61,14 @@ def build_clip_cache(video: str | Path, out_dir: str | Path, pairs: int = 40, jp
     centre = np.median(landmarks[:, mesh.RIGID, :2].mean(axis=1), axis=0)
     size = float(np.median([mesh.face_size(lm) for lm in landmarks]))
     scale = CONTEXT_FACE_SCALE * CONTEXT / size
-    matrix = np.array([[scale, 0.0, CONTEXT / 2 - scale * centre[0]], [0.0, scale, CONTEXT * 0.45 - scale * centre[1]]])
+    matrix = np.array(
+        [[scale, 0.0, CONTEXT / 2 - scale * centre[0]], [0.0, scale, CONTEXT * 0.45 - scale * centre[1]]]
+    )
     blobs, offsets = [], [0]
     for i in keep:
-        crop = cv2.warpAffine(frames[i], matrix, (CONTEXT, CONTEXT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(
+            frames[i], matrix, (CONTEXT, CONTEXT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
         ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         blobs.append(data.ravel())
         offsets.append(offsets[-1] + data.size)
@@ -71,8 +77,14 @@ def build_clip_cache(video: str | Path, out_dir: str | Path, pairs: int = 40, jp
     local[..., 2] *= scale
     out = Path(out_dir) / f"{video.stem}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, jpeg=np.concatenate(blobs), offsets=np.array(offsets), landmarks=local.astype(np.float32),
-             frame_index=np.array(keep), clip=video.stem)
+    np.savez(
+        out,
+        jpeg=np.concatenate(blobs),
+        offsets=np.array(offsets),
+        landmarks=local.astype(np.float32),
+        frame_index=np.array(keep),
+        clip=video.stem,
+    )
     return out
 
 
@@ -87,12 +99,17 @@ class ClipCache:
     def load(cls, path: str | Path) -> ClipCache:
         with np.load(path) as data:
             jpeg, offsets = data["jpeg"], data["offsets"]
-            images = [cv2.imdecode(jpeg[offsets[k] : offsets[k + 1]], cv2.IMREAD_COLOR) for k in range(len(offsets) - 1)]
+            images = [
+                cv2.imdecode(jpeg[offsets[k] : offsets[k + 1]], cv2.IMREAD_COLOR)
+                for k in range(len(offsets) - 1)
+            ]
             return cls(str(data["clip"]), images, data["landmarks"], data["frame_index"])
 
     def consecutive(self) -> list[int]:
         """Positions k whose frame k+1 is the next video frame."""
-        return [k for k in range(len(self.frame_index) - 1) if self.frame_index[k + 1] == self.frame_index[k] + 1]
+        return [
+            k for k in range(len(self.frame_index) - 1) if self.frame_index[k + 1] == self.frame_index[k] + 1
+        ]
 
 
 def region_weights(points: np.ndarray, size: int) -> np.ndarray:
@@ -122,8 +139,13 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> di
     canvas[y0 : y0 + h, x0 : x0 + w] = rendered.patch
     size = spec.size
     matrix = alignment(target_points, spec)
-    crop = lambda img: cv2.warpAffine(img, matrix, (size, size), flags=cv2.INTER_AREA,  # noqa: E731
-                                      borderMode=cv2.BORDER_REPLICATE)
+    crop = lambda img: cv2.warpAffine(
+        img,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_AREA,  # noqa: E731
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     fill = np.zeros((size, size), np.uint8)
     cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
@@ -131,8 +153,9 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> di
     return {
         "warped": crop(canvas),
         "target": crop(clip.images[target]),
-        "source": cv2.warpAffine(src_image, src_matrix, (size, size), flags=cv2.INTER_AREA,
-                                 borderMode=cv2.BORDER_REPLICATE),
+        "source": cv2.warpAffine(
+            src_image, src_matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        ),
         "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
         "fill": fill,
         "weight": region_weights(points, size),
@@ -141,7 +164,9 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> di
 
 def _change(clip: ClipCache, a: int, b: int) -> float:
     la, lb = clip.landmarks[a], clip.landmarks[b]
-    return abs(mesh.mouth_opening(la) - mesh.mouth_opening(lb)) + abs(mesh.eye_opening(la) - mesh.eye_opening(lb))
+    return abs(mesh.mouth_opening(la) - mesh.mouth_opening(lb)) + abs(
+        mesh.eye_opening(la) - mesh.eye_opening(lb)
+    )
 
 
 def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) -> dict[str, np.ndarray]:
@@ -156,7 +181,13 @@ def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) ->
     out: dict[str, list[np.ndarray]] = {}
     for _ in range(count):
         j = int(rng.choice(consecutive))
-        candidates = np.array([k for k in range(len(clip.images)) if abs(int(clip.frame_index[k]) - int(clip.frame_index[j])) > 2])
+        candidates = np.array(
+            [
+                k
+                for k in range(len(clip.images))
+                if abs(int(clip.frame_index[k]) - int(clip.frame_index[j])) > 2
+            ]
+        )
         if candidates.size == 0:
             continue
         change = np.array([_change(clip, k, j) for k in candidates]) + 0.02
@@ -168,7 +199,9 @@ def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) ->
     return {key: np.stack(values) for key, values in out.items()}
 
 
-def make_dataset(caches: list[Path], per_clip: int, spec: CropSpec, seed: int = 0, workers: int = 1) -> dict[str, np.ndarray]:
+def make_dataset(
+    caches: list[Path], per_clip: int, spec: CropSpec, seed: int = 0, workers: int = 1
+) -> dict[str, np.ndarray]:
     """Pairs from many clips, in parallel processes when ``workers`` > 1."""
     jobs = [(str(path), per_clip, spec, seed + k) for k, path in enumerate(caches)]
     if workers > 1:

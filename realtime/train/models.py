@@ -18,7 +18,9 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class _Res(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ch, ch, 3, 1, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ch, ch, 3, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -43,11 +45,14 @@ class Refiner(nn.Module):
         self.dec1 = nn.Sequential(_conv(w[2] + w[1], w[1]), _conv(w[1], w[1]))
         self.dec0 = nn.Sequential(_conv(w[1] + w[0], w[0]), _conv(w[0], w[0]))
         self.head = nn.Conv2d(w[0], 4, 3, 1, 1)
-        ramp = torch.clamp(torch.minimum(torch.arange(size), torch.arange(size).flip(0)).float() / (size * 0.08), 0, 1)
+        ramp = torch.clamp(
+            torch.minimum(torch.arange(size), torch.arange(size).flip(0)).float() / (size * 0.08), 0, 1
+        )
         self.register_buffer("border", (ramp[None, :] * ramp[:, None])[None, None], persistent=False)
 
-    def forward(self, warped: torch.Tensor, source: torch.Tensor, landmarks: torch.Tensor,
-                fill_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, warped: torch.Tensor, source: torch.Tensor, landmarks: torch.Tensor, fill_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([warped, source, landmarks, fill_mask], dim=1) * 2.0 - 1.0
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
@@ -70,12 +75,18 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         w = width
-        self.layers = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(4, w, 4, 2, 1), nn.LeakyReLU(0.2, True)),
-            nn.Sequential(nn.Conv2d(w, w * 2, 4, 2, 1), nn.InstanceNorm2d(w * 2), nn.LeakyReLU(0.2, True)),
-            nn.Sequential(nn.Conv2d(w * 2, w * 4, 4, 2, 1), nn.InstanceNorm2d(w * 4), nn.LeakyReLU(0.2, True)),
-            nn.Conv2d(w * 4, 1, 3, 1, 1),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(4, w, 4, 2, 1), nn.LeakyReLU(0.2, True)),
+                nn.Sequential(
+                    nn.Conv2d(w, w * 2, 4, 2, 1), nn.InstanceNorm2d(w * 2), nn.LeakyReLU(0.2, True)
+                ),
+                nn.Sequential(
+                    nn.Conv2d(w * 2, w * 4, 4, 2, 1), nn.InstanceNorm2d(w * 4), nn.LeakyReLU(0.2, True)
+                ),
+                nn.Conv2d(w * 4, 1, 3, 1, 1),
+            ]
+        )
 
     def forward(self, image: torch.Tensor, landmarks: torch.Tensor) -> list[torch.Tensor]:
         x = torch.cat([image, landmarks], 1) * 2.0 - 1.0
@@ -122,4 +133,8 @@ def hinge_g(fake: list[list[torch.Tensor]]) -> torch.Tensor:
 
 
 def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    return sum(F.l1_loss(f, r.detach()) for rs, fs in zip(real, fake, strict=True) for r, f in zip(rs[:-1], fs[:-1], strict=True))
+    return sum(
+        F.l1_loss(f, r.detach())
+        for rs, fs in zip(real, fake, strict=True)
+        for r, f in zip(rs[:-1], fs[:-1], strict=True)
+    )

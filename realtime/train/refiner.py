@@ -59,7 +59,11 @@ def collect_caches(data: list[str], cache_dir: Path, pairs: int) -> list[Path]:
     items: list[Path] = []
     for entry in data:
         path = Path(entry)
-        items += sorted(p for p in path.iterdir() if p.suffix in VIDEO_SUFFIXES | {".npz"}) if path.is_dir() else [path]
+        items += (
+            sorted(p for p in path.iterdir() if p.suffix in VIDEO_SUFFIXES | {".npz"})
+            if path.is_dir()
+            else [path]
+        )
     caches = []
     for item in tqdm(items, desc="caching clips", unit="clip"):
         if item.suffix == ".npz":
@@ -102,15 +106,26 @@ def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str,
     return out
 
 
-def run_generator(net: models.Refiner, b: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def run_generator(
+    net: models.Refiner, b: dict[str, torch.Tensor], step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     return net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"])
 
 
 @torch.no_grad()
-def evaluate(net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, batch: int = 64) -> dict[str, float]:
+def evaluate(
+    net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, batch: int = 64
+) -> dict[str, float]:
     """Validation on held-out people: the refiner's L1 next to the warp's it started from."""
     net.eval()
-    sums = {"l1": 0.0, "warp_l1": 0.0, "mouth_l1": 0.0, "warp_mouth_l1": 0.0, "eyes_l1": 0.0, "warp_eyes_l1": 0.0}
+    sums = {
+        "l1": 0.0,
+        "warp_l1": 0.0,
+        "mouth_l1": 0.0,
+        "warp_mouth_l1": 0.0,
+        "eyes_l1": 0.0,
+        "warp_eyes_l1": 0.0,
+    }
     count = 0
     n = len(val["warped0"])
     for start in range(0, n, batch):
@@ -121,15 +136,21 @@ def evaluate(net: models.Refiner, val: dict[str, np.ndarray], device: torch.devi
         for name, pred in (("", image), ("warp_", warped)):
             err = (pred - target).abs().mean(1, keepdim=True)
             sums[f"{name}l1"] += float(err.mean(dim=(1, 2, 3)).sum())
-            sums[f"{name}mouth_l1"] += float(((err * mouth).sum(dim=(1, 2, 3)) / mouth.sum(dim=(1, 2, 3)).clamp(min=1)).sum())
-            sums[f"{name}eyes_l1"] += float(((err * eyes).sum(dim=(1, 2, 3)) / eyes.sum(dim=(1, 2, 3)).clamp(min=1)).sum())
+            sums[f"{name}mouth_l1"] += float(
+                ((err * mouth).sum(dim=(1, 2, 3)) / mouth.sum(dim=(1, 2, 3)).clamp(min=1)).sum()
+            )
+            sums[f"{name}eyes_l1"] += float(
+                ((err * eyes).sum(dim=(1, 2, 3)) / eyes.sum(dim=(1, 2, 3)).clamp(min=1)).sum()
+            )
         count += target.shape[0]
     net.train()
     return {k: round(v / max(count, 1), 5) for k, v in sums.items()}
 
 
 @torch.no_grad()
-def sample_grid(net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, path: Path, rows: int = 6) -> None:
+def sample_grid(
+    net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, path: Path, rows: int = 6
+) -> None:
     """Rows of warp | generator | ground truth."""
     import cv2
 
@@ -139,7 +160,9 @@ def sample_grid(net: models.Refiner, val: dict[str, np.ndarray], device: torch.d
     image, _ = run_generator(net, b, 0)
     net.train()
     to_img = lambda t: (t.clamp(0, 1).permute(0, 2, 3, 1).flip(-1).cpu().numpy() * 255).astype(np.uint8)  # noqa: E731
-    grid = np.concatenate([np.concatenate(list(to_img(t)), axis=0) for t in (b["warped0"], image, b["target0"])], 1)
+    grid = np.concatenate(
+        [np.concatenate(list(to_img(t)), axis=0) for t in (b["warped0"], image, b["target0"])], 1
+    )
     cv2.imwrite(str(path), grid)
 
 
@@ -149,8 +172,11 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     spec = CropSpec(cfg.size)
     caches = collect_caches(cfg.data, out / "cache", cfg.cache_pairs)
     if cfg.validation_clips:
@@ -159,13 +185,17 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     else:
         train_caches, val_caches = split(caches)
     if not train_caches or not val_caches:
-        raise SystemExit(f"need clips of both training and validation people; got {len(train_caches)} / {len(val_caches)}")
+        raise SystemExit(
+            f"need clips of both training and validation people; got {len(train_caches)} / {len(val_caches)}"
+        )
     logger.info("train people: %s", sorted({person_of(p) for p in train_caches}))
     logger.info("validation people: %s", sorted({person_of(p) for p in val_caches}))
     t0 = time.time()
     data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers)
     val = make_dataset(val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers)
-    logger.info("pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0)
+    logger.info(
+        "pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0
+    )
 
     net = models.Refiner(cfg.widths, cfg.size).to(device)
     disc = models.MultiScaleDiscriminator().to(device)
@@ -200,7 +230,9 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         img0, img1 = img0.float(), img1.float()
         w0, w1 = b["weight0"], b["weight1"]
         loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
-        loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(img1, b["target1"], w1)
+        loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(
+            img1, b["target1"], w1
+        )
         # Temporal: the output should change from frame to frame the way the real face does.
         loss_temporal = ((img1 - img0) - (b["target1"] - b["target0"])).abs().mean()
         loss = cfg.w_l1 * loss_l1 + cfg.w_lap * loss_lap + cfg.w_temporal * loss_temporal
@@ -218,14 +250,20 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         opt_g.step()
         if adversarial:
             with autocast:
-                loss_d = models.hinge_d(disc(b["target0"], b["landmarks0"]), disc(img0.detach(), b["landmarks0"]))
+                loss_d = models.hinge_d(
+                    disc(b["target0"], b["landmarks0"]), disc(img0.detach(), b["landmarks0"])
+                )
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         step += 1
         bar.update(1)
-        record = {"step": step, "loss": round(float(loss), 5), "l1": round(float(loss_l1), 5),
-                  "temporal": round(float(loss_temporal), 5)}
+        record = {
+            "step": step,
+            "loss": round(float(loss), 5),
+            "l1": round(float(loss_l1), 5),
+            "temporal": round(float(loss_temporal), 5),
+        }
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -233,16 +271,33 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.steps or (out_of_time and step % cfg.eval_every == 0):
             record["val"] = evaluate(net, val, device)
             sample_grid(net, val, device, out / f"samples_{step:06d}.png")
-            torch.save({"model": net.state_dict(), "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                        "opt_d": opt_d.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, ckpt_path)
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "disc": disc.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "step": step,
+                    "config": json.dumps(asdict(cfg)),
+                },
+                ckpt_path,
+            )
             logger.info("step %d: %s", step, record["val"])
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
-    torch.save({"model": net.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, out / "refiner.pt")
-    summary = {"steps": step, "device": str(device), "train_clips": [p.stem for p in train_caches],
-               "validation_clips": [p.stem for p in val_caches], "train_pairs": n,
-               "validation_pairs": len(val["warped0"]), "final": history[-1] if history else {}}
+    torch.save(
+        {"model": net.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, out / "refiner.pt"
+    )
+    summary = {
+        "steps": step,
+        "device": str(device),
+        "train_clips": [p.stem for p in train_caches],
+        "validation_clips": [p.stem for p in val_caches],
+        "train_pairs": n,
+        "validation_pairs": len(val["warped0"]),
+        "final": history[-1] if history else {},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"history": history, **summary}

@@ -662,10 +662,18 @@ def measure_bridge_delay(sink: str, video_ms: float, jitter_ms: float = 4.0) -> 
     corr = np.fft.irfft(np.fft.rfft(right, 2 * n) * np.conj(np.fft.rfft(left, 2 * n)))[:n]
     lag = int(np.argmax(corr))
     quality = float(corr[lag] / (np.sqrt(np.sum(left**2) * np.sum(right**2)) + 1e-12))
+    # How clearly the peak stands out from every lag more than 25 ms away (the burst's
+    # correlation is a few ms wide, wider while the delay line resamples): the normalised
+    # correlation alone dips when the server adds its own noise to a recording.
+    away = np.abs(np.arange(n) - lag) > SR // 40
+    prominence = float(corr[lag] / (np.abs(corr[away]).max() + 1e-12)) if away.any() else 0.0
+    second = int(np.argmax(np.where(away, np.abs(corr), 0.0))) if away.any() else lag
     glitches = sum(stats[k] - before[k] for k in ("input_overflows", "output_underflows"))
     return {
         "measured_ms": lag / SR * 1000.0,
         "quality": quality,
+        "prominence": prominence,
+        "second_peak_ms": second / SR * 1000.0 if second < n // 2 else (second - n) / SR * 1000.0,
         "flowing": flowing,
         "glitches": glitches,
         "reported_ms": stats["audio_delay_ms"],
@@ -680,7 +688,8 @@ def test_real_server_delay_equals_the_video_latency(null_sink, video_ms):
     for _ in range(3):  # the sound server can glitch: retry
         result = measure_bridge_delay(null_sink, video_ms)
         attempts.append({k: v for k, v in result.items() if k != "stats"})
-        if result["flowing"] and result["glitches"] == 0 and result["quality"] > 0.3:
+        clean = result["quality"] > 0.3 or (result["quality"] > 0.05 and result["prominence"] > 2.0)
+        if result["flowing"] and result["glitches"] == 0 and clean:
             break
     else:
         pytest.fail(f"no clean measurement in 3 attempts: {attempts}")

@@ -139,13 +139,12 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> di
     canvas[y0 : y0 + h, x0 : x0 + w] = rendered.patch
     size = spec.size
     matrix = alignment(target_points, spec)
-    crop = lambda img: cv2.warpAffine(
-        img,
-        matrix,
-        (size, size),
-        flags=cv2.INTER_AREA,  # noqa: E731
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+
+    def crop(img: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(
+            img, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
+
     points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     fill = np.zeros((size, size), np.uint8)
     cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)

@@ -371,6 +371,8 @@ class Engine:
                     track = FaceTrack(frame=frame, landmarks=None, lost_for_s=math.inf)
                 if self.pipelined:
                     self._tracked.put(track)
+                    if self._backpressure:  # don't track frames the renderer would skip
+                        self._tracked.wait_taken(self._stop)
                 else:
                     self._render_one(track)
         finally:

@@ -169,7 +169,7 @@ class ImageSource:
         return frame
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the image lives in memory."""
 
 
 class BuiltinDriverSource:

@@ -9,14 +9,14 @@ loads the resulting ONNX file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from export.common import save_card, tensorrt_check, write_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +50,13 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False) -> Path:
     """Write the ONNX file atomically (temp name, then rename)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     model = net.half() if fp16 else net.float()
     dtype = torch.float16 if fp16 else torch.float32
     args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size).values())
-    torch.onnx.export(
-        model,
-        args,
-        str(tmp),
-        input_names=INPUTS,
-        output_names=OUTPUTS,
-        opset_version=17,
-        dynamo=False,
-        do_constant_folding=True,
-    )
-    net.float()
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_onnx(model, args, path, INPUTS, OUTPUTS)
+    finally:
+        net.float()
 
 
 def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = None) -> dict[str, float]:
@@ -86,30 +74,6 @@ def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = 
         f"{name}_max_abs_diff": float(np.abs(o.astype(np.float32) - r.numpy()).max())
         for name, o, r in zip(OUTPUTS, outs, ref, strict=True)
     } | {"provider": session.get_providers()[0]}
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tensorrt_check(onnx_path: str | Path) -> dict:
-    """Build/load a TensorRT engine through onnxruntime's TensorRT provider, where present."""
-    from realtime.generators.onnx import OnnxRunner
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"available": False, "reason": "onnxruntime not installed"}
-    if "TensorrtExecutionProvider" not in ort.get_available_providers():
-        return {"available": False, "reason": "this onnxruntime build has no TensorRT provider"}
-    runner = OnnxRunner(
-        str(onnx_path), ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    return {"available": runner.provider == "TensorrtExecutionProvider", "provider": runner.provider}
 
 
 def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None) -> Path:
@@ -137,16 +101,8 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
             "losses": "weighted L1 (mouth x5, eyes x4), Laplacian pyramid L1, temporal (consecutive "
             "frames), hinge GAN with 2-scale patch discriminator, feature matching",
         },
-        "export": checks,
-        "sha256": sha256(onnx_path),
-        "bytes": onnx_path.stat().st_size,
-        "default": False,
     }
-    if extra:
-        card.update(extra)
-    card_path = onnx_path.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2))
-    return card_path
+    return save_card(onnx_path, card, checks, extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from export.refiner import sha256, tensorrt_check
+from export.common import save_card, tensorrt_check, write_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -56,25 +55,11 @@ def export_onnx(net, size: int, path: str | Path) -> Path:
     """Write the ONNX file atomically (temp name, then rename)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     with warnings.catch_warnings():
         # Instance norm always normalises by the input's own statistics, in training and
         # export alike; the legacy exporter's notes about it and about Slice folding are noise.
         warnings.filterwarnings("ignore", message=".*(instance_norm|Constant folding).*")
-        torch.onnx.export(
-            net.float().eval(),
-            (torch.from_numpy(example_input(size)),),
-            str(tmp),
-            input_names=INPUTS,
-            output_names=OUTPUTS,
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    os.replace(tmp, path)
-    return path
+        return write_onnx(net.float().eval(), (torch.from_numpy(example_input(size)),), path, INPUTS, OUTPUTS)
 
 
 def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = None) -> dict:
@@ -131,16 +116,8 @@ def write_card(
                 else ""
             ),
         },
-        "export": checks,
-        "sha256": sha256(onnx_path),
-        "bytes": onnx_path.stat().st_size,
-        "default": False,
     }
-    if extra:
-        card.update(extra)
-    card_path = onnx_path.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2))
-    return card_path
+    return save_card(onnx_path, card, checks, extra)
 
 
 def export_run(

@@ -136,19 +136,23 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
     )
 
 
+# The per-clip numbers that are averaged and tabulated, in table order.
+SCORES = [
+    "l1",
+    "psnr",
+    "ssim",
+    "mouth_l1",
+    "eyes_l1",
+    "landmark_error",
+    "mouth_r",
+    "blink_r",
+    "flicker",
+    "face_found",
+]
+
+
 def summarise(scores: list[ClipScore]) -> dict:
-    keys = [
-        "l1",
-        "psnr",
-        "ssim",
-        "mouth_l1",
-        "eyes_l1",
-        "landmark_error",
-        "mouth_r",
-        "blink_r",
-        "flicker",
-        "face_found",
-    ]
+    keys = SCORES
     mean = {k: round(float(np.nanmean([getattr(s, k) for s in scores])), 4) for k in keys}
     per_clip = [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(s).items() if k != "samples"}
@@ -184,18 +188,7 @@ def contact_sheet(results: dict[str, list[ClipScore]], path: str, thumb: int = 1
 
 
 def format_table(results: dict[str, dict]) -> str:
-    cols = [
-        "l1",
-        "psnr",
-        "ssim",
-        "mouth_l1",
-        "eyes_l1",
-        "landmark_error",
-        "mouth_r",
-        "blink_r",
-        "flicker",
-        "face_found",
-    ]
+    cols = SCORES
     lines = ["| generator | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, summary in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{summary['mean'][c]:.4f}" for c in cols) + " |")

@@ -185,6 +185,32 @@ class OnnxRefinerGenerator:
         zeros = np.zeros((1, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((1, 3, size, size), np.float32), zeros, zeros))
 
+    @staticmethod
+    def _crop(base: Rendered, matrix: np.ndarray, size: int) -> np.ndarray:
+        """The aligned face crop of the warped frame. Usually the crop lies inside the warp's
+        patch and is cut from it directly; only otherwise is the patch pasted into a copy
+        of the whole frame first."""
+        x0, y0 = base.origin
+        h, w = base.patch.shape[:2]
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+        footprint = corners @ cv2.invertAffineTransform(matrix).T
+        inside = (
+            footprint[:, 0].min() >= x0
+            and footprint[:, 1].min() >= y0
+            and footprint[:, 0].max() <= x0 + w - 1
+            and footprint[:, 1].max() <= y0 + h - 1
+        )
+        if inside:
+            source = base.patch
+            matrix = matrix.copy()
+            matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+        else:
+            source = base.background.copy()
+            source[y0 : y0 + h, x0 : x0 + w] = base.patch
+        return cv2.warpAffine(
+            source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+
     def _region_gate(self, points: np.ndarray, size: int) -> np.ndarray:
         """Soft mask of the regions the model card says the correction applies to."""
         gate = np.zeros((size, size), np.uint8)
@@ -206,17 +232,13 @@ class OnnxRefinerGenerator:
 
     def render(self, target: Target) -> Rendered:
         base = self.warp.render(target)
+        if base.background is None:
+            return base
         size = self.spec.size
-        canvas = base.background.copy() if base.background is not None else None
         x0, y0 = base.origin
         h, w = base.patch.shape[:2]
-        if canvas is None:
-            return base
-        canvas[y0 : y0 + h, x0 : x0 + w] = base.patch
         matrix = alignment(target.landmarks, self.spec)
-        crop = cv2.warpAffine(
-            canvas, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        crop = self._crop(base, matrix, size)
         points = target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         fill = np.zeros((size, size), np.uint8)
         cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)

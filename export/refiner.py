@@ -36,35 +36,44 @@ def load_refiner(checkpoint: str | Path):
     return net.eval(), config, int(state.get("step", 0))
 
 
-def example_inputs(size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def crops_per_frame(config: dict) -> int:
+    """How many crops the runtime feeds per frame: the batch the model is exported with."""
+    from realtime.generators.onnx import REGIONS
+
+    return len(REGIONS) if config.get("layout", "face") == "regions" else 1
+
+
+def example_inputs(size: int, crops: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "warped": rng.random((1, 3, size, size), dtype=np.float32),
-        "source": rng.random((1, 3, size, size), dtype=np.float32),
-        "landmarks": (rng.random((1, 1, size, size)) > 0.97).astype(np.float32),
-        "fill_mask": (rng.random((1, 1, size, size)) > 0.9).astype(np.float32),
+        "warped": rng.random((crops, 3, size, size), dtype=np.float32),
+        "source": rng.random((crops, 3, size, size), dtype=np.float32),
+        "landmarks": (rng.random((crops, 1, size, size)) > 0.97).astype(np.float32),
+        "fill_mask": (rng.random((crops, 1, size, size)) > 0.9).astype(np.float32),
     }
 
 
-def export_onnx(net, size: int, path: str | Path, fp16: bool = False) -> Path:
+def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int = 1) -> Path:
     """Write the ONNX file atomically (temp name, then rename)."""
     import torch
 
     model = net.half() if fp16 else net.float()
     dtype = torch.float16 if fp16 else torch.float32
-    args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size).values())
+    args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size, crops).values())
     try:
         return write_onnx(model, args, path, INPUTS, OUTPUTS)
     finally:
         net.float()
 
 
-def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = None) -> dict[str, float]:
+def parity(
+    net, onnx_path: str | Path, size: int, providers: list[str] | None = None, crops: int = 1
+) -> dict[str, float]:
     """Max abs difference between PyTorch (FP32) and onnxruntime on the same inputs."""
     import onnxruntime as ort
     import torch
 
-    feeds = example_inputs(size, seed=1)
+    feeds = example_inputs(size, crops, seed=1)
     session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
     want_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     outs = session.run(OUTPUTS, {k: v.astype(want_dtype) for k, v in feeds.items()})
@@ -77,21 +86,25 @@ def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = 
 
 
 def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None) -> Path:
+    layout = config.get("layout", "face")
+    n = crops_per_frame(config)
+    crops = "face crop" if layout == "face" else "crops of mouth, right eye, left eye (mirrored)"
     card = {
         "name": onnx_path.stem,
         "kind": "refiner",
         "format": "onnx",
         "inputs": {
-            "warped": "1x3xSxS float RGB [0,1]: the warp's output, face crop aligned on the target landmarks",
-            "source": "1x3xSxS float RGB [0,1]: the avatar's own face crop",
-            "landmarks": "1x1xSxS float: target landmarks drawn as points, eye and lip contours",
-            "fill_mask": "1x1xSxS float: the target's inner-mouth polygon (what the warp cannot show)",
+            "warped": f"{n}x3xSxS float RGB [0,1]: the warp's output, {crops} aligned on the target landmarks",
+            "source": f"{n}x3xSxS float RGB [0,1]: the avatar's own {crops}",
+            "landmarks": f"{n}x1xSxS float: target landmarks drawn as points, eye and lip contours",
+            "fill_mask": f"{n}x1xSxS float: the target's openings (inner mouth; eyes too in the region "
+            "layout): what the warp cannot show",
         },
         "outputs": {
-            "image": "1x3xSxS float RGB [0,1]",
-            "mask": "1x1xSxS float [0,1] blend mask (0 at the border)",
+            "image": f"{n}x3xSxS float RGB [0,1]",
+            "mask": f"{n}x1xSxS float [0,1] blend mask (0 at the border)",
         },
-        "crop": {"size": config["size"], "face_scale": 0.32},
+        "crop": {"size": config["size"], "face_scale": 0.32, "layout": layout},
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask",
         "training": {
             "steps": step,
@@ -116,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net, config, step = load_refiner(args.checkpoint)
-    out = export_onnx(net, config["size"], args.out)
+    size, crops = config["size"], crops_per_frame(config)
+    out = export_onnx(net, size, args.out, crops=crops)
     checks = {
-        "parity_fp32": parity(net, out, config["size"]),
+        "parity_fp32": parity(net, out, size, crops=crops),
         "tolerance": args.tolerance,
         "exported": time.strftime("%Y-%m-%d"),
     }
@@ -126,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if worst > args.tolerance:
         raise SystemExit(f"parity check failed: max abs diff {worst:.2e} > {args.tolerance:.0e}")
     if args.fp16:
-        fp16_path = export_onnx(net, config["size"], out.with_suffix(".fp16.onnx"), fp16=True)
+        fp16_path = export_onnx(net, size, out.with_suffix(".fp16.onnx"), fp16=True, crops=crops)
         try:
-            checks["parity_fp16"] = parity(net, fp16_path, config["size"])
+            checks["parity_fp16"] = parity(net, fp16_path, size, crops=crops)
         except Exception as exc:  # CPU onnxruntime lacks some FP16 kernels; report, don't fail
             checks["parity_fp16"] = {"error": str(exc).splitlines()[0][:200]}
     if args.tensorrt:

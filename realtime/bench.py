@@ -122,6 +122,12 @@ def format_table(results: dict[str, dict]) -> str:
             f"  p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms  deadline misses {s['deadline_misses']}"
             f" (dropped {s['dropped']}, late {s['late_frames']})  cpu {s['cpu_percent']:.0f}%  peak rss {s['peak_rss_mb']:.0f} MB"
         )
+        if "pipeline" in s:
+            frames = s["pipeline"]["frames"]
+            lines.append(
+                f"  pipeline {s['pipeline']['mode']}: {frames['serial']} frames serial, "
+                f"{frames['parallel']} parallel"
+            )
         lines.append(f"  {'stage':<10}{'p50':>8}{'p95':>8}{'p99':>8}  ms")
         for stage, v in s["stages"].items():
             lines.append(f"  {stage:<10}{v['p50']:>8.2f}{v['p95']:>8.2f}{v['p99']:>8.2f}")

@@ -13,7 +13,7 @@ from realtime.errors import DeviceUnavailable, UserError
 logger = logging.getLogger("realtime")
 
 DEFAULT_DEMO_OUT = "realtime-demo.mp4"
-DEFAULT_PIPELINE = "parallel"
+DEFAULT_PIPELINE = "auto"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -39,6 +39,17 @@ def _positive(text: str) -> float:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
         self.exit(2, f"realtime: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_pipeline_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pipeline",
+        choices=["auto", "serial", "parallel"],
+        default=DEFAULT_PIPELINE,
+        help="serial: track then render in one thread (least latency); parallel: overlap them on "
+        "different frames (most throughput); auto (default): serial while both fit in a frame "
+        "interval, parallel when they do not or when the input is unpaced",
+    )
 
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -135,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seconds", type=_positive, default=None, help="stop after this long")
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
-    run.add_argument(
-        "--pipeline",
-        choices=["serial", "parallel"],
-        default=DEFAULT_PIPELINE,
-        help="serial: track then render in one thread; parallel: overlap them on different frames",
-    )
+    _add_pipeline_choice(run)
     _add_audio_options(run)
 
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
@@ -169,12 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
-    bench.add_argument(
-        "--pipeline",
-        choices=["serial", "parallel"],
-        default=DEFAULT_PIPELINE,
-        help="serial: track then render in one thread; parallel: overlap them on different frames",
-    )
+    _add_pipeline_choice(bench)
     _add_audio_options(bench)
 
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
@@ -193,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     refiner.add_argument("--pairs-per-clip", type=int, default=None)
     refiner.add_argument("--workers", type=int, default=None, help="processes that build training pairs")
     refiner.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    refiner.add_argument(
+        "--layout",
+        choices=["face", "regions"],
+        default=None,
+        help="crops the model refines: the whole face, or mouth and eyes (much cheaper live)",
+    )
+    refiner.add_argument("--size", type=int, default=None, help="crop side in pixels")
+    refiner.add_argument("--lr", type=float, default=None, help="learning rate (AdamW)")
+    refiner.add_argument(
+        "--gan-start", type=int, default=None, help="step at which the adversarial losses join"
+    )
+    refiner.add_argument(
+        "--widths",
+        type=lambda text: tuple(int(w) for w in text.split(",")),
+        default=None,
+        help="U-Net channel widths per level, e.g. 16,24,32,48",
+    )
     refiner.add_argument(
         "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
     )
@@ -314,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             sinks,
             fps=fps,
             budget_ms=args.budget_ms,
-            pipelined=args.pipeline == "parallel",
+            pipeline=args.pipeline,
             on_latency=audio.set_video_latency_ms if audio is not None else None,
         )
         summary = engine.run(seconds=args.seconds)
@@ -450,7 +468,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     sinks,
                     fps=fps,
                     budget_ms=budget_ms,
-                    pipelined=args.pipeline == "parallel",
+                    pipeline=args.pipeline,
                     on_latency=audio.set_video_latency_ms if audio else None,
                 ).run(seconds=args.seconds)
             else:
@@ -509,7 +527,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from realtime.train.refiner import Config, train
 
     cfg = Config(data=list(args.data))
-    for name in ("steps", "max_minutes", "eval_every", "batch", "pairs_per_clip", "workers", "device"):
+    for name in (
+        "steps",
+        "max_minutes",
+        "eval_every",
+        "batch",
+        "pairs_per_clip",
+        "workers",
+        "device",
+        "layout",
+        "size",
+        "widths",
+        "lr",
+        "gan_start",
+    ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     result = train(cfg, Path(args.out), resume=not args.fresh)

@@ -278,6 +278,11 @@ class SinkGuard:
             self.is_open = False
 
 
+PIPELINES = ("auto", "serial", "parallel")
+SERIAL_UP_TO = 0.8  # auto: serial while track+render take under this share of an interval
+SERIAL_BACK_BELOW = 0.6  # ...and back to serial once they fall below this share
+
+
 class Engine:
     """The live loop: threads, leaky hand-offs, budget drops and a steady output pace."""
 
@@ -290,13 +295,20 @@ class Engine:
         budget_ms: float | None = None,
         controls: Controls | None = None,
         on_latency: Callable[[float], None] | None = None,
-        pipelined: bool = True,
+        pipeline: str = "auto",
     ) -> None:
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         self.source = source
-        # Pipelined: tracking and rendering overlap on different frames (more throughput).
-        # Serial: one thread tracks then renders each frame (less latency when both fit in
-        # a frame interval, since nothing waits in a hand-off).
-        self.pipelined = pipelined
+        # parallel: tracking and rendering overlap on different frames (more throughput, but
+        # on two cores the stages slow each other and a frame waits in a hand-off).
+        # serial: the track thread also renders its frame (least latency while tracking plus
+        # rendering fit in a frame interval). auto: serial while the work fits, parallel
+        # when it does not, decided frame by frame from the measured stage times.
+        self.pipeline = pipeline
+        self._serial_now = pipeline != "parallel"
+        self._work_ms = {"track": 0.0, "render": 0.0}  # smoothed cost per frame
+        self.frames_by_pipeline = {"serial": 0, "parallel": 0}
         # An unpaced file is read as fast as the pipeline takes frames, not faster: decoding
         # frames only to skip them would steal the CPU the pipeline needs. Cameras and paced
         # sources deliver on their own clock, so for them the newest frame wins.
@@ -363,22 +375,47 @@ class Engine:
                     continue
                 if self._late(frame.t_capture, "late_before_track"):
                     continue
+                started = time.perf_counter()
                 try:
                     track = self.processor.track(frame)
                 except Exception as exc:
                     self.metrics.add_error("track")
                     self._errors.error("track", "tracking failed: %s", exc)
                     track = FaceTrack(frame=frame, landmarks=None, lost_for_s=math.inf)
-                if self.pipelined:
+                self._smooth("track", (time.perf_counter() - started) * 1000.0)
+                if self._render_here():
+                    self.frames_by_pipeline["serial"] += 1
+                    self._render_one(track)
+                else:
+                    self.frames_by_pipeline["parallel"] += 1
                     self._tracked.put(track)
                     if self._backpressure:  # don't track frames the renderer would skip
                         self._tracked.wait_taken(self._stop)
-                else:
-                    self._render_one(track)
         finally:
             self._tracked.close()
-            if not self.pipelined:
+            if self.pipeline == "serial":
                 self._rendered.close()
+
+    def _smooth(self, stage: str, ms: float) -> None:
+        previous = self._work_ms[stage]
+        self._work_ms[stage] = ms if previous == 0.0 else 0.9 * previous + 0.1 * ms
+
+    def _render_here(self) -> bool:
+        """Whether the track thread renders this frame itself (serial) or hands it on."""
+        if self.pipeline != "auto":
+            return self.pipeline == "serial"
+        if self._backpressure:  # an unpaced source wants throughput
+            return False
+        work = self._work_ms["track"] + self._work_ms["render"]
+        interval_ms = 1000.0 / self.fps
+        # Hysteresis: overlapped stages measure slower, so switching back needs a margin.
+        if self._serial_now and work > SERIAL_UP_TO * interval_ms:
+            self._serial_now = False
+            logger.info("pipeline: parallel (track+render %.1f ms per frame)", work)
+        elif not self._serial_now and work < SERIAL_BACK_BELOW * interval_ms:
+            self._serial_now = True
+            logger.info("pipeline: serial (track+render %.1f ms per frame)", work)
+        return self._serial_now
 
     def _render_loop(self) -> None:
         try:
@@ -395,12 +432,14 @@ class Engine:
     def _render_one(self, track: FaceTrack) -> None:
         if self._late(track.frame.t_capture, "late_before_render"):
             return
+        started = time.perf_counter()
         try:
             out = self.processor.render(track)
         except Exception as exc:
             self.metrics.add_error("render")
             self._errors.error("render", "rendering failed: %s", exc)
             return
+        self._smooth("render", (time.perf_counter() - started) * 1000.0)
         self._rendered.put(out)
 
     # -- output (runs in the caller's thread, so a window sink lives on the main thread) --
@@ -428,7 +467,7 @@ class Engine:
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
             threading.Thread(target=self._track_loop, name="track", daemon=True),
         ]
-        if self.pipelined:
+        if self.pipeline != "serial":
             threads.append(threading.Thread(target=self._render_loop, name="render", daemon=True))
         for thread in threads:
             thread.start()
@@ -442,6 +481,11 @@ class Engine:
             while not self.controls.quit.is_set() and time.monotonic() < deadline:
                 out = self._rendered.get(timeout=max(0.0, repeat_at - time.monotonic()))
                 now = time.monotonic()
+                if out is not None and out.t_capture < last.t_capture:
+                    # An older frame finishing after a newer one (the pipeline just switched
+                    # between serial and parallel) is never shown: time only moves forward.
+                    self.metrics.add_drop("out_of_order")
+                    out = None
                 if out is not None and self._late(out.t_capture, "late_at_sink"):
                     out = None
                 if out is None:
@@ -481,7 +525,8 @@ class Engine:
                 "capture": self._captured.overwritten,
                 "track": self._tracked.overwritten,
                 "render": self._rendered.overwritten,
-            }
+            },
+            pipeline={"mode": self.pipeline, "frames": dict(self.frames_by_pipeline)},
         )
 
     def _emit(self, out: Output, now: float) -> None:

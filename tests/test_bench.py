@@ -66,6 +66,10 @@ def test_engine_report_is_complete_and_consistent(bench_json):
     assert report["late_frames"] == 0
     assert report["latency_ms"]["max"] <= report["budget_ms"] + 1.0
     assert plot.exists() and plot.stat().st_size > 10_000
+    # Every frame that reached the sink went down one of the two paths of the auto pipeline.
+    pipeline = report["pipeline"]
+    assert pipeline["mode"] == "auto"
+    assert pipeline["frames"]["serial"] + pipeline["frames"]["parallel"] >= report["frames"]
 
 
 def test_naive_comparison_is_measured_in_the_same_run(bench_json):

@@ -363,6 +363,54 @@ def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, drive
     assert len(sink.sent) == summary["frames"] + summary["repeats"]
 
 
+def test_auto_pipeline_renders_in_the_track_thread_while_the_work_fits(
+    builtin_avatar, driver_frames, make_processor
+):
+    # 10 fps leaves 100 ms per frame: tracking plus the warp take well under 60 ms even on a
+    # loaded machine, so every frame is rendered serially (nothing waits in a hand-off).
+    processor = make_processor(builtin_avatar, live=True)
+    sink = RecordingSink()
+    engine = Engine(FramesSource(driver_frames, fps=10.0), processor, [sink], fps=10.0)
+    summary = engine.run(seconds=2.5)
+    frames = summary["pipeline"]["frames"]
+    assert summary["pipeline"]["mode"] == "auto"
+    assert frames["serial"] >= 10 and frames["parallel"] == 0, summary["pipeline"]
+    assert summary["frames"] >= 10
+
+
+def test_auto_pipeline_overlaps_stages_when_rendering_outgrows_the_interval(
+    builtin_avatar, driver_frames, make_processor
+):
+    # Every render takes 40 ms more: tracking + rendering no longer fit in 33 ms, so the
+    # engine hands frames to the render thread and tracks the next one meanwhile.
+    base = warps(builtin_avatar)
+    slow = SlowGenerator(base.by_mode["reenact"], every=1, delay_s=0.04)
+    processor = make_processor(
+        builtin_avatar, Generators(by_mode={"reenact": slow}, fallback=base.fallback), live=True
+    )
+    sink = RecordingSink()
+    engine = Engine(FramesSource(driver_frames), processor, [sink], fps=FPS, budget_ms=LOOSE_BUDGET_MS)
+    summary = engine.run(seconds=3.0)
+    frames = summary["pipeline"]["frames"]
+    assert frames["parallel"] > frames["serial"], summary["pipeline"]
+    # Shown frames still only move forward in time.
+    captures = [t_capture for _, t_capture, index in sink.new_frames()]
+    assert all(a < b for a, b in pairwise(captures))
+
+
+def test_unpaced_sources_always_run_in_parallel(builtin_avatar, driver_frames, make_processor):
+    processor = make_processor(builtin_avatar, live=True)
+    engine = Engine(FramesSource(driver_frames, paced=False), processor, [RecordingSink()], fps=FPS)
+    summary = engine.run(seconds=1.5)
+    assert summary["pipeline"]["frames"]["serial"] == 0
+    assert summary["pipeline"]["frames"]["parallel"] > 0
+
+
+def test_unknown_pipeline_is_refused(builtin_avatar, driver_frames, make_processor):
+    with pytest.raises(ValueError, match="pipeline"):
+        Engine(FramesSource(driver_frames), make_processor(builtin_avatar), [], fps=FPS, pipeline="fast")
+
+
 def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver_frames, make_processor):
     source = StallingSource(driver_frames, stall_after=15, stall_s=1.5)
     sink = RecordingSink()

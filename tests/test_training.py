@@ -34,13 +34,11 @@ def tiny_clips(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_clips, tmp_path_factory):
-    from realtime.train.refiner import Config, train
+def tiny_config(clips, **overrides):
+    from realtime.train.refiner import Config
 
-    out = tmp_path_factory.mktemp("run")
-    cfg = Config(
-        data=[str(p) for p in tiny_clips],
+    settings = dict(
+        data=[str(p) for p in clips],
         steps=40,
         batch=4,
         size=64,
@@ -53,6 +51,15 @@ def tiny_run(tiny_clips, tmp_path_factory):
         device="cpu",
         validation_clips=["driver_b"],
     )
+    return Config(**(settings | overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_clips, tmp_path_factory):
+    from realtime.train.refiner import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(tiny_clips)
     return out, cfg, train(cfg, out)
 
 
@@ -116,3 +123,88 @@ def test_exported_model_runs_in_the_live_pipeline(tiny_run, tmp_path, builtin_av
     face = builtin_avatar.landmarks[:, :2]
     size = mesh.face_size(face)
     assert np.hypot(xs - face[:, 0].mean(), ys - face[:, 1].mean()).max() < 3.0 * size
+
+
+@pytest.fixture(scope="module")
+def tiny_region_run(tiny_clips, tmp_path_factory):
+    from realtime.train.refiner import train
+
+    out = tmp_path_factory.mktemp("region_run")
+    cfg = tiny_config(
+        tiny_clips,
+        layout="regions",
+        steps=30,
+        batch=6,
+        size=32,
+        widths=(8, 8, 16, 16),
+        pairs_per_clip=8,
+        eval_every=15,
+        gan_start=15,
+    )
+    return out, cfg, train(cfg, out)
+
+
+def test_region_crops_centre_the_mouth_and_mirror_the_left_eye(builtin_avatar):
+    from realtime import mesh
+    from realtime.generators.onnx import REGIONS, CropSpec, crop_matrices
+
+    points = mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2].astype(np.float64))
+    spec = CropSpec(48, layout="regions")
+    matrices = crop_matrices(points, spec)
+    assert len(matrices) == len(REGIONS) == 3
+    local = [points @ m[:, :2].T + m[:, 2] for m in matrices]
+    mouth, right, left = local
+    assert np.allclose(mouth[mesh.OUTER_LIP].mean(axis=0), 24.0, atol=1e-6)
+    assert np.all((mouth[mesh.OUTER_LIP] > 0) & (mouth[mesh.OUTER_LIP] < 48))
+    for eye, loop in ((right, mesh.RIGHT_EYE), (left, mesh.LEFT_EYE)):
+        assert np.all((eye[loop] > 0) & (eye[loop] < 48))
+    # Mirrored: each eye's outer corner lands on the same side of its crop.
+    assert (right[mesh.RIGHT_EYE_OUTER, 0] < 24) == (left[mesh.LEFT_EYE_OUTER, 0] < 24)
+    # Same scale for both eyes: the crops differ only by the mirror.
+    assert np.isclose(abs(np.linalg.det(matrices[1][:, :2])), abs(np.linalg.det(matrices[2][:, :2])))
+
+
+def test_region_refiner_trains_exports_and_touches_only_mouth_and_eyes(
+    tiny_region_run, tmp_path, builtin_avatar
+):
+    import cv2
+
+    from export.refiner import crops_per_frame, export_onnx, load_refiner, parity, write_card
+    from realtime import expression, mesh
+    from realtime.blend import Blender
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import OnnxRefinerGenerator, crop_matrices
+    from realtime.generators.warp import WarpGenerator
+
+    out, cfg, result = tiny_region_run
+    recon = [h["l1"] for h in result["history"]]
+    assert all(np.isfinite(recon)) and np.mean(recon[-6:]) < np.mean(recon[:6])
+    net, config, step = load_refiner(out / "refiner.pt")
+    crops = crops_per_frame(config)
+    assert crops == 3
+    path = export_onnx(net, config["size"], tmp_path / "regions.onnx", crops=crops)
+    checks = parity(net, path, config["size"], crops=crops)
+    assert checks["image_max_abs_diff"] < 1e-4
+    write_card(path, config, step, {"parity_fp32": checks})  # the runtime reads the layout from it
+
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    learned = OnnxRefinerGenerator(str(path), warp)
+    assert learned.spec.layout == "regions"
+    pts = mesh.with_mouth_centre(
+        expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
+    )
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=pts.astype(np.float32))
+    plain = Blender().process(warp.render(target))
+    refined = Blender().process(learned.render(target))
+    changed = np.abs(refined.astype(int) - plain).max(axis=2) > 2
+    assert changed.any()
+    # Every changed pixel lies inside one of the three crops.
+    inside = np.zeros(changed.shape, bool)
+    for matrix in crop_matrices(pts, learned.spec):
+        corners = np.array([[0, 0], [32, 0], [32, 32], [0, 32]], np.float64)
+        inverse = np.vstack([matrix, [0, 0, 1]])
+        quad = (np.linalg.inv(inverse)[:2, :2] @ corners.T).T + np.linalg.inv(inverse)[:2, 2]
+        mask = np.zeros(changed.shape, np.uint8)
+        cv2.fillConvexPoly(mask, np.round(quad).astype(np.int32), 1)
+        inside |= cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
+    assert not (changed & ~inside).any()

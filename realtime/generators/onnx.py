@@ -109,10 +109,23 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
-@dataclass
+@dataclass(frozen=True)
 class CropSpec:
     size: int
     face_scale: float = 0.32  # eye-corner distance as a fraction of the crop side: forehead to chin
+    # "face": one crop of the whole face. "regions": one crop each for the mouth and the two
+    # eyes, where the warp fails; a few small crops cost a fraction of one face crop.
+    layout: str = "face"
+
+
+# (landmark loop whose centroid centres the crop, crop side in eye-corner distances,
+# mirrored). The left eye is mirrored so that both eyes look alike to the model.
+REGIONS = {
+    "mouth": (mesh.OUTER_LIP, 1.0, False),
+    "right_eye": (mesh.RIGHT_EYE, 0.5, False),
+    "left_eye": (mesh.LEFT_EYE, 0.5, True),
+}
+LAYOUTS = ("face", "regions")
 
 
 def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
@@ -126,6 +139,41 @@ def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
     matrix = np.array([[cos, -sin, 0.0], [sin, cos, 0.0]])
     matrix[:, 2] = np.array([spec.size / 2, spec.size * 0.47]) - matrix[:, :2] @ centre
     return matrix
+
+
+def crop_matrices(landmarks: np.ndarray, spec: CropSpec) -> list[np.ndarray]:
+    """The 2x3 image→crop similarities of ``spec``'s layout, in a fixed order."""
+    if spec.layout == "face":
+        return [alignment(landmarks, spec)]
+    if spec.layout != "regions":
+        raise ValueError(f"unknown crop layout {spec.layout!r}; known: {', '.join(LAYOUTS)}")
+    right, left = landmarks[mesh.RIGHT_EYE_OUTER, :2], landmarks[mesh.LEFT_EYE_OUTER, :2]
+    eye_vec = left - right
+    distance = float(np.linalg.norm(eye_vec)) + 1e-6
+    angle = np.arctan2(eye_vec[1], eye_vec[0])
+    matrices = []
+    for loop, side, mirrored in REGIONS.values():
+        scale = spec.size / (side * distance)
+        cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
+        linear = np.array([[cos, -sin], [sin, cos]])
+        if mirrored:
+            linear[0] *= -1.0
+        centre = landmarks[loop, :2].mean(axis=0)
+        matrix = np.zeros((2, 3))
+        matrix[:, :2] = linear
+        matrix[:, 2] = spec.size / 2 - linear @ centre
+        matrices.append(matrix)
+    return matrices
+
+
+def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """uint8 (S, S): the openings drawn in crop coordinates: the inner mouth (what the warp
+    cannot show), plus the eye openings for the region layout."""
+    loops = [mesh.INNER_LIP] if spec.layout == "face" else [mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE]
+    fill = np.zeros((spec.size, spec.size), np.uint8)
+    for loop in loops:
+        cv2.fillPoly(fill, [np.round(points[loop]).astype(np.int32)], 255)
+    return fill
 
 
 def _to_tensor(image: np.ndarray) -> np.ndarray:
@@ -144,12 +192,13 @@ def landmark_map(points: np.ndarray, size: int) -> np.ndarray:
 
 
 class OnnxRefinerGenerator:
-    """Warp first, then an ONNX model refines the aligned face crop; pasted back with its mask.
+    """Warp first, then an ONNX model refines aligned crops; the correction is pasted back.
 
-    Model contract (names, NCHW float32, RGB in [0, 1]): inputs ``warped`` (1,3,S,S) and
-    optionally ``source`` (the avatar's own crop), ``landmarks`` (1,1,S,S) and ``fill_mask``
-    (1,1,S,S, where the warp had nothing to show, such as an open mouth); outputs
-    ``image`` (1,3,S,S) and ``mask`` (1,1,S,S).
+    Model contract (names, NCHW float32, RGB in [0, 1]; N crops of the card's layout, 1 for
+    the whole face, 3 for mouth/right eye/left eye): inputs ``warped`` (N,3,S,S) and
+    optionally ``source`` (the avatar's own crops), ``landmarks`` (N,1,S,S) and
+    ``fill_mask`` (N,1,S,S, the openings: where the warp has nothing to show); outputs
+    ``image`` (N,3,S,S) and ``mask`` (N,1,S,S).
     """
 
     REQUIRED_INPUTS = {"warped"}
@@ -170,30 +219,41 @@ class OnnxRefinerGenerator:
             raise UserError(
                 f"model {path} has outputs {self.runner.outputs}; a generator needs {sorted(self.REQUIRED_OUTPUTS)}"
             )
-        shape = self.runner.input_shape("warped")
-        size = shape[-1] if isinstance(shape[-1], int) else 256
-        self.spec = CropSpec(size=size)
-        avatar_matrix = alignment(warp.avatar_points, self.spec)
-        self._source = _to_tensor(
-            cv2.warpAffine(warp.avatar_image, avatar_matrix, (size, size), flags=cv2.INTER_LINEAR)
-        )
         card = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
         self.card = json.load(open(card)) if os.path.exists(card) else {}
-        # Where the correction is applied: everywhere unless the card names regions
+        crop = self.card.get("crop", {})
+        shape = self.runner.input_shape("warped")
+        size = shape[-1] if isinstance(shape[-1], int) else int(crop.get("size", 256))
+        layout = crop.get("layout", "face")
+        if layout not in LAYOUTS:
+            raise UserError(f"model card of {path} names an unknown crop layout {layout!r}")
+        self.spec = CropSpec(size=size, face_scale=float(crop.get("face_scale", 0.32)), layout=layout)
+        avatar_matrices = crop_matrices(warp.avatar_points, self.spec)
+        if isinstance(shape[0], int) and shape[0] != len(avatar_matrices):
+            raise UserError(
+                f"model {path} takes {shape[0]} crops per frame, its '{layout}' layout makes {len(avatar_matrices)}"
+            )
+        self._source = np.concatenate(
+            [
+                _to_tensor(cv2.warpAffine(warp.avatar_image, m, (size, size), flags=cv2.INTER_LINEAR))
+                for m in avatar_matrices
+            ]
+        )
+        # Where a whole-face correction is applied: everywhere unless the card names regions
         # (set from held-out evaluation: where the model measurably beats the warp).
         self._regions = [r for r in self.card.get("apply_regions", []) if r in ("mouth", "eyes")]
-        zeros = np.zeros((1, 1, size, size), np.float32)
-        self.runner.warm_up(self._feeds(np.zeros((1, 3, size, size), np.float32), zeros, zeros))
+        crops = len(avatar_matrices)
+        zeros = np.zeros((crops, 1, size, size), np.float32)
+        self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros))
 
     @staticmethod
     def _crop(base: Rendered, matrix: np.ndarray, size: int) -> np.ndarray:
-        """The aligned face crop of the warped frame. Usually the crop lies inside the warp's
+        """An aligned crop of the warped frame. Usually the crop lies inside the warp's
         patch and is cut from it directly; only otherwise is the patch pasted into a copy
         of the whole frame first."""
         x0, y0 = base.origin
         h, w = base.patch.shape[:2]
-        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
-        footprint = corners @ cv2.invertAffineTransform(matrix).T
+        footprint = _footprint(matrix, size)
         inside = (
             footprint[:, 0].min() >= x0
             and footprint[:, 1].min() >= y0
@@ -235,41 +295,55 @@ class OnnxRefinerGenerator:
         if base.background is None:
             return base
         size = self.spec.size
-        x0, y0 = base.origin
-        h, w = base.patch.shape[:2]
-        matrix = alignment(target.landmarks, self.spec)
-        crop = self._crop(base, matrix, size)
-        points = target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-        fill = np.zeros((size, size), np.uint8)
-        cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
+        matrices = crop_matrices(target.landmarks, self.spec)
+        crops, points = [], []
+        for matrix in matrices:
+            crops.append(self._crop(base, matrix, size))
+            points.append(target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2])
         outputs = self.runner.run(
             self._feeds(
-                _to_tensor(crop), landmark_map(points, size), fill.astype(np.float32)[None, None] / 255.0
+                np.concatenate([_to_tensor(c) for c in crops]),
+                np.concatenate([landmark_map(p, size) for p in points]),
+                np.stack([fill_mask(p, self.spec) for p in points])[:, None].astype(np.float32) / 255.0,
             )
         )
-        # The model's correction (already weighted by its mask) is mapped back and added to
-        # the full-resolution warp, so a small crop never blurs a large face.
-        refined = outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0
-        delta = (refined - crop.astype(np.float32)).astype(np.float32)
-        if self._regions:
-            delta *= self._region_gate(points, size)[..., None]
-        inverse = cv2.invertAffineTransform(matrix)
-        inverse[:, 2] -= (x0, y0)
-        back = cv2.warpAffine(
-            delta,
-            inverse,
-            (w, h),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=(0.0, 0.0, 0.0),
-        )
-        patch = np.clip(base.patch.astype(np.float32) + back, 0, 255).astype(np.uint8)
+        # Each crop's correction (already weighted by the model's mask) is mapped back and
+        # added to the full-resolution warp, so a small crop never blurs a large face.
+        patch = base.patch.astype(np.float32)
+        h, w = patch.shape[:2]
+        x0, y0 = base.origin
+        for k, (matrix, crop) in enumerate(zip(matrices, crops, strict=True)):
+            refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
+            delta = (refined - crop.astype(np.float32)).astype(np.float32)
+            if self._regions:
+                delta *= self._region_gate(points[k], size)[..., None]
+            footprint = _footprint(matrix, size) - (x0, y0)
+            bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
+            bx1, by1 = np.minimum(np.ceil(footprint.max(axis=0)).astype(int) + 1, (w, h))
+            if bx1 <= bx0 or by1 <= by0:
+                continue
+            inverse = cv2.invertAffineTransform(matrix)
+            inverse[:, 2] -= (x0 + bx0, y0 + by0)
+            patch[by0:by1, bx0:bx1] += cv2.warpAffine(
+                delta,
+                inverse,
+                (int(bx1 - bx0), int(by1 - by0)),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=(0.0, 0.0, 0.0),
+            )
         return Rendered(
             frame=base.frame,
-            patch=patch,
+            patch=np.clip(patch, 0, 255).astype(np.uint8),
             mask=base.mask,
             origin=base.origin,
             colour_match=base.colour_match,
             background=base.background,
             generator=self.name,
         )
+
+
+def _footprint(matrix: np.ndarray, size: int) -> np.ndarray:
+    """The crop's four corners in image coordinates."""
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    return corners @ cv2.invertAffineTransform(matrix).T

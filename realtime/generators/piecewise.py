@@ -35,15 +35,35 @@ def rasterise_map(
     # Grid point (i, j) sits at pixel (x0 + (i - pad)*stride + offset, ...), exactly where
     # cv2.resize by `stride` puts the centre of source pixel (i, j).
     origin = np.array([x0 - pad * stride + offset, y0 - pad * stride + offset])
-    tri_dst = ((dest[triangles] - origin) / stride).astype(np.float32)  # (T, 3, 2) in grid units
-    tri_src = source[triangles].astype(np.float32)
-    lo = np.floor(tri_dst.min(axis=1)).astype(np.int64)
-    hi = np.ceil(tri_dst.max(axis=1)).astype(np.int64)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, [grid_w - 1, grid_h - 1])
+    tri_dst = ((dest[triangles] - origin) / stride).astype(np.float64)  # (T, 3, 2) in grid units
+    tri_src = source[triangles].astype(np.float64)
+    # Only grid points inside a triangle's bounding box can be inside it: a small triangle
+    # between grid points has none and is skipped (the map is only sampled at grid points).
+    lo = np.maximum(np.ceil(tri_dst.min(axis=1) - 1e-3).astype(np.int64), 0)
+    hi = np.minimum(np.floor(tri_dst.max(axis=1) + 1e-3).astype(np.int64), [grid_w - 1, grid_h - 1])
     extent = hi - lo + 1
-    keep = (extent > 0).all(axis=1)
-    tri_dst, tri_src, lo, extent = tri_dst[keep], tri_src[keep], lo[keep], extent[keep]
+    # Per triangle, once: barycentric coordinates as planes over the grid (l = a*gx + b*gy + c)
+    # and the affine map from a grid point to its source pixel minus the point's own pixel
+    # position (the displacement). Degenerate triangles are dropped.
+    a, b, c = tri_dst[:, 0], tri_dst[:, 1], tri_dst[:, 2]
+    v0, v1 = b - a, c - a
+    det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    keep = (extent > 0).all(axis=1) & (np.abs(det) > 1e-9)
+    a, v0, v1, det = a[keep], v0[keep], v1[keep], det[keep]
+    tri_src, lo, extent = tri_src[keep], lo[keep], extent[keep]
+    inv = 1.0 / det
+    # l1 = ((x - ax) * v1y - v1x * (y - ay)) / det ; l2 = (v0x * (y - ay) - (x - ax) * v0y) / det
+    l1_plane = np.stack([v1[:, 1] * inv, -v1[:, 0] * inv, (v1[:, 0] * a[:, 1] - a[:, 0] * v1[:, 1]) * inv], 1)
+    l2_plane = np.stack([-v0[:, 1] * inv, v0[:, 0] * inv, (a[:, 0] * v0[:, 1] - v0[:, 0] * a[:, 1]) * inv], 1)
+    # source = s0 + l1 (s1 - s0) + l2 (s2 - s0); displacement = source - (grid * stride + origin)
+    s0, d1, d2 = tri_src[:, 0], tri_src[:, 1] - tri_src[:, 0], tri_src[:, 2] - tri_src[:, 0]
+    affine = (
+        d1[:, :, None] * l1_plane[:, None, :] + d2[:, :, None] * l2_plane[:, None, :]
+    )  # (T, 2 out, 3 coeffs: gx, gy, 1)
+    affine[:, :, 2] += s0 - origin
+    affine[:, 0, 0] -= stride
+    affine[:, 1, 1] -= stride
+    planes = np.concatenate([l1_plane, l2_plane, affine.reshape(-1, 6)], axis=1).astype(np.float32)
 
     disp = np.zeros((grid_h, grid_w, 2), np.float32)
     counts = extent[:, 0] * extent[:, 1]
@@ -55,25 +75,18 @@ def rasterise_map(
         )
         ew = extent[tri, 0].astype(np.int32)
         gy_local = local // ew
-        gx = (lo[tri, 0] + (local - gy_local * ew)).astype(np.int32)
-        gy = (lo[tri, 1] + gy_local).astype(np.int32)
-        a, b, c = tri_dst[:, 0], tri_dst[:, 1], tri_dst[:, 2]
-        v0, v1 = b - a, c - a
-        det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-        good = np.abs(det) > 1e-9
-        inv_det = np.where(good, 1.0 / np.where(good, det, 1.0), 0.0).astype(np.float32)
-        px = gx - a[tri, 0]
-        py = gy - a[tri, 1]
-        l1 = (px * v1[tri, 1] - v1[tri, 0] * py) * inv_det[tri]
-        l2 = (v0[tri, 0] * py - px * v0[tri, 1]) * inv_det[tri]
-        l0 = 1.0 - l1 - l2
+        gx = lo[tri, 0].astype(np.int32) + (local - gy_local * ew)
+        gy = lo[tri, 1].astype(np.int32) + gy_local
+        coef = planes[tri]  # one gather for everything per candidate
+        fx, fy = gx.astype(np.float32), gy.astype(np.float32)
+        l1 = coef[:, 0] * fx + coef[:, 1] * fy + coef[:, 2]
+        l2 = coef[:, 3] * fx + coef[:, 4] * fy + coef[:, 5]
         eps = -1e-4
-        inside = (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
-        tri, gx, gy = tri[inside], gx[inside], gy[inside]
-        l0, l1, l2 = l0[inside, None], l1[inside, None], l2[inside, None]
-        src = l0 * tri_src[tri, 0] + l1 * tri_src[tri, 1] + l2 * tri_src[tri, 2]
-        pixel = np.stack([gx, gy], axis=1).astype(np.float32) * stride + origin.astype(np.float32)
-        disp[gy, gx] = src - pixel
+        inside = (l1 >= eps) & (l2 >= eps) & (l1 + l2 <= 1.0 - eps)
+        coef, fx, fy = coef[inside], fx[inside], fy[inside]
+        gx, gy = gx[inside], gy[inside]
+        disp[gy, gx, 0] = coef[:, 6] * fx + coef[:, 7] * fy + coef[:, 8]
+        disp[gy, gx, 1] = coef[:, 9] * fx + coef[:, 10] * fy + coef[:, 11]
 
     if stride > 1:
         disp = cv2.resize(disp, (grid_w * stride, grid_h * stride), interpolation=cv2.INTER_LINEAR)

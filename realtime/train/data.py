@@ -5,8 +5,8 @@
    similarity to a ``context`` square around the head, stored as JPEG, with their face
    landmarks. Fixed per clip, so head motion inside the clip is kept.
 2. ``make_pairs``: the source frame i is warped by the runtime's own ``WarpGenerator`` to the
-   landmarks of target frames j and j+1; the real frames are the ground truth. Crops are
-   aligned exactly as the runtime's ONNX refiner aligns them.
+   landmarks of target frames j and j+1; the real frames are the ground truth. Crops (the
+   whole face, or mouth and eyes) are cut exactly as the runtime's ONNX refiner cuts them.
 
 Needs numpy, OpenCV and scipy only (no mediapipe, no torch), so pairs can be made on a
 machine that only trains.
@@ -22,12 +22,14 @@ import cv2
 import numpy as np
 
 from realtime import mesh
-from realtime.generators.onnx import CropSpec, alignment, landmark_map
+from realtime.generators.onnx import CropSpec, crop_matrices, fill_mask, landmark_map
 
 logger = logging.getLogger(__name__)
 
-CONTEXT = 256  # side of the per-clip context crop
-CONTEXT_FACE_SCALE = 0.15  # eye-corner distance / context side
+CONTEXT = 320  # side of the per-clip context crop
+# Eye-corner distance / context side: 80 px, so mouth and eye crops are cut at about their
+# runtime resolution instead of being upsampled from a small face.
+CONTEXT_FACE_SCALE = 0.25
 
 
 def build_clip_cache(
@@ -39,15 +41,18 @@ def build_clip_cache(
     from realtime.tracking import FaceTracker
 
     video = Path(video)
-    frames = list(read_frames(str(video)))
-    if len(frames) < 4:
+    total = sum(1 for _ in read_frames(str(video)))
+    if total < 4:
         return None
-    starts = np.unique(np.linspace(0, len(frames) - 2, min(pairs, len(frames) - 1)).astype(int))
+    starts = np.unique(np.linspace(0, total - 2, min(pairs, total - 1)).astype(int))
     indices = sorted({int(i) for s in starts for i in (s, s + 1)})
+    wanted = set(indices)
+    # Only the sampled frames are kept: a long HD clip would not fit in memory whole.
+    frames = {i: image for i, image in enumerate(read_frames(str(video))) if i in wanted}
     tracker = FaceTracker(smoothing=False, track_width=0)
     found: dict[int, np.ndarray] = {}
     try:
-        for i in indices:
+        for i in sorted(frames):
             faces = tracker.detect(frames[i])
             if faces:
                 found[i] = faces[0]
@@ -123,8 +128,9 @@ def region_weights(points: np.ndarray, size: int) -> np.ndarray:
     return weight
 
 
-def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> dict[str, np.ndarray]:
-    """One self-reenactment example: source frame warped to the target frame's landmarks."""
+def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> list[dict[str, np.ndarray]]:
+    """Self-reenactment examples, one per crop of ``spec``'s layout: the source frame warped
+    to the target frame's landmarks, cut exactly as the runtime's ONNX refiner cuts it."""
     from realtime.frames import Frame, Target
     from realtime.generators.warp import WarpGenerator
 
@@ -138,27 +144,27 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> di
     h, w = rendered.patch.shape[:2]
     canvas[y0 : y0 + h, x0 : x0 + w] = rendered.patch
     size = spec.size
-    matrix = alignment(target_points, spec)
 
-    def crop(img: np.ndarray) -> np.ndarray:
+    def crop(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         return cv2.warpAffine(
             img, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
         )
 
-    points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-    fill = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(fill, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], 255)
-    src_matrix = alignment(mesh.with_mouth_centre(src_lm[:, :2]), spec)
-    return {
-        "warped": crop(canvas),
-        "target": crop(clip.images[target]),
-        "source": cv2.warpAffine(
-            src_image, src_matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
-        ),
-        "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
-        "fill": fill,
-        "weight": region_weights(points, size),
-    }
+    samples = []
+    source_matrices = crop_matrices(mesh.with_mouth_centre(src_lm[:, :2]), spec)
+    for matrix, src_matrix in zip(crop_matrices(target_points, spec), source_matrices, strict=True):
+        points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        samples.append(
+            {
+                "warped": crop(canvas, matrix),
+                "target": crop(clip.images[target], matrix),
+                "source": crop(src_image, src_matrix),
+                "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
+                "fill": fill_mask(points, spec),
+                "weight": region_weights(points, size),
+            }
+        )
+    return samples
 
 
 def _change(clip: ClipCache, a: int, b: int) -> float:
@@ -192,9 +198,9 @@ def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) ->
         change = np.array([_change(clip, k, j) for k in candidates]) + 0.02
         source = int(rng.choice(candidates, p=change / change.sum()))
         for step, target in enumerate((j, j + 1)):
-            sample = make_sample(clip, source, target, spec)
-            for key, value in sample.items():
-                out.setdefault(f"{key}{step}", []).append(value)
+            for sample in make_sample(clip, source, target, spec):
+                for key, value in sample.items():
+                    out.setdefault(f"{key}{step}", []).append(value)
     return {key: np.stack(values) for key, values in out.items()}
 
 

@@ -29,6 +29,7 @@ VIDEO_SUFFIXES = {".mp4", ".mpg", ".mov", ".avi", ".mkv", ".webm"}
 @dataclass
 class Config:
     size: int = 128
+    layout: str = "face"  # "face" (one face crop) or "regions" (mouth and eye crops)
     widths: tuple[int, ...] = (16, 32, 64, 96)
     steps: int = 2000
     max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
@@ -163,7 +164,8 @@ def sample_grid(
     grid = np.concatenate(
         [np.concatenate(list(to_img(t)), axis=0) for t in (b["warped0"], image, b["target0"])], 1
     )
-    cv2.imwrite(str(path), grid)
+    zoom = max(1, -(-128 // (grid.shape[1] // 3)))  # small crops are shown at least 128 px wide
+    cv2.imwrite(str(path), cv2.resize(grid, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST))
 
 
 def train(cfg: Config, out: Path, resume: bool = True) -> dict:
@@ -177,7 +179,7 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
-    spec = CropSpec(cfg.size)
+    spec = CropSpec(cfg.size, layout=cfg.layout)
     caches = collect_caches(cfg.data, out / "cache", cfg.cache_pairs)
     if cfg.validation_clips:
         val_caches = [p for p in caches if p.stem in cfg.validation_clips]
@@ -260,9 +262,9 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         bar.update(1)
         record = {
             "step": step,
-            "loss": round(float(loss), 5),
-            "l1": round(float(loss_l1), 5),
-            "temporal": round(float(loss_temporal), 5),
+            "loss": round(float(loss.detach()), 5),
+            "l1": round(float(loss_l1.detach()), 5),
+            "temporal": round(float(loss_temporal.detach()), 5),
         }
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")

@@ -114,14 +114,18 @@ def measured_delay_ms(x: np.ndarray) -> tuple[float, float]:
     return lag / SR * 1000.0, float(quality)
 
 
-def video_latency(t: float, rng: np.random.Generator) -> float:
+def video_latency(t: float, rng: np.random.Generator, shift_ms: float = 0.0) -> float:
     """A synthetic engine: slow swings, a step every 30 s, frame jitter and rare spikes.
 
     Before and during each delay check ``t`` is held, so the check measures a steady state.
     """
-    base = 110.0 + 40.0 * math.sin(2 * math.pi * t / 97.0) + (15.0 if int(t // 30) % 2 else -15.0)
+    base = shift_ms + 110.0 + 40.0 * math.sin(2 * math.pi * t / 97.0) + (15.0 if int(t // 30) % 2 else -15.0)
     spike = 150.0 if rng.random() < 0.01 else 0.0
     return base + rng.normal(0.0, 5.0) + spike
+
+
+def parse_latency(text: str) -> str | float:
+    return text if text in ("low", "high") else float(text)
 
 
 def main() -> int:
@@ -129,6 +133,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--check-every", type=float, default=60.0)
     parser.add_argument("--json", default=str(HERE / "results" / "audio_soak.json"))
+    parser.add_argument("--blocksize", type=int, default=None, help="the bridge's (default: its own)")
+    parser.add_argument("--latency", default=None, help="the bridge's: low, high or seconds")
+    parser.add_argument(
+        "--video-shift-ms", type=float, default=0.0, help="added to the synthetic video latency (~60-170 ms)"
+    )
+    parser.add_argument(
+        "--busy-loop", action="store_true", help="load one core with a `python -c` busy loop meanwhile"
+    )
     args = parser.parse_args()
 
     import psutil
@@ -159,7 +171,12 @@ def main() -> int:
         input_channel=0,
         output_channels=2,
         output_mask=[1],
+        **({} if args.blocksize is None else {"blocksize": args.blocksize}),
+        **({} if args.latency is None else {"latency": parse_latency(args.latency)}),
     )
+    busy = (
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_loop else None
+    )  # CPU load on one core, at normal priority
     rng = np.random.default_rng(1)
     checks: list[dict] = []
     process = psutil.Process()
@@ -173,7 +190,7 @@ def main() -> int:
         reported: list[float] = []
         frozen = 0.0  # the engine's latency holds still for a check: 2 s to settle, 3 s recorded
         while (now := time.monotonic()) - t0 < args.seconds:
-            bridge.set_video_latency_ms(video_latency(frozen or now - t0, rng))
+            bridge.set_video_latency_ms(video_latency(frozen or now - t0, rng, args.video_shift_ms))
             if not frozen and now >= next_check - 2.0:
                 frozen = now - t0
             if frozen and now >= next_check and not reported:
@@ -204,6 +221,9 @@ def main() -> int:
         wall = time.monotonic() - t0
         cpu1, child1 = process.cpu_times(), child.cpu_times()
     finally:
+        if busy is not None:
+            busy.terminate()
+            busy.wait(timeout=5)
         if recorder is not None:
             recorder.close()
         bridge.close()
@@ -245,6 +265,9 @@ def main() -> int:
         "delay_check_max_abs_error_ms": round(max(errors), 2) if errors else None,
         "samplerate": stats["samplerate"],
         "blocksize": stats["blocksize"],
+        "latency": args.latency,
+        "video_shift_ms": args.video_shift_ms,
+        "busy_loop": args.busy_loop,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,10 @@ different devices with different clocks. Each stream's callbacks are mapped onto
 since a callback can be late but never early), which gives the exact input sample that
 must be playing at each output block. Clock drift, start-up stalls and xruns all show up
 as a moving target that the delay line follows. The delay cannot be shorter than the path
-plus one block plus the phase between the two streams' callbacks (61-101 ms through
-PulseAudio with 20 ms blocks); a faster video gets that minimum, and ``stats()`` says so.
+plus one block plus the phase between the two streams' callbacks (about 40-50 ms through
+PulseAudio with 10 ms blocks, ``benchmarks/audio_floor.py``); a faster video gets that
+minimum, and ``stats()`` says so. The audio threads run real-time (``SCHED_RR``) where
+allowed, which keeps 10 ms blocks free of underruns on a loaded machine.
 
 ``AudioDelayLine`` (pure numpy) moves to a new delay without clicks or pitch jumps:
 small errors are absorbed by resampling at most ±1 % (below ~17 cents, inaudible on
@@ -41,7 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,9 +53,14 @@ from realtime.errors import DeviceUnavailable
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
-BLOCKSIZE = 960  # 20 ms; smaller blocks sometimes stall PulseAudio's ALSA plugin
+# 10 ms: the delay's floor is about path (2 blocks) + 1-2 blocks (benchmarks/audio_floor.py:
+# 960 → ~100 ms, 480 → ~50 ms, 240 → ~25 ms). 240 underran under CPU load even with real-time
+# audio threads (benchmarks/audio_soak.py --busy-loop); 480 did not.
+BLOCKSIZE = 480
+PROBE_BLOCKSIZE = 960  # measure_bridge_delay's own streams (as a call app would read), fixed
 SILENCE_DB = -120.0
 AUDIO_NICE = -11  # the audio threads' nice value where allowed (PulseAudio's own)
+AUDIO_RT_PRIORITY = 4  # their SCHED_RR priority where allowed (PulseAudio's I/O threads: 5)
 PULSE_WATCH_S = 2.0  # how often a pulse:NAME device is checked for still being there
 OFFSET_RELOCK_S = 0.020  # the locked clock offset and the callbacks' timing disagree by more (3 s): re-lock
 STALL_S = 3.0  # no callback for this long: the device is gone or hung (PulseAudio start-up can take ~2 s)
@@ -432,16 +439,20 @@ class LatencyTracker:
 
 
 @contextmanager
-def audio_thread_priority(nice: int = AUDIO_NICE) -> Iterator[bool]:
+def audio_thread_priority(nice: int = AUDIO_NICE, rt_priority: int = AUDIO_RT_PRIORITY) -> Iterator[str]:
     """Raise the calling thread's priority for the block, then restore it.
 
-    Linux threads inherit their creator's nice value, so the threads created inside
+    Linux threads inherit their creator's scheduling, so the threads created inside
     (PortAudio's callback threads, libpulse's mainloop) keep the raised priority while
-    the caller goes back to normal: 20 ms blocks survive a busy machine. Needs root or
-    CAP_SYS_NICE; without it nothing changes. Yields whether the priority was raised.
+    the caller goes back to normal. Where allowed (root, CAP_SYS_NICE or an RLIMIT_RTPRIO)
+    they are real-time (``SCHED_RR`` at ``rt_priority``, just below PulseAudio's own I/O
+    threads), as audio applications get from rtkit: on a busy machine a normal thread
+    can wait longer than a 5 ms block for the CPU. Otherwise the nice value is raised to
+    ``nice`` where allowed; failing both nothing changes. Yields what was raised
+    (``"SCHED_RR 4"``, ``"nice -11"``) or ``""``.
     """
     if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
-        yield False
+        yield ""
         return
     tid = threading.get_native_id()
     try:
@@ -451,14 +462,25 @@ def audio_thread_priority(nice: int = AUDIO_NICE) -> Iterator[bool]:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError:
         raised = False
+    realtime = False
+    if rt_priority > 0 and hasattr(os, "sched_setscheduler"):
+        try:
+            old_policy, old_param = os.sched_getscheduler(0), os.sched_getparam(0)  # 0: this thread
+            if old_policy == os.SCHED_OTHER:
+                os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
+                realtime = True
+        except OSError as exc:  # not allowed: the nice value is what we have
+            logger.debug("no real-time scheduling for the audio threads: %s", exc)
     try:
-        yield raised
+        yield f"SCHED_RR {rt_priority}" if realtime else f"nice {nice}" if raised else ""
     finally:
-        if raised:
-            try:
+        try:
+            if realtime:
+                os.sched_setscheduler(0, old_policy, old_param)
+            if raised:
                 os.setpriority(os.PRIO_PROCESS, tid, old)
-            except OSError as exc:  # lowering a priority is always allowed; be safe anyway
-                logger.debug("could not restore the thread priority: %s", exc)
+        except OSError as exc:  # going back to normal is always allowed; be safe anyway
+            logger.debug("could not restore the thread priority: %s", exc)
 
 
 @contextmanager
@@ -590,9 +612,14 @@ class AudioBridge:
         hysteresis_ms: float = 3.0,
         max_delay_ms: float = 1500.0,
         path_latency_ms: float | None = None,
+        pulse_latency_msec: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.input_spec = input_device
+        # PULSE_LATENCY_MSEC for our streams (None: the ALSA plugin's own buffer attributes,
+        # which follow the block). 5 and 10 ms with 5 ms blocks measured worse here (a higher,
+        # less steady floor: benchmarks/audio_floor.py --pulse-latency-msec).
+        self.pulse_latency_msec = pulse_latency_msec
         self._now = clock  # monotonic seconds; tests drive the callbacks with their own clock
         self.output_spec = output_device
         self.samplerate = int(samplerate)
@@ -620,7 +647,7 @@ class AudioBridge:
         self.output_latency_s = 0.0
         self.input_name = ""
         self.hostapis = ("", "")
-        self.boosted = False  # audio threads run at a raised priority
+        self.boosted = ""  # how the audio threads' priority was raised ("SCHED_RR 4", "nice -11"), if at all
         self.output_name = ""
         self._level_db = SILENCE_DB
         self._last_in_t = 0.0
@@ -635,7 +662,10 @@ class AudioBridge:
         self._closing = False
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._need: collections.deque[float] = collections.deque(maxlen=100)
+        # The phase between the streams' callbacks over the last 2 s (see _output_callback).
+        self._need: collections.deque[float] = collections.deque(
+            maxlen=max(10, int(2.0 * self.samplerate / self.blocksize))
+        )
         self._offset_lock: float | None = None  # output clock - input clock, locked (s)
         self._reacquire = False
         self._disagree_s = 0.0
@@ -660,9 +690,13 @@ class AudioBridge:
         out_index, out_pulse, self.output_name = resolve_device(sd, self.output_spec, "output")
         in_ch = self.input_channels or (1 if self.input_channel is None else self.input_channel + 1)
         out_ch = self.output_channels or (max(self.output_mask) + 1 if self.output_mask else 1)
-        priority = audio_thread_priority()
+        pulse_latency = None if self.pulse_latency_msec is None else str(int(self.pulse_latency_msec))
+        scope = ExitStack()
         try:
-            self.boosted = priority.__enter__()
+            self.boosted = scope.enter_context(audio_thread_priority())
+            # libpulse reads PULSE_LATENCY_MSEC whenever the ALSA plugin (re)connects a
+            # stream: at open and again at start.
+            scope.enter_context(_pulse_env("PULSE_LATENCY_MSEC", pulse_latency))
             with _pulse_env("PULSE_SOURCE", in_pulse):
                 self._in_stream = sd.InputStream(
                     device=in_index,
@@ -698,7 +732,7 @@ class AudioBridge:
                 f"{_first_line(exc)}. See `realtime devices`."
             ) from exc
         finally:
-            priority.__exit__(None, None, None)
+            scope.close()
         watched = [(kind, name) for kind, name in (("sources", in_pulse), ("sinks", out_pulse)) if name]
         if watched:
             # PulseAudio moves the streams of a sink that goes away to the default one (the
@@ -777,8 +811,9 @@ class AudioBridge:
 
         It is part of the total delay, so the delay line adds only the rest. PortAudio's
         ALSA backend (Linux, also through PulseAudio/PipeWire's ``pulse`` device) reports
-        its whole buffer for both directions; measured here (block 960, latency 'low',
-        cross-correlating a burst through a null sink) the real path is the output
+        its whole buffer for both directions (2 blocks with latency 'low' or any smaller
+        explicit latency); measured here (blocks of 240, 480 and 960, cross-correlating a
+        burst through a null sink, ``measure_bridge_delay``) the real path is the output
         latency alone: a captured block reaches us as soon as it is complete. Other host
         APIs report what PortAudio documents: input + output latency.
         """
@@ -995,7 +1030,8 @@ class AudioBridge:
             "callback_cpu_percent": round(100.0 * self._callback_s / wall, 3) if wall else 0.0,
             "failed": self.failed,
             "stalled": self._stalled,
-            "raised_priority": self.boosted,
+            "raised_priority": bool(self.boosted),
+            "audio_scheduling": self.boosted or "normal",
         }
 
     def status_line(self) -> str:
@@ -1047,6 +1083,14 @@ def _bridge_worker(conn: Any, ctrl: Any, status: Any, kwargs: dict[str, Any], le
     root.handlers[:] = [_PipeLogHandler(conn, lock)]
     root.setLevel(level)
     parent = os.getppid()
+    if hasattr(os, "setpriority"):
+        # This process only serves the audio: its main thread (settings, the pipe) at the
+        # audio threads' nice value too, so that it never holds their GIL for long.
+        try:
+            if os.getpriority(os.PRIO_PROCESS, 0) > AUDIO_NICE:
+                os.setpriority(os.PRIO_PROCESS, 0, AUDIO_NICE)
+        except OSError:
+            pass
     try:
         bridge = AudioBridge(**kwargs).start()
     except AudioUnavailable as exc:
@@ -1096,7 +1140,7 @@ class AudioBridgeProcess:
     """``AudioBridge`` in a child process, with the same controls and reports.
 
     Audio callbacks are Python: in the engine's process they would wait for the GIL while
-    the render thread runs numpy, and a 20 ms block would miss its deadline (an underrun,
+    the render thread runs numpy, and a 10 ms block would miss its deadline (an underrun,
     audible as a click). In a process of their own they only compete for the CPU, at a
     raised priority where allowed. The engine's per-frame latency is smoothed here and
     handed over in shared memory; the child reports level and delay the same way.
@@ -1362,3 +1406,195 @@ def format_audio_summary(stats: dict[str, Any]) -> str:
 
 def _ms(value: float | None) -> str:
     return "--" if value is None else f"{value:.1f} ms"
+
+
+# --------------------------------------------------------------------------- measuring the real path
+
+
+def wait_flowing(
+    count: Callable[[], float],
+    per_s: float = 40.0,
+    window_s: float = 0.5,
+    timeout_s: float = 6.0,
+    tick: Callable[[], None] | None = None,
+) -> bool:
+    """True once ``count()`` grows at ``per_s`` or more over ``window_s`` (PulseAudio may stall ~2 s at start)."""
+    history: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if tick:
+            tick()
+        now = time.monotonic()
+        history.append((now, count()))
+        old = [h for h in history if h[0] <= now - window_s]
+        if old and history[-1][1] - old[-1][1] >= per_s * window_s:
+            return True
+        time.sleep(1 / 30)
+    return False
+
+
+@contextmanager
+def temporary_null_sink(name: str, *args: str) -> Iterator[str]:
+    """A PulseAudio null sink ``name`` (48 kHz, ``args`` added to the module's) for the block.
+
+    Unloads exactly the module it loaded (never by name: that would take other sinks too).
+    ``AudioUnavailable`` when ``pactl`` cannot load it.
+    """
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["pactl", "load-module", "module-null-sink", f"sink_name={name}", "rate=48000", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AudioUnavailable(f"cannot run pactl: {exc}") from exc
+    if proc.returncode != 0:
+        raise AudioUnavailable(f"cannot load a null sink: {_first_line(Exception(proc.stderr))}")
+    module = proc.stdout.strip()
+    try:
+        yield name
+    finally:
+        subprocess.run(["pactl", "unload-module", module], capture_output=True, timeout=10)
+
+
+def burst_delay_ms(recording: np.ndarray, samplerate: int = SAMPLE_RATE) -> dict[str, float]:
+    """Delay of a stereo recording's right channel behind its left (cross-correlation).
+
+    ``measured_ms``: the lag of the correlation peak (negative lags wrap to the end, so a
+    right channel that leads shows as a lag near the recording's length). ``quality``: the
+    normalised correlation at the peak. ``prominence``: the peak over the largest
+    correlation more than 25 ms away (the burst's correlation is a few ms wide, wider while
+    the delay line resamples); the normalised correlation alone dips when the server adds
+    its own noise to a recording.
+    """
+    x = np.asarray(recording, np.float64)
+    left, right = x[:, 0], x[:, 1]
+    n = len(left)
+    corr = np.fft.irfft(np.fft.rfft(right, 2 * n) * np.conj(np.fft.rfft(left, 2 * n)))[:n]
+    lag = int(np.argmax(corr))
+    quality = float(corr[lag] / (np.sqrt(np.sum(left**2) * np.sum(right**2)) + 1e-12))
+    away = np.abs(np.arange(n) - lag) > samplerate // 40
+    prominence = float(corr[lag] / (np.abs(corr[away]).max() + 1e-12)) if away.any() else 0.0
+    second = int(np.argmax(np.where(away, np.abs(corr), 0.0))) if away.any() else lag
+    return {
+        "measured_ms": lag / samplerate * 1000.0,
+        "quality": quality,
+        "prominence": prominence,
+        "second_peak_ms": (second if second < n // 2 else second - n) / samplerate * 1000.0,
+    }
+
+
+def measure_bridge_delay(
+    sink: str,
+    video_ms: float,
+    jitter_ms: float = 4.0,
+    settle_s: float = 1.5,
+    isolated: bool = True,
+    **bridge_kwargs: Any,
+) -> dict[str, Any]:
+    """The bridge's real mic→virtual-mic delay through the PulseAudio null sink ``sink``.
+
+    One null sink carries both sides: a noise burst is played into its left channel; the
+    bridge records the left channel of its monitor and plays the delayed sound into the
+    right channel (no feedback). A single recording of the monitor has the input on the
+    left and the output on the right, sample-aligned by the sound server itself, so the
+    probe streams' own latencies cancel out. The engine is simulated: 30 times a second a
+    video latency of ``video_ms`` ± ``jitter_ms``. ``bridge_kwargs`` go to the bridge
+    (``blocksize``, ``latency``, ...); ``isolated`` runs it as ``realtime run`` does, in
+    its own process.
+
+    Returns the cross-correlation (``burst_delay_ms``), ``clean`` (audio flowed, no
+    xrun during the burst, a clear peak), ``glitches``, the delay the bridge reported
+    and its final ``stats``.
+    """
+    sd = import_sounddevice()
+    rng = np.random.default_rng(int(video_ms))
+    kind = AudioBridgeProcess if isolated else AudioBridge
+    bridge: AudioBridge | AudioBridgeProcess = kind(
+        f"pulse:{sink}.monitor",
+        f"pulse:{sink}",
+        input_channels=2,
+        input_channel=0,
+        output_channels=2,
+        output_mask=[1],
+        **bridge_kwargs,
+    )
+
+    def engine_reports() -> None:
+        bridge.set_video_latency_ms(video_ms + rng.uniform(-jitter_ms, jitter_ms))
+
+    recorded: list[np.ndarray] = []
+    played = [0]
+    burst = np.zeros((SAMPLE_RATE // 2, 2), np.float32)
+    burst[2400 : 2400 + 4800, 0] = rng.uniform(-0.5, 0.5, 4800) * np.hanning(4800)
+    position: list[int | None] = [None]
+
+    def play(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        played[0] += 1
+        outdata.fill(0)
+        if position[0] is not None:
+            chunk = burst[position[0] : position[0] + frames]
+            outdata[: len(chunk)] = chunk
+            position[0] += frames
+
+    bridge.start()
+    recorder = player = None
+    try:
+        flowing = wait_flowing(lambda: bridge.stats()["input_blocks"], tick=engine_reports)
+        with _pulse_env("PULSE_SOURCE", f"{sink}.monitor"):
+            recorder = sd.InputStream(
+                device="pulse",
+                samplerate=SAMPLE_RATE,
+                blocksize=PROBE_BLOCKSIZE,
+                channels=2,
+                dtype="float32",
+                latency="low",
+                callback=lambda d, f, t, s: recorded.append(d.copy()),
+            )
+        with _pulse_env("PULSE_SINK", sink):
+            player = sd.OutputStream(
+                device="pulse",
+                samplerate=SAMPLE_RATE,
+                blocksize=PROBE_BLOCKSIZE,
+                channels=2,
+                dtype="float32",
+                latency="low",
+                callback=play,
+            )
+        recorder.start()
+        player.start()
+        flowing = flowing and wait_flowing(lambda: played[0], tick=engine_reports)
+        flowing = flowing and wait_flowing(lambda: len(recorded), tick=engine_reports)
+        # New streams on the sink change its timing: let the bridge's clocks settle.
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < settle_s:
+            engine_reports()
+            time.sleep(1 / 30)
+        before = bridge.stats()
+        position[0] = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.6 + video_ms / 1000.0:
+            engine_reports()
+            time.sleep(1 / 30)
+    finally:
+        for stream in (player, recorder):
+            if stream is not None:
+                stream.stop()
+                stream.close()
+        bridge.close()
+    stats = bridge.stats()
+    x = np.concatenate(recorded) if recorded else np.zeros((1, 2))
+    result: dict[str, Any] = burst_delay_ms(x)
+    glitches = sum(stats[k] - before[k] for k in ("input_overflows", "output_underflows"))
+    clear = result["quality"] > 0.3 or (result["quality"] > 0.05 and result["prominence"] > 2.0)
+    result.update(
+        flowing=flowing,
+        glitches=glitches,
+        clean=bool(flowing and glitches == 0 and clear),
+        reported_ms=stats["audio_delay_ms"],
+        stats=stats,
+    )
+    return result

@@ -1,7 +1,8 @@
 """The audio path's floor: the smallest delay the bridge really gives, measured through PulseAudio.
 
     python benchmarks/audio_floor.py [--delays 0,10,...] [--tries 3] [--blocksize N]
-        [--latency low|high|SECONDS] [--pulse-latency-msec MS] [--json PATH]
+        [--latency low|high|SECONDS] [--pulse-latency-msec MS] [--bridge-arg KEY=VALUE ...]
+        [--json PATH]
 
 Needs a running PulseAudio (``make audio-server``). For each requested delay (the engine's
 video latency, offset 0) the bridge runs as ``realtime run`` runs it (``AudioBridgeProcess``)
@@ -9,6 +10,14 @@ on a temporary null sink, and ``realtime.audio.measure_bridge_delay`` (the helpe
 use) plays a noise burst into the bridge's input and cross-correlates it with the bridge's
 output in one recording of the sink's monitor. Per requested delay: the median measured
 delay over the clean tries (flowing, no xrun during the burst, a clear correlation peak).
+
+``--bridge-arg KEY=VALUE`` (repeatable) passes any other ``AudioBridge`` keyword (VALUE is a
+Python literal, or else a string), e.g. for an experimental bridge option:
+``benchmarks/results/audio_floor_duplex_*.json`` are ``--bridge-arg duplex=true`` with
+``benchmarks/results/audio_duplex_experiment.patch`` applied (one PortAudio duplex stream; not
+adopted: through PulseAudio's ALSA plugin its capture side builds up a backlog of up to
+~300 ms, so the delay is neither lower nor steady). ``run_xruns`` per try: underruns +
+overruns over the bridge's whole run (``glitches``: during the burst only).
 
 The floor is the smallest requested delay from which on every larger requested delay in the
 table is measured within ``--tolerance-ms`` (5 ms). "path at 0" is what the path delays when
@@ -37,6 +46,20 @@ def parse_latency(text: str) -> str | float:
     return text if text in ("low", "high") else float(text)
 
 
+def parse_bridge_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → ``(KEY, value)``: a Python literal (``true``/``false``/``none`` too), else a string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    literal = {"true": "True", "false": "False", "none": "None"}.get(value.strip().lower(), value.strip())
+    try:
+        return key.strip(), ast.literal_eval(literal)
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
 def floor_of(rows: list[dict[str, Any]], tolerance_ms: float) -> float | None:
     """Smallest requested delay from which on every (larger) row is within the tolerance."""
     floor = None
@@ -57,6 +80,14 @@ def main() -> int:
     parser.add_argument(
         "--pulse-latency-msec", type=int, default=None, help="PULSE_LATENCY_MSEC for the bridge only"
     )
+    parser.add_argument(
+        "--bridge-arg",
+        type=parse_bridge_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other AudioBridge keyword (repeatable)",
+    )
     parser.add_argument("--sink-args", default="", help="extra module-null-sink arguments")
     parser.add_argument("--tolerance-ms", type=float, default=5.0)
     parser.add_argument("--label", default="")
@@ -70,6 +101,7 @@ def main() -> int:
         bridge_kwargs["latency"] = args.latency
     if args.pulse_latency_msec is not None:
         bridge_kwargs["pulse_latency_msec"] = args.pulse_latency_msec
+    bridge_kwargs.update(dict(args.bridge_arg))
     delays = [float(d) for d in args.delays.split(",") if d.strip()]
     rows: list[dict[str, Any]] = []
     last_stats: dict[str, Any] = {}
@@ -81,6 +113,8 @@ def main() -> int:
             for _ in range(args.tries):
                 result = measure_bridge_delay(sink, requested, **bridge_kwargs)
                 last_stats = result.pop("stats")
+                # xruns over the bridge's whole run (``glitches``: during the burst only)
+                result["run_xruns"] = last_stats["underruns"] + last_stats["overruns"]
                 tries.append({k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()})
             clean = [t for t in tries if t["clean"]]
             measured = statistics.median(t["measured_ms"] for t in clean) if clean else None
@@ -116,6 +150,7 @@ def main() -> int:
         "path_at_zero_ms": at_zero,
         "bridge_path_latency_ms": last_stats.get("path_latency_ms"),
         "bridge_min_delay_ms": last_stats.get("min_delay_ms"),
+        "bridge_stream_mode": last_stats.get("stream_mode"),  # None: a bridge that has two streams only
         "rows": rows,
         "seconds": round(time.monotonic() - t_start, 1),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

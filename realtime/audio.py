@@ -1210,6 +1210,12 @@ class AudioBridgeProcess:
     def video_latency_ms(self) -> float | None:
         return self.tracker.value_ms
 
+    @property
+    def min_delay_ms(self) -> float:
+        """The shortest delay the audio path can give now (its floor), 0 until it runs."""
+        floor = self._status[_ST_MIN]
+        return 0.0 if math.isnan(floor) else float(floor)
+
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> AudioBridgeProcess:
         parent, child = self._context.Pipe()

@@ -89,6 +89,15 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
         help="added to the live video latency (negative: less delay)",
     )
     p.add_argument("--audio-mute", action="store_true", help="start with the audio muted (window hotkey a)")
+    p.add_argument(
+        "--av-sync",
+        choices=["audio", "both"],
+        default="audio",
+        help="audio (default): delay the voice by the video latency, so the video stays as fast as it "
+        "can; when the video is faster than the audio path's floor (about 50 ms on PulseAudio) the "
+        "voice is late by the difference. both: also hold each video frame until the audio can "
+        "match it, so lips and voice line up exactly, at the cost of that much video latency",
+    )
 
 
 def _check_audio_args(args: argparse.Namespace) -> None:
@@ -106,6 +115,14 @@ def _start_audio(args: argparse.Namespace):
     from realtime.audio import start_bridge
 
     return start_bridge(args.audio_in, args.audio_out, offset_ms=args.audio_offset_ms, muted=args.audio_mute)
+
+
+def audio_hold(audio, args: argparse.Namespace):
+    """With --av-sync both: the engine holds each frame until it is as old as the audio's
+    shortest possible delay (read live from the bridge), so the two meet."""
+    if audio is None or args.av_sync != "both":
+        return None
+    return lambda: audio.min_delay_ms
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             budget_ms=args.budget_ms,
             pipeline=args.pipeline,
             on_latency=audio.set_video_latency_ms if audio is not None else None,
+            min_latency_ms=audio_hold(audio, args),
         )
         summary = engine.run(seconds=args.seconds)
     finally:
@@ -470,6 +488,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     budget_ms=budget_ms,
                     pipeline=args.pipeline,
                     on_latency=audio.set_video_latency_ms if audio else None,
+                    min_latency_ms=audio_hold(audio, args),
                 ).run(seconds=args.seconds)
             else:
                 summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)

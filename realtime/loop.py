@@ -296,6 +296,7 @@ class Engine:
         controls: Controls | None = None,
         on_latency: Callable[[float], None] | None = None,
         pipeline: str = "auto",
+        min_latency_ms: Callable[[], float] | None = None,
     ) -> None:
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
@@ -315,6 +316,9 @@ class Engine:
         self._backpressure = getattr(source, "paced", True) is False
         # Called with each new frame's capture→sink latency in ms (the audio bridge follows it).
         self.on_latency = on_latency
+        # When set, a new frame is held until it is this old (the audio path's floor), so a
+        # voice that cannot be delayed less still meets the lips. Never past the budget.
+        self.min_latency_ms = min_latency_ms
         self.processor = processor
         self.metrics = processor.metrics
         self.controls = controls or processor.controls
@@ -488,6 +492,8 @@ class Engine:
                     out = None
                 if out is not None and self._late(out.t_capture, "late_at_sink"):
                     out = None
+                if out is not None and self.min_latency_ms is not None:
+                    now = self._hold(out.t_capture, now)
                 if out is None:
                     if self._rendered.closed:
                         break
@@ -528,6 +534,19 @@ class Engine:
             },
             pipeline={"mode": self.pipeline, "frames": dict(self.frames_by_pipeline)},
         )
+
+    def _hold(self, t_capture: float, now: float) -> float:
+        """Wait until the frame is ``min_latency_ms`` old (capped below the budget)."""
+        try:
+            wanted_s = float(self.min_latency_ms()) / 1000.0
+        except Exception as exc:  # audio never stops the video
+            self._errors.error("min_latency", "audio floor unavailable: %s", exc)
+            return now
+        hold = min(t_capture + wanted_s, t_capture + 0.95 * self.budget_s) - now
+        if hold > 0:
+            time.sleep(hold)
+            return time.monotonic()
+        return now
 
     def _emit(self, out: Output, now: float) -> None:
         t0 = time.perf_counter()

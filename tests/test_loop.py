@@ -411,6 +411,27 @@ def test_unknown_pipeline_is_refused(builtin_avatar, driver_frames, make_process
         Engine(FramesSource(driver_frames), make_processor(builtin_avatar), [], fps=FPS, pipeline="fast")
 
 
+def test_frames_are_held_until_the_audio_floor_when_asked(builtin_avatar, driver_frames, make_processor):
+    # --av-sync both: the voice cannot be delayed less than its path's floor, so each new
+    # frame waits until it is that old before it is sent (never past the budget).
+    processor = make_processor(builtin_avatar, live=True)
+    sink = RecordingSink()
+    floor_ms = 55.0
+    engine = Engine(
+        FramesSource(driver_frames, fps=15.0),
+        processor,
+        [sink],
+        fps=15.0,
+        budget_ms=LOOSE_BUDGET_MS,
+        min_latency_ms=lambda: floor_ms,
+    )
+    summary = engine.run(seconds=2.5)
+    ages = [(t_send - t_capture) * 1000.0 for t_send, t_capture, _ in sink.new_frames()]
+    assert len(ages) >= 10, summary
+    assert min(ages) >= floor_ms - 1.0, sorted(ages)[:3]
+    assert summary["latency_ms"]["p50"] >= floor_ms - 1.0
+
+
 def test_a_stalled_source_keeps_the_sink_fed_with_repeats(builtin_avatar, driver_frames, make_processor):
     source = StallingSource(driver_frames, stall_after=15, stall_s=1.5)
     sink = RecordingSink()

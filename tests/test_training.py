@@ -208,3 +208,21 @@ def test_region_refiner_trains_exports_and_touches_only_mouth_and_eyes(
         cv2.fillConvexPoly(mask, np.round(quad).astype(np.int32), 1)
         inside |= cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
     assert not (changed & ~inside).any()
+
+
+def test_promotion_needs_every_check_of_the_bar():
+    from export.promote import verdict
+
+    def result(l1, ssim, mouth, clips):
+        return {
+            "mean": {"l1": l1, "ssim": ssim, "mouth_l1": mouth},
+            "clips": [{"clip": f"c{k}", "l1": v} for k, v in enumerate(clips)],
+        }
+
+    warp = result(0.030, 0.85, 0.060, [0.02, 0.04])
+    assert verdict(warp, result(0.028, 0.86, 0.045, [0.019, 0.037]))["checks"]["beats_warp"]
+    # Mouth only 0.85x the warp's: not enough.
+    assert not verdict(warp, result(0.028, 0.86, 0.051, [0.019, 0.037]))["checks"]["beats_warp"]
+    # Better on average but one clip 1.1x worse.
+    losing_clip = verdict(warp, result(0.028, 0.86, 0.045, [0.022, 0.030]))
+    assert not losing_clip["checks"]["clips_ok"] and losing_clip["clip_l1_ratios"]["c0"] == 1.1

@@ -239,9 +239,11 @@ class OnnxRefinerGenerator:
                 for m in avatar_matrices
             ]
         )
-        # Where a whole-face correction is applied: everywhere unless the card names regions
-        # (set from held-out evaluation: where the model measurably beats the warp).
+        # Where the correction is applied: everywhere unless the card names regions (set
+        # from held-out evaluation: where the model measurably beats the warp). A face crop
+        # is then gated to those regions; region crops of other regions are not pasted.
         self._regions = [r for r in self.card.get("apply_regions", []) if r in ("mouth", "eyes")]
+        self._crop_regions = ["mouth" if name == "mouth" else "eyes" for name in REGIONS]
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros))
@@ -313,9 +315,11 @@ class OnnxRefinerGenerator:
         h, w = patch.shape[:2]
         x0, y0 = base.origin
         for k, (matrix, crop) in enumerate(zip(matrices, crops, strict=True)):
+            if self._regions and self.spec.layout == "regions" and self._crop_regions[k] not in self._regions:
+                continue
             refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = (refined - crop.astype(np.float32)).astype(np.float32)
-            if self._regions:
+            if self._regions and self.spec.layout == "face":
                 delta *= self._region_gate(points[k], size)[..., None]
             footprint = _footprint(matrix, size) - (x0, y0)
             bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)

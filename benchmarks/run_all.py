@@ -124,24 +124,25 @@ def main() -> int:
             ],
         )
     )
-    # Engine vs naive where the naive loop keeps up (720p input) and where it cannot
-    # (1080p input: decoding alone takes a third of the frame interval).
-    for label in ("720p", "1080p"):
+    # Engine vs naive where the naive loop keeps up (warp, 720p or 1080p input) and where
+    # the work per frame comes close to the frame interval (the learned generator).
+    naive_scenarios = [("720p", "warp"), ("1080p", "warp")] + [("720p", g) for g in generators[1:]]
+    for label, gen in naive_scenarios:
         results.append(
             bench(
-                f"{label}_warp_vs_naive",
+                f"{label}_{gen}_vs_naive",
                 [
                     "--input",
                     inputs[label],
                     "--size",
                     SIZES["720p"],
                     "--generator",
-                    "warp",
+                    gen,
                     "--seconds",
                     short,
                     "--compare-naive",
                     "--plot",
-                    str(RESULTS / f"bench_{label}_warp_vs_naive.png"),
+                    str(RESULTS / f"bench_{label}_{gen}_vs_naive.png"),
                 ],
             )
         )
@@ -182,12 +183,12 @@ def main() -> int:
         *[row(r) for r in results],
     ]
     if naive_runs:
-        lines += ["", "## Engine vs naive loop (720p output, warp, same input, same run)", ""]
+        lines += ["", "## Engine vs naive loop (720p output, same input, same run)", ""]
     for naive in naive_runs:
         nv, ratio = naive["naive"], naive["engine_vs_naive"]
         frames = naive.get("pipeline", {}).get("frames", {})
         lines += [
-            f"- {naive['name'].split('_')[0]} input, engine ({naive.get('pipeline', {}).get('mode', '?')}: "
+            f"- {naive['name'].split('_')[0]} input, {naive['generator']}, engine ({naive.get('pipeline', {}).get('mode', '?')}: "
             f"{frames.get('serial', 0)} frames serial, {frames.get('parallel', 0)} parallel): "
             f"{naive['fps']:.1f} fps, p95 {naive['latency_ms']['p95']:.1f} ms, misses {naive['deadline_misses']}; "
             f"naive (one thread, never drops): {nv['fps']:.1f} fps, p95 {nv['latency_ms']['p95']:.1f} ms, "

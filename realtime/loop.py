@@ -279,8 +279,11 @@ class SinkGuard:
 
 
 PIPELINES = ("auto", "serial", "parallel")
-SERIAL_UP_TO = 0.8  # auto: serial while track+render take under this share of an interval
-SERIAL_BACK_BELOW = 0.6  # ...and back to serial once they fall below this share
+# auto: serial while track+render take under this share of a frame interval (a frame that
+# fits is done before the next is due, so overlapping would only add contention), and back
+# to serial once they fall below the lower share (overlapped stages measure slower).
+SERIAL_UP_TO = 0.95
+SERIAL_BACK_BELOW = 0.6
 
 
 class Engine:
@@ -364,6 +367,11 @@ class Engine:
             self._captured.close()
 
     def _late(self, t_capture: float, where: str) -> bool:
+        # A source read with backpressure never builds a backlog, so a late frame there is
+        # only slow work; dropping it would throw that work away and starve the output
+        # (the frame still counts as late where latency is measured).
+        if self._backpressure:
+            return False
         if time.monotonic() - t_capture > self.budget_s:
             self.metrics.add_drop(where)
             return True

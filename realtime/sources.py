@@ -121,6 +121,18 @@ class VideoFileSource:
         self.decode_errors = 0
 
     def read(self) -> Frame | None:
+        t_capture = time.monotonic()
+        if self.paced:
+            if self._start is None:
+                self._start = t_capture
+            # A camera delivers frame i at its due time whether or not we are ready for
+            # it; stamping the due time makes a reader that falls behind show up as latency.
+            # Like a camera's frame, it is decoded only once due: decoding ahead would
+            # compete with the processing of the previous frame for the CPU.
+            t_capture = self._start + self._index / self.fps
+            delay = t_capture - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         ok, image = self._cap.read()
         if not ok and self.loop and self._index > 0:
             self._cap.release()
@@ -128,16 +140,6 @@ class VideoFileSource:
             ok, image = self._cap.read()
         if not ok or image is None:
             return None
-        t_capture = time.monotonic()
-        if self.paced:
-            if self._start is None:
-                self._start = t_capture
-            # A camera delivers frame i at its due time whether or not we are ready for
-            # it; stamping the due time makes a reader that falls behind show up as latency.
-            t_capture = self._start + self._index / self.fps
-            delay = t_capture - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
         frame = Frame(image=image, index=self._index, t_capture=t_capture)
         self._index += 1
         return frame

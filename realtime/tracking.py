@@ -246,10 +246,19 @@ class FaceTracker:
         """All faces in the image as (478, 3) pixel arrays, largest first."""
         width = image_bgr.shape[1]
         scale = min(1.0, self.track_width / float(width)) if self.track_width else 1.0
+        # Area averaging is only cheap for whole-number factors (2.3 ms vs 0.4 ms bilinear
+        # for 1280x720 -> 960x540 here); mediapipe resamples its face crop again anyway.
+        whole = (1.0 / scale).is_integer()
         small = (
             image_bgr
             if scale == 1.0
-            else cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            else cv2.resize(
+                image_bgr,
+                None,
+                fx=scale,
+                fy=scale,
+                interpolation=cv2.INTER_AREA if whole else cv2.INTER_LINEAR,
+            )
         )
         faces = self._detector.detect(small)
         if scale != 1.0:

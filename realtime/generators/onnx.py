@@ -185,9 +185,9 @@ def landmark_map(points: np.ndarray, size: int) -> np.ndarray:
     canvas = np.zeros((size, size), np.uint8)
     for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE, mesh.INNER_LIP, mesh.OUTER_LIP):
         cv2.polylines(canvas, [np.round(points[loop]).astype(np.int32)], True, 255, 1, cv2.LINE_AA)
-    for p in np.round(points[: mesh.NUM_LANDMARKS]).astype(np.int32):
-        if 0 <= p[0] < size and 0 <= p[1] < size:
-            canvas[p[1], p[0]] = max(canvas[p[1], p[0]], 128)
+    pts = np.round(points[: mesh.NUM_LANDMARKS]).astype(np.int32)
+    pts = pts[((pts >= 0) & (pts < size)).all(axis=1)]
+    np.maximum.at(canvas, (pts[:, 1], pts[:, 0]), 128)
     return canvas.astype(np.float32)[None, None] / 255.0
 
 

@@ -199,7 +199,11 @@ def main() -> int:
         "",
         "## GPU",
         "",
-        "Not measured in this run: see the GPU notes in the issue tracker for what was checked on a lent GPU.",
+        "Not measured: this machine has no GPU, and the lent GPU machine has no internet while the",
+        "onnxruntime-gpu wheel is larger than the 64 MiB the device tool carries, so its CUDA and",
+        "TensorRT providers could not be installed there. Where they are installed (the `gpu` extra),",
+        "`realtime bench --provider CUDAExecutionProvider` (or `TensorrtExecutionProvider`) measures",
+        "them; the runner reports the provider that actually ran.",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")

@@ -71,6 +71,9 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle onnxruntime threads would otherwise spin after each run, on the core the
+        # tracker process needs next (tracking p95 rose from 9.5 to 11.9 ms at 720p).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(

@@ -38,7 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from realtime.audio import AudioBridgeProcess  # noqa: E402
+from realtime.audio import loopback_bridge  # noqa: E402
 
 SR = 48000
 
@@ -164,13 +164,9 @@ def main() -> int:
         start_new_session=True,
     )
     # As `realtime run` uses it: in its own process (away from the engine's GIL).
-    bridge = AudioBridgeProcess(
-        f"pulse:{sink}.monitor",
-        f"pulse:{sink}",
-        input_channels=2,
-        input_channel=0,
-        output_channels=2,
-        output_mask=[1],
+    bridge = loopback_bridge(
+        sink,
+        isolated=True,
         **({} if args.blocksize is None else {"blocksize": args.blocksize}),
         **({} if args.latency is None else {"latency": parse_latency(args.latency)}),
     )

@@ -1493,6 +1493,23 @@ def burst_delay_ms(recording: np.ndarray, samplerate: int = SAMPLE_RATE) -> dict
     }
 
 
+def loopback_bridge(
+    sink: str, isolated: bool = True, **bridge_kwargs: Any
+) -> AudioBridge | AudioBridgeProcess:
+    """A bridge on one null sink: it records the left channel of the monitor and plays into
+    the right channel, so one recording of the monitor holds both (see measure_bridge_delay)."""
+    kind = AudioBridgeProcess if isolated else AudioBridge
+    return kind(
+        f"pulse:{sink}.monitor",
+        f"pulse:{sink}",
+        input_channels=2,
+        input_channel=0,
+        output_channels=2,
+        output_mask=[1],
+        **bridge_kwargs,
+    )
+
+
 def measure_bridge_delay(
     sink: str,
     video_ms: float,
@@ -1518,16 +1535,7 @@ def measure_bridge_delay(
     """
     sd = import_sounddevice()
     rng = np.random.default_rng(int(video_ms))
-    kind = AudioBridgeProcess if isolated else AudioBridge
-    bridge: AudioBridge | AudioBridgeProcess = kind(
-        f"pulse:{sink}.monitor",
-        f"pulse:{sink}",
-        input_channels=2,
-        input_channel=0,
-        output_channels=2,
-        output_mask=[1],
-        **bridge_kwargs,
-    )
+    bridge = loopback_bridge(sink, isolated, **bridge_kwargs)
 
     def engine_reports() -> None:
         bridge.set_video_latency_ms(video_ms + rng.uniform(-jitter_ms, jitter_ms))
@@ -1550,26 +1558,12 @@ def measure_bridge_delay(
     recorder = player = None
     try:
         flowing = wait_flowing(lambda: bridge.stats()["input_blocks"], tick=engine_reports)
+        probe = {"device": "pulse", "samplerate": SAMPLE_RATE, "blocksize": PROBE_BLOCKSIZE, "channels": 2}
+        probe |= {"dtype": "float32", "latency": "low"}
         with _pulse_env("PULSE_SOURCE", f"{sink}.monitor"):
-            recorder = sd.InputStream(
-                device="pulse",
-                samplerate=SAMPLE_RATE,
-                blocksize=PROBE_BLOCKSIZE,
-                channels=2,
-                dtype="float32",
-                latency="low",
-                callback=lambda d, f, t, s: recorded.append(d.copy()),
-            )
+            recorder = sd.InputStream(**probe, callback=lambda d, f, t, s: recorded.append(d.copy()))
         with _pulse_env("PULSE_SINK", sink):
-            player = sd.OutputStream(
-                device="pulse",
-                samplerate=SAMPLE_RATE,
-                blocksize=PROBE_BLOCKSIZE,
-                channels=2,
-                dtype="float32",
-                latency="low",
-                callback=play,
-            )
+            player = sd.OutputStream(**probe, callback=play)
         recorder.start()
         player.start()
         flowing = flowing and wait_flowing(lambda: played[0], tick=engine_reports)

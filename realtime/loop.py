@@ -3,8 +3,10 @@
     capture thread ──newest──▶ track thread ──newest──▶ render thread ──newest──▶ output loop ─▶ sinks
 
 Each hand-off keeps only the newest item (a leaky queue), so a slow stage never lets
-latency pile up: it skips stale frames instead. Tracking and rendering run in
-parallel on different frames, which keeps both cores busy. A frame older than the
+latency pile up: it skips stale frames instead. While tracking plus rendering fit in a
+frame interval the track thread renders its own frame (nothing waits in a hand-off);
+when they do not, tracking and rendering run in parallel on different frames, which
+keeps both cores busy. A frame older than the
 budget is dropped, never sent late; the output loop re-sends the last good frame
 whenever nothing new arrives in time, so the sinks keep their pace.
 """

@@ -7,8 +7,11 @@ export PYTHONUNBUFFERED=1
 RUN=/tmp/refiner_run
 nvidia-smi -L
 python3 -c "import torch, cv2, scipy, onnxruntime; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__, 'ort', onnxruntime.__version__)"
+# The shipped model's shape by default (mouth and eye crops); override MODEL for another.
+MODEL=${MODEL:---layout regions --size 48 --widths 16,24,32,48 --lr 5e-4 --gan-start 3000}
+# shellcheck disable=SC2086
 python3 -m realtime.cli -v train refiner --data .train_cache --out "$RUN" --steps 40000 --max-minutes "${MINUTES:-5.5}" \
-    --batch 64 --pairs-per-clip "${PAIRS:-300}" --eval-every 500 --workers 14 --fresh 2>&1 \
+    $MODEL --batch 64 --pairs-per-clip "${PAIRS:-300}" --eval-every 500 --workers 14 --fresh 2>&1 \
     | grep -v -E "refiner: +[0-9]+%|Consider using|record = " | tee "$OUT/train.log"
 python3 -m export.refiner "$RUN/refiner.pt" --out "$OUT/refiner.onnx" --fp16 --tensorrt --summary "$RUN/summary.json" 2>&1 | tail -30
 cp "$RUN/refiner.pt" "$RUN/log.jsonl" "$OUT/" 2>/dev/null

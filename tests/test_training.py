@@ -70,6 +70,9 @@ def test_training_loss_falls_and_stays_finite(tiny_run):
     recon = [h["l1"] for h in result["history"]]
     assert np.mean(recon[-8:]) < 0.8 * np.mean(recon[:8])
     assert (out / "samples_000040.png").exists() and (out / "checkpoint.pt").exists()
+    # The best validation checkpoint is kept beside the last one, as a plain state dict.
+    best = torch.load(out / "refiner_best.pt", weights_only=True)
+    assert best["step"] in (20, 40) and set(best) == {"model", "step", "config"}
     val = result["history"][-1]["val"]
     assert set(val) >= {"l1", "warp_l1", "mouth_l1", "warp_mouth_l1"}
 

@@ -131,17 +131,27 @@ REGIONS = {
 LAYOUTS = ("face", "regions")
 
 
-def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
-    """2x3 similarity taking the image to an upright, centred face crop."""
+def _upright(
+    landmarks: np.ndarray, pixels_per_eye_distance: float, centre: np.ndarray, anchor, mirrored: bool = False
+) -> np.ndarray:
+    """2x3 similarity that levels the eye line, scales the eye-corner distance to
+    ``pixels_per_eye_distance`` and moves ``centre`` to ``anchor`` (optionally mirrored)."""
     right, left = landmarks[mesh.RIGHT_EYE_OUTER, :2], landmarks[mesh.LEFT_EYE_OUTER, :2]
     eye_vec = left - right
     angle = np.arctan2(eye_vec[1], eye_vec[0])
-    scale = spec.face_scale * spec.size / (np.linalg.norm(eye_vec) + 1e-6)
-    centre = landmarks[mesh.RIGID, :2].mean(axis=0)
+    scale = pixels_per_eye_distance / (np.linalg.norm(eye_vec) + 1e-6)
     cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
     matrix = np.array([[cos, -sin, 0.0], [sin, cos, 0.0]])
-    matrix[:, 2] = np.array([spec.size / 2, spec.size * 0.47]) - matrix[:, :2] @ centre
+    if mirrored:
+        matrix[0] *= -1.0
+    matrix[:, 2] = np.asarray(anchor, np.float64) - matrix[:, :2] @ centre
     return matrix
+
+
+def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """2x3 similarity taking the image to an upright, centred face crop."""
+    centre = landmarks[mesh.RIGID, :2].mean(axis=0)
+    return _upright(landmarks, spec.face_scale * spec.size, centre, (spec.size / 2, spec.size * 0.47))
 
 
 def crop_matrices(landmarks: np.ndarray, spec: CropSpec) -> list[np.ndarray]:
@@ -150,23 +160,11 @@ def crop_matrices(landmarks: np.ndarray, spec: CropSpec) -> list[np.ndarray]:
         return [alignment(landmarks, spec)]
     if spec.layout != "regions":
         raise ValueError(f"unknown crop layout {spec.layout!r}; known: {', '.join(LAYOUTS)}")
-    right, left = landmarks[mesh.RIGHT_EYE_OUTER, :2], landmarks[mesh.LEFT_EYE_OUTER, :2]
-    eye_vec = left - right
-    distance = float(np.linalg.norm(eye_vec)) + 1e-6
-    angle = np.arctan2(eye_vec[1], eye_vec[0])
-    matrices = []
-    for loop, side, mirrored in REGIONS.values():
-        scale = spec.size / (side * distance)
-        cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
-        linear = np.array([[cos, -sin], [sin, cos]])
-        if mirrored:
-            linear[0] *= -1.0
-        centre = landmarks[loop, :2].mean(axis=0)
-        matrix = np.zeros((2, 3))
-        matrix[:, :2] = linear
-        matrix[:, 2] = spec.size / 2 - linear @ centre
-        matrices.append(matrix)
-    return matrices
+    half = spec.size / 2
+    return [
+        _upright(landmarks, spec.size / side, landmarks[loop, :2].mean(axis=0), (half, half), mirrored)
+        for loop, side, mirrored in REGIONS.values()
+    ]
 
 
 def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
@@ -246,7 +244,12 @@ class OnnxRefinerGenerator:
         # from held-out evaluation: where the model measurably beats the warp). A face crop
         # is then gated to those regions; region crops of other regions are not pasted.
         self._regions = [r for r in self.card.get("apply_regions", []) if r in ("mouth", "eyes")]
-        self._crop_regions = ["mouth" if name == "mouth" else "eyes" for name in REGIONS]
+        gated_regions = self._regions and layout == "regions"
+        self._pasted = [
+            not gated_regions or ("mouth" if name == "mouth" else "eyes") in self._regions
+            for name in (REGIONS if layout == "regions" else ["face"])
+        ]
+        self._gate_face = bool(self._regions) and layout == "face"
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros))
@@ -258,7 +261,7 @@ class OnnxRefinerGenerator:
         of the whole frame first."""
         x0, y0 = base.origin
         h, w = base.patch.shape[:2]
-        footprint = _footprint(matrix, size)
+        footprint = _footprint(cv2.invertAffineTransform(matrix), size)
         inside = (
             footprint[:, 0].min() >= x0
             and footprint[:, 1].min() >= y0
@@ -318,18 +321,18 @@ class OnnxRefinerGenerator:
         h, w = patch.shape[:2]
         x0, y0 = base.origin
         for k, (matrix, crop) in enumerate(zip(matrices, crops, strict=True)):
-            if self._regions and self.spec.layout == "regions" and self._crop_regions[k] not in self._regions:
+            if not self._pasted[k]:
                 continue
             refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = (refined - crop.astype(np.float32)).astype(np.float32)
-            if self._regions and self.spec.layout == "face":
+            if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
-            footprint = _footprint(matrix, size) - (x0, y0)
+            inverse = cv2.invertAffineTransform(matrix)
+            footprint = _footprint(inverse, size) - (x0, y0)
             bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
             bx1, by1 = np.minimum(np.ceil(footprint.max(axis=0)).astype(int) + 1, (w, h))
             if bx1 <= bx0 or by1 <= by0:
                 continue
-            inverse = cv2.invertAffineTransform(matrix)
             inverse[:, 2] -= (x0 + bx0, y0 + by0)
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(
                 delta,
@@ -350,7 +353,7 @@ class OnnxRefinerGenerator:
         )
 
 
-def _footprint(matrix: np.ndarray, size: int) -> np.ndarray:
-    """The crop's four corners in image coordinates."""
+def _footprint(inverse: np.ndarray, size: int) -> np.ndarray:
+    """The crop's four corners in image coordinates (``inverse``: crop→image 2x3)."""
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
-    return corners @ cv2.invertAffineTransform(matrix).T
+    return corners @ inverse.T

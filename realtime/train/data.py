@@ -37,11 +37,11 @@ def build_clip_cache(
 ) -> Path | None:
     """Cache ``pairs`` consecutive-frame pairs of ``video``. Returns the .npz path, or None
     when too few frames have a face."""
-    from realtime.analysis import read_frames
+    from realtime.analysis import read_frames, video_frame_count
     from realtime.tracking import FaceTracker
 
     video = Path(video)
-    total = sum(1 for _ in read_frames(str(video)))
+    total = video_frame_count(str(video))
     if total < 4:
         return None
     starts = np.unique(np.linspace(0, total - 2, min(pairs, total - 1)).astype(int))

@@ -6,7 +6,7 @@
 
 Needs a running PulseAudio (``make audio-server``). For each requested delay (the engine's
 video latency, offset 0) the bridge runs as ``realtime run`` runs it (``AudioBridgeProcess``)
-on a temporary null sink, and ``realtime.audio.measure_bridge_delay`` (the helper the tests
+on a temporary null sink, and ``realtime.audio_probe.measure_bridge_delay`` (the helper the tests
 use) plays a noise burst into the bridge's input and cross-correlates it with the bridge's
 output in one recording of the sink's monitor. Per requested delay: the median measured
 delay over the clean tries (flowing, no xrun during the burst, a clear correlation peak).
@@ -39,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from realtime.audio import measure_bridge_delay, temporary_null_sink  # noqa: E402
+from realtime.audio_probe import measure_bridge_delay, temporary_null_sink  # noqa: E402
 
 
 def parse_latency(text: str) -> str | float:

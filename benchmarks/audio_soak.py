@@ -38,7 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from realtime.audio import loopback_bridge  # noqa: E402
+from realtime.audio_probe import loopback_bridge  # noqa: E402
 
 SR = 48000
 

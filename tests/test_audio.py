@@ -34,16 +34,15 @@ from realtime.audio import (
     StreamClock,
     audio_thread_priority,
     format_audio_summary,
-    measure_bridge_delay,
     start_bridge,
     video_start_offset_s,
     virtual_mic_setup,
-    wait_flowing,
 )
+from realtime.audio_probe import measure_bridge_delay, wait_flowing
+from tests.conftest import cli, write_astronaut_clip
 
 SR = 48000
 BLOCK = 960
-REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -643,28 +642,9 @@ def test_unknown_pulse_sink_is_a_clear_error(pulse):
 # --------------------------------------------------------------------------- the CLI
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "realtime.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-
-
 @pytest.fixture(scope="module")
-def short_clip(tmp_path_factory, astronaut) -> Path:
-    from realtime.frames import Output
-    from realtime.sinks import FileSink
-
-    path = tmp_path_factory.mktemp("clip") / "driver.mp4"
-    sink = FileSink(path)
-    sink.open(320, 320, 25.0)
-    for i in range(25):
-        sink.send(Output(image=astronaut[: 512 - i, i:], index=i, t_capture=0.0))
-    sink.close()
-    return path
+def short_clip(tmp_path_factory) -> Path:
+    return write_astronaut_clip(tmp_path_factory.mktemp("clip") / "driver.mp4", 25)
 
 
 def test_run_with_a_broken_audio_device_keeps_the_video_running(tmp_path, short_clip):

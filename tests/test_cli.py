@@ -7,7 +7,6 @@ exit code and no traceback; no native library may add lines of its own.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,30 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import cli, write_astronaut_clip
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 CLIP = MEDIA / "clips" / "liveportrait_d0.mp4"
 NO_FACE = MEDIA / "negatives" / "liveportrait_s39.jpg"
-
-# Whatever quiets native logging must be the product's doing, not the test environment's.
-QUIETING_VARIABLES = (
-    "GLOG_minloglevel",
-    "TF_CPP_MIN_LOG_LEVEL",
-    "OPENCV_FFMPEG_LOGLEVEL",
-    "OPENCV_LOG_LEVEL",
-)
-
-
-def cli(*args: str | os.PathLike[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in QUIETING_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "realtime.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *expected: str) -> str:
@@ -59,18 +40,8 @@ def need(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver_video(tmp_path_factory, astronaut) -> Path:
-    """A short valid driving video (the astronaut, 12 frames) written with the real ffmpeg."""
-    from realtime.frames import Output
-    from realtime.sinks import FileSink
-
-    path = tmp_path_factory.mktemp("driver") / "driver.mp4"
-    sink = FileSink(path)
-    sink.open(320, 320, 25.0)
-    for i in range(12):
-        sink.send(Output(image=astronaut[: 512 - i, i:], index=i, t_capture=0.0))
-    sink.close()
-    return path
+def driver_video(tmp_path_factory) -> Path:
+    return write_astronaut_clip(tmp_path_factory.mktemp("driver") / "driver.mp4", 12)
 
 
 def no_outputs(folder: Path) -> bool:

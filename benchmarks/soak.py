@@ -172,6 +172,13 @@ def run_soak(
     first, mid = sampler.samples[0], sampler.at_frames(len(latency) // 2)
     last = sampler.at(float(times[-1])) if len(times) else sampler.samples[-1]
     warm = sampler.at_frames(min(chunk, len(latency)))
+
+    def memory_over_time(column: int) -> dict[str, float]:
+        """One memory column of the samples (3: this process, 4: the tracker) at the key moments."""
+        moments = {"start": first, "after_first_chunk": warm, "mid": mid, "end": last}
+        profile = {name: round(sample[column], 1) for name, sample in moments.items()}
+        return profile | {"max": round(max(s[column] for s in sampler.samples), 1)}
+
     return {
         "frames": summary["frames"],
         "captured": summary["captured"],
@@ -182,20 +189,8 @@ def run_soak(
         "duration_s": summary["duration_s"],
         "fps": summary["fps"],
         "latency_ms": percentiles(latency),
-        "rss_mb": {
-            "start": round(first[3], 1),
-            "after_first_chunk": round(warm[3], 1),
-            "mid": round(mid[3], 1),
-            "end": round(last[3], 1),
-            "max": round(max(s[3] for s in sampler.samples), 1),
-        },
-        "tracker_rss_mb": {
-            "start": round(first[4], 1),
-            "after_first_chunk": round(warm[4], 1),
-            "mid": round(mid[4], 1),
-            "end": round(last[4], 1),
-            "max": round(max(s[4] for s in sampler.samples), 1),
-        },
+        "rss_mb": memory_over_time(3),
+        "tracker_rss_mb": memory_over_time(4),
         "chunk_frames": chunk,
         "chunks": chunks,
         "samples": len(sampler.samples),

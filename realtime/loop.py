@@ -329,6 +329,10 @@ class Engine:
         self.controls = controls or processor.controls
         self.fps = fps
         self.budget_s = (budget_ms if budget_ms is not None else 2000.0 / fps) / 1000.0
+        # A source read with backpressure never builds a backlog, so a late frame there is
+        # only slow work; dropping it would throw that work away and starve the output (it
+        # still counts as late where latency is measured).
+        self._drop_after_s = math.inf if self._backpressure else self.budget_s
         self.guards = [SinkGuard(sink, processor.output_size, fps) for sink in sinks]
         # A frame replaced in a hand-off never reaches the sink: a deadline miss too.
         self._captured = LatestSlot(lambda: self.metrics.add_drop("skipped_before_track"))
@@ -369,12 +373,7 @@ class Engine:
             self._captured.close()
 
     def _late(self, t_capture: float, where: str) -> bool:
-        # A source read with backpressure never builds a backlog, so a late frame there is
-        # only slow work; dropping it would throw that work away and starve the output
-        # (the frame still counts as late where latency is measured).
-        if self._backpressure:
-            return False
-        if time.monotonic() - t_capture > self.budget_s:
+        if time.monotonic() - t_capture > self._drop_after_s:
             self.metrics.add_drop(where)
             return True
         return False

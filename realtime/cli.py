@@ -223,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--gan-start", type=int, default=None, help="step at which the adversarial losses join"
     )
     refiner.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default=None,
+        help="learning rate: constant, or cosine decay to 0 by --steps",
+    )
+    refiner.add_argument(
+        "--mouth-boost", type=float, default=None, help="multiplies the mouth's weight in the loss"
+    )
+    refiner.add_argument(
+        "--init", default=None, help="start from this model checkpoint (e.g. refiner_best.pt)"
+    )
+    refiner.add_argument(
         "--widths",
         type=lambda text: tuple(int(w) for w in text.split(",")),
         default=None,
@@ -559,6 +571,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "widths",
         "lr",
         "gan_start",
+        "schedule",
+        "init",
+        "mouth_boost",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

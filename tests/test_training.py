@@ -86,6 +86,34 @@ def test_training_resumes_from_its_checkpoint(tiny_run):
     assert len(result["history"]) == 5  # continued at step 40, not from zero
 
 
+def test_a_run_can_start_from_another_runs_model_and_anneal(tiny_run, tiny_clips, tmp_path):
+    from realtime.train.refiner import train
+
+    out, _, first = tiny_run
+    cfg = tiny_config(
+        tiny_clips, steps=6, eval_every=3, lr=1e-3, schedule="cosine", init=str(out / "refiner.pt")
+    )
+    result = train(cfg, tmp_path / "anneal")
+    fresh_start = np.mean([h["l1"] for h in first["history"][:3]])
+    warm_start = np.mean([h["l1"] for h in result["history"][:3]])
+    assert warm_start < 0.8 * fresh_start  # it began where the other run ended, not from scratch
+    state = torch.load(tmp_path / "anneal" / "checkpoint.pt", weights_only=True)
+    last_lr = state["opt_g"]["param_groups"][0]["lr"]
+    assert last_lr < 0.1 * cfg.lr  # the cosine schedule has brought the rate down to near 0
+
+
+def test_mouth_boost_weighs_the_mouth_more_in_the_loss(tiny_run, tiny_clips, tmp_path):
+    from realtime.train.refiner import train
+
+    out, _, _ = tiny_run
+    first_l1 = {}
+    for boost in (1.0, 3.0):
+        cfg = tiny_config(tiny_clips, steps=1, eval_every=1, init=str(out / "refiner.pt"), mouth_boost=boost)
+        first_l1[boost] = train(cfg, tmp_path / f"boost{boost}")["history"][0]["l1"]
+    # Same model, same batch: only the mouth's weight differs, and the mouth has errors.
+    assert first_l1[3.0] > 1.1 * first_l1[1.0]
+
+
 def test_export_round_trip_matches_pytorch(tiny_run, tmp_path):
     from export.refiner import export_onnx, load_refiner, parity, write_card
 

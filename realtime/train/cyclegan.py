@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -39,6 +39,7 @@ from realtime.generators.onnx import CropSpec, alignment, landmark_map
 from realtime.train import models
 from realtime.train.data import ClipCache
 from realtime.train.refiner import collect_caches
+from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -353,12 +354,6 @@ def sample_grid(nets: Nets, a: FaceSet, b: FaceSet, device: torch.device, path: 
     cv2.imwrite(str(path), grid)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     """Train, checkpoint, and (``cfg.export``) export the A→B generator to ``out/translator.onnx``."""
     from tqdm import tqdm
@@ -388,31 +383,23 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     opt_g = torch.optim.Adam(nets.generator_parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(nets.discriminator_parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     ckpt_path = out / "checkpoint.pt"
-    step = 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        nets.load_state_dict(state["nets"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step = int(state["step"])
-        logger.info("resumed at step %d", step)
+    step = resume_checkpoint(ckpt_path, device, nets=nets, opt_g=opt_g, opt_d=opt_d) if resume else 0
     gen = torch.Generator().manual_seed(cfg.seed + step)
-    # Linear learning-rate decay over the second half, as in CycleGAN.
-    decay = lambda s: min(1.0, max(0.0, 2.0 * (1.0 - s / max(cfg.steps, 1))))  # noqa: E731
     history = []
     log = open(out / "log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="recycle-gan" if cfg.recycle else "cyclegan")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cfg.bf16)
-    t_start = time.time()
+    budget = TimeBudget(cfg.max_minutes)
     pool_a = faces_a.triplets if cfg.recycle else np.arange(len(faces_a.crops))
     pool_b = faces_b.triplets if cfg.recycle else np.arange(len(faces_b.crops))
     while step < cfg.steps:
-        if cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
+        if budget.spent():
             logger.info("time budget reached at step %d", step)
             break
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * decay(step)
+                # Linear decay over the second half (of the steps or of the time), as in CycleGAN.
+                group["lr"] = cfg.lr * min(1.0, 2.0 * (1.0 - budget.progress(step, cfg.steps)))
         ia = pool_a[torch.randint(0, len(pool_a), (cfg.batch,), generator=gen).numpy()]
         ib = pool_b[torch.randint(0, len(pool_b), (cfg.batch,), generator=gen).numpy()]
         a, ma = batch_of(faces_a, ia, torch.rand(cfg.batch, generator=gen) < 0.5, device, frames)
@@ -437,35 +424,17 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if not all(math.isfinite(v) for k, v in record.items() if k != "step"):
             raise FloatingPointError(f"loss became non-finite at step {step}: {record}")
         bar.set_postfix(loss=f"{record['loss']:.3f}", cyc=f"{record['cycle']:.3f}")
-        out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
-        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+        if step % cfg.eval_every == 0 or step == cfg.steps or budget.spent():
             record["val"] = validate(nets, faces_a, faces_b, device)
             sample_grid(nets, faces_a, faces_b, device, out / f"samples_{step:06d}.png")
-            torch.save(
-                {
-                    "nets": nets.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "step": step,
-                    "config": json.dumps(asdict(cfg)),
-                },
-                ckpt_path,
-            )
+            save_checkpoint(ckpt_path, cfg, step, nets=nets, opt_g=opt_g, opt_d=opt_d)
             logger.info("step %d: %s", step, record["val"])
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
-    seconds_trained = time.time() - t_start
-    torch.save(
-        {
-            "model": nets.g_ab.state_dict(),
-            "reverse": nets.g_ba.state_dict(),
-            "step": step,
-            "config": json.dumps(asdict(cfg)),
-        },
-        out / "translator.pt",
-    )
+    seconds_trained = budget.elapsed_s
+    save_checkpoint(out / "translator.pt", cfg, step, model=nets.g_ab, reverse=nets.g_ba)
     summary = {
         "steps": step,
         "device": str(device),

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,12 @@ from realtime.generators.onnx import CropSpec
 from realtime.train import models
 from realtime.train.data import build_clip_cache, make_dataset
 from realtime.train.people import person_of, split
+from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
+# data.region_weights gives the mouth 5, the eyes 4 and the rest of the crop 1.
+MOUTH_WEIGHT = 4.5
 VIDEO_SUFFIXES = {".mp4", ".mpg", ".mov", ".avi", ".mkv", ".webm"}
 
 
@@ -35,11 +38,16 @@ class Config:
     max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
     batch: int = 16
     lr: float = 2e-4
+    # "constant", or "cosine": the learning rate falls to 0 by ``steps`` or ``max_minutes``,
+    # whichever comes first (the usual last stretch of a run, started from ``init``).
+    schedule: str = "constant"
+    init: str = ""  # model checkpoint (refiner.pt / refiner_best.pt) to start from
     pairs_per_clip: int = 200
     val_pairs_per_clip: int = 40
     cache_pairs: int = 40  # consecutive-frame pairs cached per clip
     gan_start: int = 500  # adversarial terms join after the reconstruction has settled
     w_l1: float = 10.0
+    mouth_boost: float = 1.0  # multiplies the mouth's loss weight (data.region_weights: 5)
     w_lap: float = 5.0
     w_temporal: float = 5.0
     w_adv: float = 0.1
@@ -133,7 +141,7 @@ def evaluate(
         b = to_tensors({k: v[start : start + batch] for k, v in val.items() if k.endswith("0")}, device)
         image, _ = run_generator(net, b, 0)
         target, warped, weight = b["target0"], b["warped0"], b["weight0"]
-        mouth, eyes = (weight >= 4.5).float(), ((weight > 1.5) & (weight < 4.5)).float()
+        mouth, eyes = (weight >= MOUTH_WEIGHT).float(), ((weight > 1.5) & (weight < MOUTH_WEIGHT)).float()
         for name, pred in (("", image), ("warp_", warped)):
             err = (pred - target).abs().mean(1, keepdim=True)
             sums[f"{name}l1"] += float(err.mean(dim=(1, 2, 3)).sum())
@@ -174,11 +182,7 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
+    device = pick_device(cfg.device)
     spec = CropSpec(cfg.size, layout=cfg.layout)
     caches = collect_caches(cfg.data, out / "cache", cfg.cache_pairs)
     if cfg.validation_clips:
@@ -205,33 +209,36 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
     ckpt_path = out / "checkpoint.pt"
     step = 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if resume:
+        step = resume_checkpoint(ckpt_path, device, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
+    if step == 0 and cfg.init:
+        state = torch.load(cfg.init, map_location=device, weights_only=True)
         net.load_state_dict(state["model"])
-        disc.load_state_dict(state["disc"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step = int(state["step"])
-        logger.info("resumed at step %d", step)
+        logger.info("started from %s (its step %s)", cfg.init, state.get("step"))
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []
     log = open(out / "log.jsonl", "a")
     n = len(data["warped0"])
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    t_start = time.time()
+    budget = TimeBudget(cfg.max_minutes)
     best_score = math.inf
     while step < cfg.steps:
-        if cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60 and step % cfg.eval_every == 0:
+        if budget.spent() and step % cfg.eval_every == 0:
             logger.info("time budget reached at step %d", step)
             break
+        if cfg.schedule == "cosine":
+            for group in opt_g.param_groups + opt_d.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * budget.progress(step, cfg.steps)))
         idx = torch.randint(0, n, (cfg.batch,), generator=gen).numpy()
         b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
         with autocast:
             img0, _ = run_generator(net, b, 0)
             img1, _ = run_generator(net, b, 1)
         img0, img1 = img0.float(), img1.float()
-        w0, w1 = b["weight0"], b["weight1"]
+        w0, w1 = (
+            torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"])
+        )
         loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
         loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(
             img1, b["target1"], w1
@@ -270,38 +277,22 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        out_of_time = cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60
-        if step % cfg.eval_every == 0 or step == cfg.steps or (out_of_time and step % cfg.eval_every == 0):
+        if step % cfg.eval_every == 0 or step == cfg.steps:
             record["val"] = evaluate(net, val, device)
             sample_grid(net, val, device, out / f"samples_{step:06d}.png")
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "disc": disc.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "step": step,
-                    "config": json.dumps(asdict(cfg)),
-                },
-                ckpt_path,
-            )
+            save_checkpoint(ckpt_path, cfg, step, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
             logger.info("step %d: %s", step, record["val"])
             # The adversarial terms trade some L1 for realism: keep the best validation
             # checkpoint too (whole crop plus mouth, where the warp fails most).
             score = record["val"]["l1"] + record["val"]["mouth_l1"]
             if score < best_score:
                 best_score = score
-                torch.save(
-                    {"model": net.state_dict(), "step": step, "config": json.dumps(asdict(cfg))},
-                    out / "refiner_best.pt",
-                )
+                save_checkpoint(out / "refiner_best.pt", cfg, step, model=net)
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
-    torch.save(
-        {"model": net.state_dict(), "step": step, "config": json.dumps(asdict(cfg))}, out / "refiner.pt"
-    )
+    save_checkpoint(out / "refiner.pt", cfg, step, model=net)
     summary = {
         "steps": step,
         "device": str(device),

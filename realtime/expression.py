@@ -26,6 +26,24 @@ def open_mouth(landmarks: np.ndarray, amount: float) -> np.ndarray:
     return out
 
 
+def close_mouth(landmarks: np.ndarray) -> np.ndarray:
+    """Raise the jaw until the inner lips meet, moving the lower face by the gap between
+    the inner-lip midpoints (sideways too: a jaw that opened off-centre closes back onto
+    the upper lip). Points move in proportion to how far below the upper lip they lie
+    (the mouth corners about half), falling off with distance from the mouth."""
+    out = landmarks.copy()
+    size = mesh.face_size(landmarks)
+    upper, lower = landmarks[mesh.UPPER_LIP_INNER_MID], landmarks[mesh.LOWER_LIP_INNER_MID]
+    # A ramp, not a cut at the lip line: two trackings of one face move alike.
+    depth = np.clip((landmarks[:, 1] - upper[1]) / max(float(lower[1] - upper[1]), 1e-6), 0.0, 1.0)
+    centre_x = landmarks[mesh.INNER_LIP, 0].mean()
+    lateral = np.clip(1.0 - np.abs(landmarks[:, 0] - centre_x) / (size * 1.1), 0.0, 1.0)
+    weight = depth * lateral**0.7
+    weight /= max(float(weight[mesh.LOWER_LIP_INNER_MID]), 1e-6)  # the lower lip lands exactly
+    out[:, :2] += weight[:, None] * (upper[:2] - lower[:2])
+    return out
+
+
 def close_eyes(landmarks: np.ndarray, amount: float) -> np.ndarray:
     """Lower the upper lids towards the lower lids; ``amount`` 1 closes fully."""
     out = landmarks.copy()

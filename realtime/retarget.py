@@ -42,6 +42,11 @@ def _clamp_rotation(rotation: np.ndarray, max_deg: float, gain: float) -> np.nda
     return out
 
 
+# Inner-lip gap (face sizes, mesh.mouth_opening) from which a face's mouth counts as open:
+# lips apart, teeth showing. Such a neutral or avatar is closed before expression is added.
+OPEN_FROM = 0.03
+
+
 class Retargeter:
     """``process(track) -> Target`` in the avatar's canvas coordinates."""
 
@@ -83,17 +88,16 @@ class Retargeter:
             neutral[self._eye_region] = unposed[self._eye_region]
 
     @staticmethod
-    def _closed_mouth(driver: np.ndarray) -> np.ndarray:
-        """The driver's face with its mouth closed: the best neutral guess when the first
-        frame catches it mid-word (later frames refine it, see ``_adapt_neutral``)."""
-        from realtime.expression import open_mouth
+    def _closed_mouth(face: np.ndarray) -> np.ndarray:
+        """The face with its lips closed: the best neutral guess when the first frame catches
+        the driver mid-word or smiling (later frames refine it, see ``_adapt_neutral``), and
+        the avatar's rest pose, so that its lips meet whenever the driver's do."""
+        from realtime.expression import close_mouth
 
-        opening = mesh.mouth_opening(driver)
-        if opening < 0.15:  # closed, or a smile that shows teeth (about 0.1): keep as it is
-            return driver.copy()
-        closed = driver.copy()
-        # open_mouth widens the inner-lip gap by 1.08 x amount face sizes.
-        closed[:, :2] = open_mouth(driver[:, :2], -opening / 1.08)
+        if mesh.mouth_opening(face) < OPEN_FROM:
+            return face.copy()
+        closed = face.copy()
+        closed[:, :2] = close_mouth(face[:, :2])
         return closed
 
     def recalibrate(self) -> None:

@@ -22,8 +22,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from tests.conftest import media
-from tests.test_cli import QUIETING_VARIABLES, assert_one_line_error, cli
+from tests.conftest import QUIETING_VARIABLES, cli, media
+from tests.test_cli import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 25.0

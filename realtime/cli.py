@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         choices=["constant", "cosine"],
         default=None,
-        help="learning rate: constant, or cosine decay to 0 by --steps",
+        help="learning rate: constant, or cosine decay to 0 by --steps or --max-minutes, whichever is first",
     )
     refiner.add_argument(
         "--mouth-boost", type=float, default=None, help="multiplies the mouth's weight in the loss"

@@ -11,15 +11,20 @@ import numpy as np
 from realtime import mesh
 
 
+def _jaw_falloff(landmarks: np.ndarray, size: float) -> np.ndarray:
+    """Per point, how much of a jaw movement it follows sideways from the mouth (1 at the
+    mouth's centre line, 0 a face size to either side)."""
+    centre_x = landmarks[mesh.INNER_LIP, 0].mean()
+    return np.clip(1.0 - np.abs(landmarks[:, 0] - centre_x) / (size * 1.1), 0.0, 1.0) ** 0.7
+
+
 def open_mouth(landmarks: np.ndarray, amount: float) -> np.ndarray:
     """Drop the jaw by ``amount`` face sizes; points fall off with distance from the mouth."""
     out = landmarks.copy()
     size = mesh.face_size(landmarks)
     lip_line = (landmarks[mesh.UPPER_LIP_INNER_MID, 1] + landmarks[mesh.LOWER_LIP_INNER_MID, 1]) / 2.0
-    centre_x = landmarks[mesh.INNER_LIP, 0].mean()
     below = landmarks[:, 1] > lip_line
-    lateral = np.clip(1.0 - np.abs(landmarks[:, 0] - centre_x) / (size * 1.1), 0.0, 1.0)
-    out[:, 1] += below * lateral**0.7 * amount * size
+    out[:, 1] += below * _jaw_falloff(landmarks, size) * amount * size
     # The upper lip lifts a little too.
     upper_inner = [i for i in mesh.INNER_LIP[1:10]]
     out[upper_inner, 1] -= 0.08 * amount * size
@@ -32,13 +37,10 @@ def close_mouth(landmarks: np.ndarray) -> np.ndarray:
     the upper lip). Points move in proportion to how far below the upper lip they lie
     (the mouth corners about half), falling off with distance from the mouth."""
     out = landmarks.copy()
-    size = mesh.face_size(landmarks)
     upper, lower = landmarks[mesh.UPPER_LIP_INNER_MID], landmarks[mesh.LOWER_LIP_INNER_MID]
     # A ramp, not a cut at the lip line: two trackings of one face move alike.
     depth = np.clip((landmarks[:, 1] - upper[1]) / max(float(lower[1] - upper[1]), 1e-6), 0.0, 1.0)
-    centre_x = landmarks[mesh.INNER_LIP, 0].mean()
-    lateral = np.clip(1.0 - np.abs(landmarks[:, 0] - centre_x) / (size * 1.1), 0.0, 1.0)
-    weight = depth * lateral**0.7
+    weight = depth * _jaw_falloff(landmarks, mesh.face_size(landmarks))
     weight /= max(float(weight[mesh.LOWER_LIP_INNER_MID]), 1e-6)  # the lower lip lands exactly
     out[:, :2] += weight[:, None] * (upper[:2] - lower[:2])
     return out

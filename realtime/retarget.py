@@ -94,11 +94,7 @@ class Retargeter:
         the avatar's rest pose, so that its lips meet whenever the driver's do."""
         from realtime.expression import close_mouth
 
-        if mesh.mouth_opening(face) < OPEN_FROM:
-            return face.copy()
-        closed = face.copy()
-        closed[:, :2] = close_mouth(face[:, :2])
-        return closed
+        return face.copy() if mesh.mouth_opening(face) < OPEN_FROM else close_mouth(face)
 
     def recalibrate(self) -> None:
         """Take the driver's next tracked face as its neutral reference."""

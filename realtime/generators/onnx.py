@@ -255,13 +255,12 @@ class OnnxRefinerGenerator:
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros))
 
     @staticmethod
-    def _crop(base: Rendered, matrix: np.ndarray, size: int) -> np.ndarray:
+    def _crop(base: Rendered, matrix: np.ndarray, footprint: np.ndarray, size: int) -> np.ndarray:
         """An aligned crop of the warped frame. Usually the crop lies inside the warp's
         patch and is cut from it directly; only otherwise is the patch pasted into a copy
         of the whole frame first."""
         x0, y0 = base.origin
         h, w = base.patch.shape[:2]
-        footprint = _footprint(cv2.invertAffineTransform(matrix), size)
         inside = (
             footprint[:, 0].min() >= x0
             and footprint[:, 1].min() >= y0
@@ -304,9 +303,12 @@ class OnnxRefinerGenerator:
             return base
         size = self.spec.size
         matrices = crop_matrices(target.landmarks, self.spec)
+        # Each crop's inverse and image footprint, once: cutting and pasting both need them.
+        inverses = [cv2.invertAffineTransform(m) for m in matrices]
+        footprints = [_footprint(inverse, size) for inverse in inverses]
         crops, points = [], []
-        for matrix in matrices:
-            crops.append(self._crop(base, matrix, size))
+        for k, matrix in enumerate(matrices):
+            crops.append(self._crop(base, matrix, footprints[k], size))
             points.append(target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2])
         outputs = self.runner.run(
             self._feeds(
@@ -320,15 +322,15 @@ class OnnxRefinerGenerator:
         patch = base.patch.astype(np.float32)
         h, w = patch.shape[:2]
         x0, y0 = base.origin
-        for k, (matrix, crop) in enumerate(zip(matrices, crops, strict=True)):
+        for k, crop in enumerate(crops):
             if not self._pasted[k]:
                 continue
             refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = (refined - crop.astype(np.float32)).astype(np.float32)
             if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
-            inverse = cv2.invertAffineTransform(matrix)
-            footprint = _footprint(inverse, size) - (x0, y0)
+            inverse = inverses[k].copy()
+            footprint = footprints[k] - (x0, y0)
             bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
             bx1, by1 = np.minimum(np.ceil(footprint.max(axis=0)).astype(int) + 1, (w, h))
             if bx1 <= bx0 or by1 <= by0:

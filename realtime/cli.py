@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mouth-boost", type=float, default=None, help="multiplies the mouth's weight in the loss"
     )
     refiner.add_argument(
+        "--retargeted",
+        type=float,
+        default=None,
+        help="share of pairs whose target landmarks come from the live retargeter (0-1)",
+    )
+    refiner.add_argument(
         "--init", default=None, help="start from this model checkpoint (e.g. refiner_best.pt)"
     )
     refiner.add_argument(
@@ -574,6 +580,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "schedule",
         "init",
         "mouth_boost",
+        "retargeted",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

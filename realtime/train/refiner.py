@@ -44,6 +44,8 @@ class Config:
     init: str = ""  # model checkpoint (refiner.pt / refiner_best.pt) to start from
     pairs_per_clip: int = 200
     val_pairs_per_clip: int = 40
+    # Share of pairs (training and validation) aimed at retargeted rather than real landmarks.
+    retargeted: float = 0.0
     cache_pairs: int = 40  # consecutive-frame pairs cached per clip
     gan_start: int = 500  # adversarial terms join after the reconstruction has settled
     w_l1: float = 10.0
@@ -197,8 +199,10 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     logger.info("train people: %s", sorted({person_of(p) for p in train_caches}))
     logger.info("validation people: %s", sorted({person_of(p) for p in val_caches}))
     t0 = time.time()
-    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers)
-    val = make_dataset(val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers)
+    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted)
+    val = make_dataset(
+        val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted
+    )
     logger.info(
         "pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0
     )

@@ -106,9 +106,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         if out_faces:
             found += 1
             out_lm = out_faces[0]
-            rows["lm"].append(
-                float(np.linalg.norm(out_lm[:, :2] - real_lm[:, :2], axis=1).mean() / mesh.face_size(real_lm))
-            )
+            rows["lm"].append(mesh.landmark_distance(out_lm, real_lm))
             mouth_out.append(mesh.mouth_opening(out_lm))
             eyes_out.append(mesh.eye_opening(out_lm))
         else:

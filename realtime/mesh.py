@@ -117,6 +117,12 @@ def face_size(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2])) + 1e-6
 
 
+def landmark_distance(landmarks: np.ndarray, reference: np.ndarray) -> float:
+    """Mean 2-D distance between corresponding points, in face sizes of ``reference``."""
+    gaps = np.linalg.norm(landmarks[:, :2] - reference[:, :2], axis=1)
+    return float(gaps.mean()) / face_size(reference)
+
+
 def mouth_opening(landmarks: np.ndarray) -> float:
     """Inner-lip gap divided by face size (0 closed, ~0.3 wide open)."""
     gap = np.linalg.norm(landmarks[UPPER_LIP_INNER_MID, :2] - landmarks[LOWER_LIP_INNER_MID, :2])

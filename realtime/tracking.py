@@ -76,7 +76,7 @@ class PoseExpressionSmoother:
     def __init__(self, pose: OneEuroFilter | None = None, expression: OneEuroFilter | None = None) -> None:
         self.pose = pose or OneEuroFilter(beta=POSE_BETA)
         self.expression = expression or OneEuroFilter(beta=EXPRESSION_BETA)
-        self._reference: np.ndarray | None = None
+        self._reference: np.ndarray | None = None  # rigid points of the first face: the head's frame
 
     def reset(self) -> None:
         self.pose.reset()
@@ -84,10 +84,10 @@ class PoseExpressionSmoother:
         self._reference = None
 
     def __call__(self, landmarks: np.ndarray, t: float, scale: float) -> np.ndarray:
-        if self._reference is None:
-            self._reference = landmarks.astype(np.float64)
-        reference = self._reference[mesh.RIGID]
         points = landmarks.astype(np.float64)
+        if self._reference is None:
+            self._reference = points[mesh.RIGID]
+        reference = self._reference
         s, r, shift = mesh.umeyama(reference, points[mesh.RIGID])
         local = (points - shift) @ r / s  # the face in the reference's pose
         # The reference's rigid points carried by this frame's pose: filtering them filters the

@@ -259,21 +259,14 @@ def test_promotion_needs_every_check_of_the_bar():
     assert not losing_clip["checks"]["clips_ok"] and losing_clip["clip_l1_ratios"]["c0"] == 1.1
 
 
-def _mean_distance(a, b):
-    from realtime import mesh
-
-    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean() / mesh.face_size(b))
-
-
 @pytest.mark.parametrize("clip_name", ["clips/IP_LAP_ip_lap_129.mp4", "clips/LipNet_grid_bbaf2n.mpg"])
 def test_retargeted_pairs_aim_where_the_live_retargeter_would(clip_name, tmp_path):
     """Real talking heads: with any frame as the avatar and the clip driving it, the
     retargeter's landmarks land near the real face, differ from it, and follow its mouth."""
-    from conftest import media
-
     from realtime import mesh
     from realtime.analysis import pearson
     from realtime.train.data import ClipCache, build_clip_cache, driver_neutral, retargeted_landmarks
+    from tests.conftest import media
 
     clip = ClipCache.load(build_clip_cache(media(clip_name), tmp_path, pairs=20))
     neutral = driver_neutral(clip)
@@ -286,7 +279,7 @@ def test_retargeted_pairs_aim_where_the_live_retargeter_would(clip_name, tmp_pat
         for target, aim in zip(
             targets, retargeted_landmarks(clip, neutral, int(source), targets), strict=True
         ):
-            distances.append(_mean_distance(aim, clip.landmarks[target]))
+            distances.append(mesh.landmark_distance(aim, clip.landmarks[target]))
             real_opening.append(mesh.mouth_opening(clip.landmarks[target]))
             aimed_opening.append(mesh.mouth_opening(aim))
     assert 0.002 < np.median(distances) < 0.04

@@ -206,10 +206,6 @@ def make_sample(
 MAX_RETARGET_ERROR = 0.06
 
 
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean() / mesh.face_size(b))
-
-
 def _change(clip: ClipCache, a: int, b: int) -> float:
     la, lb = clip.landmarks[a], clip.landmarks[b]
     return abs(mesh.mouth_opening(la) - mesh.mouth_opening(lb)) + abs(
@@ -250,7 +246,10 @@ def make_pairs(
             # A head turn past the retargeter's limits is clamped on purpose: such a target
             # is far from the real face and would only teach the model to blur.
             if (
-                max(_distance(aim, clip.landmarks[t]) for aim, t in zip(aims, (j, j + 1), strict=True))
+                max(
+                    mesh.landmark_distance(aim, clip.landmarks[t])
+                    for aim, t in zip(aims, (j, j + 1), strict=True)
+                )
                 > MAX_RETARGET_ERROR
             ):
                 aims = [None, None]

@@ -238,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of pairs whose target landmarks come from the live retargeter (0-1)",
     )
     refiner.add_argument(
-        "--init", default=None, help="start from this model checkpoint (e.g. refiner_best.pt)"
+        "--init",
+        default=None,
+        help="start from this model checkpoint (e.g. refiner_best.pt); a narrower one is widened to --widths",
     )
     refiner.add_argument(
         "--widths",

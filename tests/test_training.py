@@ -102,6 +102,36 @@ def test_a_run_can_start_from_another_runs_model_and_anneal(tiny_run, tiny_clips
     assert last_lr < 0.1 * cfg.lr  # the cosine schedule has brought the rate down to near 0
 
 
+def test_a_narrow_model_grows_wider_computing_the_same_function(tiny_run, tiny_clips, tmp_path):
+    from realtime.generators.onnx import CropSpec
+    from realtime.train import models
+    from realtime.train.data import make_dataset
+    from realtime.train.refiner import to_tensors, train
+
+    out, cfg, first = tiny_run
+    narrow = models.Refiner(cfg.widths, cfg.size).eval()
+    narrow.load_state_dict(torch.load(out / "refiner.pt", weights_only=True)["model"])
+    wide = models.Refiner((16, 24, 32, 40), cfg.size).eval()
+    models.widen_refiner(narrow.state_dict(), wide, noise=0.0)
+    real = make_dataset([out / "cache" / "driver_b.npz"], 4, CropSpec(cfg.size), seed=1)
+    b = to_tensors({k: v for k, v in real.items() if k.endswith("0")}, torch.device("cpu"))
+    inputs = (b["warped0"], b["source0"], b["landmarks0"], b["fill0"])
+    with torch.no_grad():
+        (image_narrow, mask_narrow), (image_wide, mask_wide) = narrow(*inputs), wide(*inputs)
+    assert sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in narrow.parameters())
+    assert float((image_wide - image_narrow).abs().max()) < 1e-5
+    assert float((mask_wide - mask_narrow).abs().max()) < 1e-5
+    # Training a wider model from the narrow checkpoint starts where the narrow one ended.
+    grown = train(
+        tiny_config(tiny_clips, steps=3, eval_every=3, widths=(16, 24, 32, 40), init=str(out / "refiner.pt")),
+        tmp_path / "wide",
+    )
+    fresh_start = np.mean([h["l1"] for h in first["history"][:3]])
+    assert np.mean([h["l1"] for h in grown["history"]]) < 0.8 * fresh_start
+    with pytest.raises(ValueError, match="cannot narrow"):
+        models.widen_refiner(wide.state_dict(), models.Refiner(cfg.widths, cfg.size))
+
+
 def test_mouth_boost_weighs_the_mouth_more_in_the_loss(tiny_run, tiny_clips, tmp_path):
     from realtime.train.refiner import train
 

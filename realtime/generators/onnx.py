@@ -18,6 +18,7 @@ import numpy as np
 from realtime import mesh
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
+from realtime.generators.piecewise import bounding_roi
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,29 @@ def crop_matrices(landmarks: np.ndarray, spec: CropSpec) -> list[np.ndarray]:
     ]
 
 
+# Below this scale a bilinear warp skips source pixels (aliasing); area averaging first.
+ALIASING_SCALE = 0.7
+
+
+def antialiased_warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.warpAffine(image, matrix)`` to a ``size`` square, but a big face (a 720p webcam's
+    mouth cut to 48 px is 1/4 scale) is first shrunk with area averaging around the crop,
+    so the crop is not aliased the way a plain bilinear warp would be."""
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale >= ALIASING_SCALE:
+        return cv2.warpAffine(
+            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+    x0, y0, x1, y1 = bounding_roi(_footprint(cv2.invertAffineTransform(matrix), size), image.shape, margin=2)
+    width, height = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+    small = cv2.resize(image[y0:y1, x0:x1], (width, height), interpolation=cv2.INTER_AREA)
+    # cv2.resize puts shrunk pixel q at image p = (q + 0.5) / f - 0.5 + (x0, y0), f per axis.
+    factor = np.array([width / (x1 - x0), height / (y1 - y0)])
+    shift = np.array([x0, y0], np.float64) + 0.5 / factor - 0.5
+    local = np.concatenate([matrix[:, :2] / factor, (matrix[:, :2] @ shift + matrix[:, 2])[:, None]], axis=1)
+    return cv2.warpAffine(small, local, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
     """uint8 (S, S): the openings drawn in crop coordinates: the inner mouth (what the warp
     cannot show), plus the eye openings for the region layout."""
@@ -235,10 +259,7 @@ class OnnxRefinerGenerator:
                 f"model {path} takes {shape[0]} crops per frame, its '{layout}' layout makes {len(avatar_matrices)}"
             )
         self._source = np.concatenate(
-            [
-                _to_tensor(cv2.warpAffine(warp.avatar_image, m, (size, size), flags=cv2.INTER_LINEAR))
-                for m in avatar_matrices
-            ]
+            [_to_tensor(antialiased_warp(warp.avatar_image, m, size)) for m in avatar_matrices]
         )
         # Where the correction is applied: everywhere unless the card names regions (set
         # from held-out evaluation: where the model measurably beats the warp). A face crop
@@ -274,9 +295,7 @@ class OnnxRefinerGenerator:
         else:
             source = base.background.copy()
             source[y0 : y0 + h, x0 : x0 + w] = base.patch
-        return cv2.warpAffine(
-            source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        return antialiased_warp(source, matrix, size)
 
     def _region_gate(self, points: np.ndarray, size: int) -> np.ndarray:
         """Soft mask of the regions the model card says the correction applies to."""

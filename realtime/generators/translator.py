@@ -21,7 +21,7 @@ import numpy as np
 from realtime import mesh
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
-from realtime.generators.onnx import CropSpec, OnnxRunner, alignment
+from realtime.generators.onnx import CropSpec, OnnxRunner, alignment, antialiased_warp
 from realtime.generators.piecewise import bounding_roi
 
 KIND = "translator"
@@ -45,28 +45,10 @@ def _to_tensor(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def aligned_crop(image: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(crop, matrix): the face crop of ``spec`` and the 2x3 frame→crop similarity.
-
-    A big face (a 720p webcam) is first shrunk with area averaging around the face, so the
-    crop is not aliased the way a plain bilinear warp at 1/5 scale would be."""
+    """(crop, matrix): the face crop of ``spec`` (area-averaged when the face is big, see
+    ``antialiased_warp``) and the 2x3 frame→crop similarity."""
     matrix = alignment(landmarks, spec)
-    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-    size = spec.size
-    if scale >= 0.7:
-        crop = cv2.warpAffine(
-            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        return crop, matrix
-    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
-    inverse = cv2.invertAffineTransform(matrix)
-    footprint = corners @ inverse[:, :2].T + inverse[:, 2]
-    x0, y0, x1, y1 = bounding_roi(footprint, image.shape, margin=2)
-    small = cv2.resize(image[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    # cv2.resize puts shrunk pixel q at frame p = (q + 0.5) / scale - 0.5 + (x0, y0).
-    shift = np.array([x0, y0], np.float64) + (0.5 / scale - 0.5)
-    local = np.concatenate([matrix[:, :2] / scale, (matrix[:, :2] @ shift + matrix[:, 2])[:, None]], axis=1)
-    crop = cv2.warpAffine(small, local, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return crop, matrix
+    return antialiased_warp(image, matrix, spec.size), matrix
 
 
 class TranslatorGenerator:

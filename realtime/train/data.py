@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from realtime import mesh
-from realtime.generators.onnx import CropSpec, crop_matrices, fill_mask, landmark_map
+from realtime.generators.onnx import CropSpec, antialiased_warp, crop_matrices, fill_mask, landmark_map
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +179,6 @@ def make_sample(
     canvas[y0 : y0 + h, x0 : x0 + w] = rendered.patch
     size = spec.size
 
-    def crop(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(
-            img, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
-        )
-
     samples = []
     source_matrices = crop_matrices(mesh.with_mouth_centre(src_lm[:, :2]), spec)
     for matrix, src_matrix in zip(crop_matrices(target_points, spec), source_matrices, strict=True):
@@ -191,9 +186,9 @@ def make_sample(
         real_in_crop = real_points @ matrix[:, :2].T + matrix[:, 2]
         samples.append(
             {
-                "warped": crop(canvas, matrix),
-                "target": crop(clip.images[target], matrix),
-                "source": crop(src_image, src_matrix),
+                "warped": antialiased_warp(canvas, matrix, size),
+                "target": antialiased_warp(clip.images[target], matrix, size),
+                "source": antialiased_warp(src_image, src_matrix, size),
                 "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
                 "fill": fill_mask(points, spec),
                 "weight": region_weights(real_in_crop, size),

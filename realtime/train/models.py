@@ -69,6 +69,71 @@ class Refiner(nn.Module):
         return image, mask
 
 
+# How the refiner's convolutions feed each other, for widening: (conv, input spaces, output
+# space). A space is a set of channels that must be widened the same way; "in" and "out"
+# (the 8 input and 4 output channels) are never widened. The residual blocks' second convs
+# write into e3 because their output is added to it.
+_REFINER_GRAPH = [
+    ("enc0.0.0", ["in"], "a0"),
+    ("enc0.1.0", ["a0"], "e0"),
+    ("enc1.0.0", ["e0"], "a1"),
+    ("enc1.1.0", ["a1"], "e1"),
+    ("enc2.0.0", ["e1"], "a2"),
+    ("enc2.1.0", ["a2"], "e2"),
+    ("enc3.0.0", ["e2"], "e3"),
+    ("enc3.1.body.0", ["e3"], "r1"),
+    ("enc3.1.body.2", ["r1"], "e3"),
+    ("enc3.2.body.0", ["e3"], "r2"),
+    ("enc3.2.body.2", ["r2"], "e3"),
+    ("dec2.0.0", ["e3", "e2"], "b2"),
+    ("dec2.1.0", ["b2"], "d2"),
+    ("dec1.0.0", ["d2", "e1"], "b1"),
+    ("dec1.1.0", ["b1"], "d1"),
+    ("dec0.0.0", ["d1", "e0"], "b0"),
+    ("dec0.1.0", ["b0"], "d0"),
+    ("head", ["d0"], "out"),
+]
+
+
+def widen_refiner(narrow: dict[str, torch.Tensor], wide: Refiner, noise: float = 0.01, seed: int = 0) -> None:
+    """Load the state dict of a narrower Refiner into ``wide`` so that it computes the same
+    function (Net2WiderNet, Chen et al. 2016): every new channel copies an old one, and the
+    layers reading them share that channel's weights among its copies. A little noise on
+    the copies lets them drift apart in training, so the extra width can learn something."""
+    generator = torch.Generator().manual_seed(seed)
+    wide_state = wide.state_dict()
+    mapping: dict[str, torch.Tensor] = {}
+    for name, _, out_space in _REFINER_GRAPH:
+        old, new = narrow[f"{name}.weight"].shape[0], wide_state[f"{name}.weight"].shape[0]
+        if out_space not in mapping:
+            if out_space == "out" or new == old:
+                mapping[out_space] = torch.arange(new)
+            elif new < old:
+                raise ValueError(f"{name}: cannot narrow {old} channels to {new}")
+            else:
+                extra = torch.randint(0, old, (new - old,), generator=generator)
+                mapping[out_space] = torch.cat([torch.arange(old), extra])
+    mapping["in"] = torch.arange(IN_CHANNELS)
+    for name, in_spaces, out_space in _REFINER_GRAPH:
+        weight, bias = narrow[f"{name}.weight"], narrow[f"{name}.bias"]
+        out_map = mapping[out_space]
+        # Input channels: each copy of an old channel gets an equal share of its weight.
+        columns, offset = [], 0
+        for space in in_spaces:
+            in_map = mapping[space]
+            old_width = int(in_map.max()) + 1
+            copies = torch.bincount(in_map, minlength=old_width).float()
+            columns.append(weight[:, offset + in_map] / copies[in_map][None, :, None, None])
+            offset += old_width
+        new_weight = torch.cat(columns, 1)[out_map]
+        copied = torch.arange(len(out_map)) >= weight.shape[0]
+        jitter = noise * new_weight.std() * torch.randn(new_weight.shape, generator=generator)
+        new_weight = new_weight + jitter * copied[:, None, None, None]
+        wide_state[f"{name}.weight"] = new_weight
+        wide_state[f"{name}.bias"] = bias[out_map].clone()
+    wide.load_state_dict(wide_state)
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN on (image, landmark map); features are returned for feature matching."""
 

@@ -217,11 +217,17 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         step = resume_checkpoint(ckpt_path, device, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
     if step == 0 and cfg.init:
         state = torch.load(cfg.init, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        logger.info("started from %s (its step %s)", cfg.init, state.get("step"))
+        init_widths = tuple(json.loads(state["config"])["widths"]) if "config" in state else cfg.widths
+        if init_widths == tuple(cfg.widths):
+            net.load_state_dict(state["model"])
+        else:
+            # A narrower model grows to cfg.widths computing the same function, so the wider
+            # one starts where the narrow one ended instead of from scratch.
+            models.widen_refiner(state["model"], net, seed=cfg.seed)
+        logger.info("started from %s (its step %s, widths %s)", cfg.init, state.get("step"), init_widths)
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []
-    log = open(out / "log.jsonl", "a")
+    log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
     n = len(data["warped0"])
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -45,7 +45,8 @@ class ClipScore:
     l1: float
     psnr: float
     ssim: float
-    mouth_l1: float
+    mouth_l1: float  # the lips and a ring of about 1/20 eye distance around them
+    lips_l1: float  # inside the outer lip line only: where a generator draws the mouth
     eyes_l1: float
     landmark_error: float  # mean point distance / face size
     mouth_r: float
@@ -68,7 +69,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         avatar.size,
     )
     judge = FaceTracker(smoothing=False, track_width=0)
-    rows: dict[str, list[float]] = {k: [] for k in ("l1", "psnr", "ssim", "mouth", "eyes", "lm", "flicker")}
+    rows: dict[str, list[float]] = {k: [] for k in ("l1", "psnr", "ssim", "mouth", "lips", "eyes", "lm", "flicker")}
     mouth_real, mouth_out, eyes_real, eyes_out = [], [], [], []
     found = 0
     previous: tuple[np.ndarray, np.ndarray] | None = None
@@ -96,6 +97,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         rows["psnr"].append(10 * np.log10(1.0 / max(mse, 1e-10)))
         rows["ssim"].append(float(structural_similarity(crop_real, crop_out, channel_axis=2, data_range=255)))
         rows["mouth"].append(float(diff[mouth].mean()))
+        rows["lips"].append(float(diff[_region_mask(pts, [mesh.OUTER_LIP], size, 1)].mean()))
         rows["eyes"].append(float(diff[eyes].mean()))
         if previous is not None:
             rows["flicker"].append(float(np.abs((b - previous[1]) - (a - previous[0])).mean()))
@@ -124,6 +126,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         psnr=float(np.mean(rows["psnr"])),
         ssim=float(np.mean(rows["ssim"])),
         mouth_l1=float(np.mean(rows["mouth"])),
+        lips_l1=float(np.mean(rows["lips"])),
         eyes_l1=float(np.mean(rows["eyes"])),
         landmark_error=float(np.mean(rows["lm"])) if rows["lm"] else float("nan"),
         mouth_r=pearson(np.array(mouth_real), np.array(mouth_out)),
@@ -140,6 +143,7 @@ SCORES = [
     "psnr",
     "ssim",
     "mouth_l1",
+    "lips_l1",
     "eyes_l1",
     "landmark_error",
     "mouth_r",

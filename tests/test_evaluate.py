@@ -18,6 +18,8 @@ def test_self_reenactment_scores_follow_the_real_clip():
     assert score.ssim > 0.8 and 0.0 < score.l1 < 0.05
     # The mouth is where the warp is least right, so its error exceeds the whole crop's.
     assert score.mouth_l1 > score.l1
+    # ...and inside the lips most of all: the ring around them is mostly skin the warp keeps.
+    assert score.lips_l1 > score.mouth_l1
     assert math.isfinite(score.flicker) and len(score.samples) >= 3
     table = format_table({"warp": summarise([score])})
     assert table.count("\n") == 2 and "| warp |" in table

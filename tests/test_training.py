@@ -205,6 +205,26 @@ def tiny_region_run(tiny_clips, tmp_path_factory):
     return out, cfg, train(cfg, out)
 
 
+def test_region_validation_averages_each_region_over_the_crops_that_show_it(tiny_region_run):
+    from realtime.generators.onnx import CropSpec
+    from realtime.train import models
+    from realtime.train.data import make_dataset
+    from realtime.train.refiner import MOUTH_WEIGHT, evaluate
+
+    out, cfg, _ = tiny_region_run
+    val = make_dataset([out / "cache" / "driver_b.npz"], 4, CropSpec(cfg.size, layout="regions"), seed=3)
+    scores = evaluate(models.Refiner(cfg.widths, cfg.size), val, torch.device("cpu"))
+    # The warp's scores by hand: crops come mouth, right eye, left eye per sample.
+    error = np.abs(val["warped0"].astype(np.float32) - val["target0"].astype(np.float32)).mean(-1) / 255
+    weight = val["weight0"]
+    mouth_crops = error[0::3]
+    mouth = weight[0::3] >= MOUTH_WEIGHT
+    expected = np.mean([e[m].mean() for e, m in zip(mouth_crops, mouth, strict=True)])
+    assert not (weight[1::3] >= MOUTH_WEIGHT).any()  # the eye crops show no mouth
+    assert scores["warp_mouth_l1"] == pytest.approx(expected, abs=2e-5)
+    assert scores["warp_l1"] == pytest.approx(error.mean(), abs=2e-5)
+
+
 def test_region_crops_centre_the_mouth_and_mirror_the_left_eye(builtin_avatar):
     from realtime import mesh
     from realtime.generators.onnx import REGIONS, CropSpec, crop_matrices

@@ -69,7 +69,9 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         avatar.size,
     )
     judge = FaceTracker(smoothing=False, track_width=0)
-    rows: dict[str, list[float]] = {k: [] for k in ("l1", "psnr", "ssim", "mouth", "lips", "eyes", "lm", "flicker")}
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("l1", "psnr", "ssim", "mouth", "lips", "eyes", "lm", "flicker")
+    }
     mouth_real, mouth_out, eyes_real, eyes_out = [], [], [], []
     found = 0
     previous: tuple[np.ndarray, np.ndarray] | None = None

@@ -100,17 +100,23 @@ class Retargeter:
         """Take the driver's next tracked face as its neutral reference."""
         self._recalibrate = True
 
-    def transfer(self, driver: np.ndarray) -> np.ndarray:
-        """Avatar landmarks (478, 3) for a driver face (478, 3), relative to the neutral."""
+    def settle_neutral(self, driver: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Let a driver face refine the neutral (see ``_adapt_neutral``), as every
+        ``transfer`` does. Returns the driver's head scale and rotation relative to the
+        neutral, and the driver face with that pose undone."""
         assert self.neutral is not None
-        neutral = self.neutral
-        lim = self.limits
-        # Head pose of the driver relative to its neutral.
-        scale, rotation, translation = mesh.umeyama(neutral[mesh.RIGID], driver[mesh.RIGID])
-        # Expression: undo the pose, compare with the neutral, in driver units.
+        scale, rotation, translation = mesh.umeyama(self.neutral[mesh.RIGID], driver[mesh.RIGID])
         unposed = (driver - translation) @ rotation / scale
         if self.adaptive_neutral:
             self._adapt_neutral(unposed)
+        return scale, rotation, unposed
+
+    def transfer(self, driver: np.ndarray) -> np.ndarray:
+        """Avatar landmarks (478, 3) for a driver face (478, 3), relative to the neutral."""
+        scale, rotation, unposed = self.settle_neutral(driver)
+        neutral = self.neutral
+        lim = self.limits
+        # Expression: compare with the neutral, in driver units.
         expression = unposed - neutral
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])

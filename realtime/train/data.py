@@ -139,7 +139,7 @@ def driver_neutral(clip: ClipCache) -> np.ndarray:
     retargeter = Retargeter(clip.landmarks[0])
     retargeter.neutral = Retargeter.closed_mouth(clip.landmarks[0].astype(np.float64))
     for landmarks in clip.landmarks:
-        retargeter.transfer(landmarks.astype(np.float64))
+        retargeter.settle_neutral(landmarks.astype(np.float64))
     return retargeter.neutral
 
 

@@ -138,6 +138,10 @@ def evaluate(
         b = to_tensors({k: v[start : start + batch] for k, v in val.items() if k.endswith("0")}, device)
         image, _ = run_generator(net, b, 0)
         target, warped, weight = b["target0"], b["warped0"], b["weight0"]
+        errors = {
+            name: (pred - target).abs().mean(1, keepdim=True)
+            for name, pred in (("", image), ("warp_", warped))
+        }
         regions = {
             "": torch.ones_like(weight),
             "mouth_": (weight >= MOUTH_WEIGHT).float(),
@@ -147,8 +151,7 @@ def evaluate(
             area = mask.sum(dim=(1, 2, 3))
             shown = area > 0
             counts[region] += int(shown.sum())
-            for name, pred in (("", image), ("warp_", warped)):
-                err = (pred - target).abs().mean(1, keepdim=True)
+            for name, err in errors.items():
                 mean = (err * mask).sum(dim=(1, 2, 3))[shown] / area[shown]
                 sums[region, name] = sums.get((region, name), 0.0) + float(mean.sum())
     net.train()

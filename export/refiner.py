@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 INPUTS = ["warped", "source", "landmarks", "fill_mask"]
 OUTPUTS = ["image", "mask"]
+FLOW_OUTPUTS = [*OUTPUTS, "flow"]  # a refiner that moves pixels also says where (models.Refiner)
 
 
 def load_refiner(checkpoint: str | Path):
@@ -31,7 +32,7 @@ def load_refiner(checkpoint: str | Path):
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = json.loads(state["config"])
-    net = Refiner(tuple(config["widths"]), config["size"])
+    net = Refiner(tuple(config["widths"]), config["size"], flow=config.get("flow", False))
     net.load_state_dict(state["model"])
     return net.eval(), config, int(state.get("step", 0))
 
@@ -61,7 +62,7 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int
     dtype = torch.float16 if fp16 else torch.float32
     args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size, crops).values())
     try:
-        return write_onnx(model, args, path, INPUTS, OUTPUTS)
+        return write_onnx(model, args, path, INPUTS, FLOW_OUTPUTS if net.flow else OUTPUTS)
     finally:
         net.float()
 
@@ -76,12 +77,13 @@ def parity(
     feeds = example_inputs(size, crops, seed=1)
     session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
     want_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    outs = session.run(OUTPUTS, {k: v.astype(want_dtype) for k, v in feeds.items()})
+    names = FLOW_OUTPUTS if net.flow else OUTPUTS
+    outs = session.run(names, {k: v.astype(want_dtype) for k, v in feeds.items()})
     with torch.no_grad():
         ref = net.float()(*(torch.from_numpy(v) for v in feeds.values()))
     return {
         f"{name}_max_abs_diff": float(np.abs(o.astype(np.float32) - r.numpy()).max())
-        for name, o, r in zip(OUTPUTS, outs, ref, strict=True)
+        for name, o, r in zip(names, outs, ref, strict=True)
     } | {"provider": session.get_providers()[0]}
 
 
@@ -103,9 +105,18 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         "outputs": {
             "image": f"{n}x3xSxS float RGB [0,1]",
             "mask": f"{n}x1xSxS float [0,1] blend mask (0 at the border)",
-        },
+        }
+        | (
+            {
+                "flow": f"{n}x2xSxS float: where each output pixel was taken from in the warped crop, "
+                "(dx, dy) in crop pixels (0 at the border)"
+            }
+            if config.get("flow")
+            else {}
+        ),
         "crop": {"size": config["size"], "face_scale": 0.32, "layout": layout},
-        "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask",
+        "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
+        + (", flow that moves the warp's pixels first" if config.get("flow") else ""),
         "training": {
             "steps": step,
             "batch": config["batch"],

@@ -249,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="U-Net channel widths per level, e.g. 16,24,32,48",
     )
     refiner.add_argument(
+        "--flow",
+        action="store_true",
+        default=None,
+        help="the refiner may also move the warp's pixels (a small flow), not only recolour them",
+    )
+    refiner.add_argument(
+        "--motion-weight",
+        dest="w_motion",
+        metavar="W",
+        type=float,
+        default=None,
+        help="with --flow: weight of the loss that pulls the flow to the optical flow from the warp "
+        "to the real face (0: learn it from the image loss alone)",
+    )
+    refiner.add_argument(
         "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
     )
     swap = train_sub.add_parser("swap", help="CycleGAN / Recycle-GAN identity translator A→B for swap mode")
@@ -583,6 +598,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "init",
         "mouth_boost",
         "retargeted",
+        "flow",
+        "w_motion",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

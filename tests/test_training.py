@@ -191,18 +191,20 @@ def tiny_region_run(tiny_clips, tmp_path_factory):
     from realtime.train.refiner import train
 
     out = tmp_path_factory.mktemp("region_run")
-    cfg = tiny_config(
-        tiny_clips,
-        layout="regions",
-        steps=30,
-        batch=6,
-        size=32,
-        widths=(8, 8, 16, 16),
-        pairs_per_clip=8,
-        eval_every=15,
-        gan_start=15,
-    )
+    cfg = tiny_config(tiny_clips, **REGION_SETTINGS)
     return out, cfg, train(cfg, out)
+
+
+REGION_SETTINGS = dict(
+    layout="regions",
+    steps=30,
+    batch=6,
+    size=32,
+    widths=(8, 8, 16, 16),
+    pairs_per_clip=8,
+    eval_every=15,
+    gan_start=15,
+)
 
 
 def test_region_validation_averages_each_region_over_the_crops_that_show_it(tiny_region_run):
@@ -248,13 +250,10 @@ def test_region_crops_centre_the_mouth_and_mirror_the_left_eye(builtin_avatar):
 def test_region_refiner_trains_exports_and_touches_only_mouth_and_eyes(
     tiny_region_run, tmp_path, builtin_avatar
 ):
-    import cv2
-
     from export.refiner import crops_per_frame, export_onnx, load_refiner, parity, write_card
     from realtime import expression, mesh
-    from realtime.blend import Blender
     from realtime.frames import Frame, Target
-    from realtime.generators.onnx import OnnxRefinerGenerator, crop_matrices
+    from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
 
     out, cfg, result = tiny_region_run
@@ -275,20 +274,76 @@ def test_region_refiner_trains_exports_and_touches_only_mouth_and_eyes(
         expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
     )
     target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=pts.astype(np.float32))
+    assert_changes_only_inside_the_crops(warp, learned, target)
+
+
+def assert_changes_only_inside_the_crops(warp, learned, target) -> None:
+    import cv2
+
+    from realtime.blend import Blender
+    from realtime.generators.onnx import crop_matrices
+
     plain = Blender().process(warp.render(target))
     refined = Blender().process(learned.render(target))
     changed = np.abs(refined.astype(int) - plain).max(axis=2) > 2
     assert changed.any()
     # Every changed pixel lies inside one of the three crops.
     inside = np.zeros(changed.shape, bool)
-    for matrix in crop_matrices(pts, learned.spec):
-        corners = np.array([[0, 0], [32, 0], [32, 32], [0, 32]], np.float64)
+    size = learned.spec.size
+    for matrix in crop_matrices(target.landmarks, learned.spec):
+        corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
         inverse = np.vstack([matrix, [0, 0, 1]])
         quad = (np.linalg.inv(inverse)[:2, :2] @ corners.T).T + np.linalg.inv(inverse)[:2, 2]
         mask = np.zeros(changed.shape, np.uint8)
         cv2.fillConvexPoly(mask, np.round(quad).astype(np.int32), 1)
         inside |= cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
     assert not (changed & ~inside).any()
+
+
+def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_live(
+    tiny_region_run, tiny_clips, tmp_path, builtin_avatar
+):
+    from export.refiner import export_onnx, load_refiner, parity, write_card
+    from realtime import expression, mesh
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+    from realtime.train import models
+    from realtime.train.data import make_dataset
+    from realtime.train.refiner import to_tensors, train
+
+    out, cfg, _ = tiny_region_run
+    real = make_dataset([out / "cache" / "driver_b.npz"], 4, CropSpec(cfg.size, layout="regions"), seed=2)
+    b = to_tensors({k: v for k, v in real.items() if k.endswith("0")}, torch.device("cpu"))
+    inputs = (b["warped0"], b["source0"], b["landmarks0"], b["fill0"])
+    plain, _, _ = load_refiner(out / "refiner.pt")
+    flowing = models.Refiner(cfg.widths, cfg.size, flow=True).eval()
+    models.add_flow(plain.state_dict(), flowing)
+    with torch.no_grad():
+        (image_plain, _), (image_flowing, _, flow) = plain(*inputs), flowing(*inputs)
+    assert float((image_flowing - image_plain).abs().max()) < 1e-5 and not flow.any()
+
+    settings = REGION_SETTINGS | dict(steps=8, eval_every=4, lr=3e-3, flow=True, init=str(out / "refiner.pt"))
+    result = train(tiny_config(tiny_clips, **settings), tmp_path / "flow")
+    assert all(np.isfinite(h["loss"]) for h in result["history"])
+    net, config, step = load_refiner(tmp_path / "flow" / "refiner.pt")
+    with torch.no_grad():
+        flow = net(*inputs)[2]
+    assert config["flow"] and float(flow.abs().max()) > 0.01  # pixels now move (crop pixels)
+    assert float(flow.abs().max()) <= models.Refiner.MAX_FLOW * cfg.size + 1e-6
+    path = export_onnx(net, cfg.size, tmp_path / "flow.onnx", crops=3)
+    checks = parity(net, path, cfg.size, crops=3)
+    assert max(checks[f"{name}_max_abs_diff"] for name in ("image", "mask", "flow")) < 1e-4
+    card = json.loads(write_card(path, config, step, {"parity_fp32": checks}).read_text())
+    assert "flow" in card["outputs"]
+
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    learned = OnnxRefinerGenerator(str(path), warp)
+    pts = mesh.with_mouth_centre(
+        expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
+    )
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=pts.astype(np.float32))
+    assert_changes_only_inside_the_crops(warp, learned, target)
 
 
 def test_promotion_needs_every_check_of_the_bar():
@@ -353,3 +408,69 @@ def test_retargeted_share_changes_the_aims_not_the_ground_truth(tiny_run):
         # ...while the real face, and the loss weights that follow it, sit elsewhere in the crop.
         assert np.abs(a["target"].astype(int) - b["target"]).mean() > 2
         assert not np.array_equal(a["weight"], b["weight"])
+
+
+def test_motion_targets_carry_the_warp_onto_a_real_face_and_mirror_with_the_flip(tmp_path):
+    """The optical-flow targets a flow refiner learns from, on a real talking head: moving
+    the warped mouth crop by them brings it closer to the real mouth, the trust map is a
+    weight in [0, 1], and the flip augmentation mirrors them with the images."""
+    from realtime.generators.onnx import CropSpec, _displace
+    from realtime.train.data import build_clip_cache, make_pairs
+    from realtime.train.refiner import augment, to_tensors
+    from tests.conftest import media
+
+    cache = build_clip_cache(media("clips/IP_LAP_ip_lap_129.mp4"), tmp_path, pairs=20)
+    pairs = make_pairs(cache, 12, CropSpec(48, layout="regions"), seed=0, motion=True)
+    assert "motion0" in pairs and "motion1" not in pairs  # the first frame of each pair only
+    motion, warped, target = (pairs[k].astype(np.float32) for k in ("motion0", "warped0", "target0"))
+    mouth = pairs["weight0"] >= 4.5
+    before, after = [], []
+    for k in range(0, len(warped), 3):  # mouth crops
+        before.append(np.abs(warped[k] - target[k]).mean(-1)[mouth[k]].mean())
+        after.append(np.abs(_displace(warped[k], motion[k]) - target[k]).mean(-1)[mouth[k]].mean())
+    assert np.mean(after) < 0.9 * np.mean(before)
+    assert np.abs(motion).max() > 0.5  # crop pixels: something really moves
+
+    batch = to_tensors({k: v[:6] for k, v in pairs.items()}, torch.device("cpu"))
+    trust = batch["motion_trust0"]
+    assert trust.shape == (6, 1, 48, 48) and 0.0 <= float(trust.min()) and float(trust.max()) <= 1.0
+    # Find a seed whose coin flips every sample, then check the mirrored motion still works.
+    seed = next(
+        s for s in range(100) if bool((torch.rand(6, generator=torch.Generator().manual_seed(s)) < 0.5).all())
+    )
+    flipped = augment(batch, torch.Generator().manual_seed(seed))
+    mirrored = flipped["motion0"][0].permute(1, 2, 0).numpy()
+    assert np.allclose(mirrored[:, ::-1, 0], -batch["motion0"][0, 0].numpy())
+    image = batch["warped0"][0].permute(1, 2, 0).numpy()
+    assert np.allclose(
+        _displace(np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mirrored))[:, ::-1],
+        _displace(image, batch["motion0"][0].permute(1, 2, 0).numpy()),
+        atol=1e-4,
+    )
+
+
+def test_people_fall_into_exactly_one_of_train_selection_and_validation():
+    """The shared clips split by person: nobody trains on a validation or selection face,
+    and the checkpoint choice never sees a validation face."""
+    from realtime.train.people import SELECTION_PEOPLE, VALIDATION_PEOPLE, person_of, split
+    from tests.conftest import media
+
+    # The training data: the talking-head clips and the webcam folder's videos.
+    clips = sorted(media("clips").iterdir()) + sorted(media("webcam").glob("*.mp4"))
+    train, selection, validation = split(clips)
+    assert len(train) + len(selection) + len(validation) == len(clips)
+    people = [{person_of(p) for p in group} for group in (train, selection, validation)]
+    assert not (people[0] & people[1]) and not (people[0] & people[2]) and not (people[1] & people[2])
+    assert people[1] == SELECTION_PEOPLE and people[2] == VALIDATION_PEOPLE  # every one has clips
+    # A person with several clips stays in one group (MEAD actor W011: happy and neutral).
+    assert {p.stem for p in validation} >= {"dreamtalk_mead_W011_happy", "dreamtalk_mead_W011_neutral"}
+
+
+def test_saved_models_are_the_weight_average_and_resume_keeps_it(tiny_run):
+    out, cfg, _ = tiny_run
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    saved = torch.load(out / "refiner.pt", weights_only=True)["model"]
+    average, raw = checkpoint["average"], checkpoint["model"]
+    assert all(torch.equal(saved[k], average[k]) for k in saved)
+    # Averaged, not a copy of the last weights (40+ steps with the warm-up: decay ~0.8).
+    assert max(float((average[k] - raw[k]).abs().max()) for k in raw) > 1e-4

@@ -337,17 +337,14 @@ class OnnxRefinerGenerator:
             )
         )
         # Each crop's correction (already weighted by the model's mask) is mapped back and
-        # added to the full-resolution warp, so a small crop never blurs a large face.
+        # added to the full-resolution warp, so a small crop never blurs a large face. A
+        # model with a flow moves the full-resolution pixels the same way first.
         patch = base.patch.astype(np.float32)
         h, w = patch.shape[:2]
         x0, y0 = base.origin
         for k, crop in enumerate(crops):
             if not self._pasted[k]:
                 continue
-            refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
-            delta = (refined - crop.astype(np.float32)).astype(np.float32)
-            if self._gate_face:
-                delta *= self._region_gate(points[k], size)[..., None]
             inverse = inverses[k].copy()
             footprint = footprints[k] - (x0, y0)
             bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
@@ -355,10 +352,22 @@ class OnnxRefinerGenerator:
             if bx1 <= bx0 or by1 <= by0:
                 continue
             inverse[:, 2] -= (x0 + bx0, y0 + by0)
+            box = (int(bx1 - bx0), int(by1 - by0))
+            moved = crop.astype(np.float32)
+            if "flow" in outputs:
+                flow = outputs["flow"][k].transpose(1, 2, 0)
+                moved = _displace(moved, flow)
+                patch[by0:by1, bx0:bx1] = _displace(
+                    patch, _image_flow(flow, inverse, box), origin=(int(bx0), int(by0))
+                )
+            refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
+            delta = (refined - moved).astype(np.float32)
+            if self._gate_face:
+                delta *= self._region_gate(points[k], size)[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(
                 delta,
                 inverse,
-                (int(bx1 - bx0), int(by1 - by0)),
+                box,
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=(0.0, 0.0, 0.0),
@@ -372,6 +381,32 @@ class OnnxRefinerGenerator:
             background=base.background,
             generator=self.name,
         )
+
+
+def _displace(image: np.ndarray, flow: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``out[y, x] = image[origin + (x, y) + flow[y, x]]`` (bilinear, edges repeated): what the
+    model's grid_sample does, in pixels. The output has the flow's height and width."""
+    fh, fw = flow.shape[:2]
+    xs = np.arange(fw, dtype=np.float32)[None, :] + origin[0]
+    ys = np.arange(fh, dtype=np.float32)[:, None] + origin[1]
+    return cv2.remap(
+        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def _image_flow(flow: np.ndarray, inverse: np.ndarray, box: tuple[int, int]) -> np.ndarray:
+    """A crop's flow (crop pixels) as a flow over an image box: sampled where each image pixel
+    lies in the crop (``inverse``: crop→box 2x3) and turned by the crop→image linear map, so
+    image pixel p takes its colour from p + L·f(A·p). Zero outside the crop."""
+    sampled = cv2.warpAffine(
+        np.ascontiguousarray(flow, np.float32),
+        inverse,
+        box,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0.0, 0.0, 0.0),
+    )
+    return cv2.transform(sampled, inverse[:, :2].astype(np.float32))
 
 
 def _footprint(inverse: np.ndarray, size: int) -> np.ndarray:

@@ -10,6 +10,8 @@
    The target landmarks are either the real ones, or (a ``retargeted`` share of the pairs)
    the ones the live retargeter makes when frame i is the avatar and the clip drives it, so
    the model also learns what the warp gets wrong where the retargeting is off.
+   Optionally each first frame carries the motion that would carry the warp onto the real
+   face (optical flow, with a trust map), to teach a flow refiner where pixels should move.
 
 Needs numpy, OpenCV and scipy only (no mediapipe, no torch), so pairs can be made on a
 machine that only trains.
@@ -131,6 +133,46 @@ def region_weights(points: np.ndarray, size: int) -> np.ndarray:
     return weight
 
 
+# Motion targets are measured on crops this many times the model's size, then shrunk.
+MOTION_UPSCALE = 2
+# Grey levels of error a pixel must lose by moving for its motion to be fully trusted.
+MOTION_TRUST_GAIN = 8.0
+
+
+def motion_target(
+    warped: np.ndarray,
+    real: np.ndarray,
+    matrix: np.ndarray,
+    size: int,
+    optical_flow: cv2.DISOpticalFlow,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of the warped crop should be taken from to match the real crop
+    (optical flow, crop pixels, (S,S,2)), and how far to trust it (S,S) in [0, 1]: only as
+    far as moving the warp's pixels by it really brings them closer to the real face. Where
+    the warp cannot be right by moving pixels (teeth the source never showed), it isn't."""
+    big = size * MOTION_UPSCALE
+    scaled = matrix * MOTION_UPSCALE
+    warped_big = antialiased_warp(warped, scaled, big)
+    real_big = antialiased_warp(real, scaled, big)
+    grey = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in (real_big, warped_big)]
+    motion = optical_flow.calc(grey[0], grey[1], None)
+    xs, ys = np.meshgrid(np.arange(big, dtype=np.float32), np.arange(big, dtype=np.float32))
+    moved = cv2.remap(
+        warped_big,
+        xs + motion[..., 0],
+        ys + motion[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    before = np.abs(warped_big.astype(np.float32) - real_big).mean(axis=2)
+    after = np.abs(moved.astype(np.float32) - real_big).mean(axis=2)
+    gain = cv2.GaussianBlur(np.maximum(before - after, 0.0), (0, 0), MOTION_UPSCALE)
+    shrink = (size, size)
+    motion = cv2.resize(motion, shrink, interpolation=cv2.INTER_AREA) / MOTION_UPSCALE
+    trust = np.clip(cv2.resize(gain, shrink, interpolation=cv2.INTER_AREA) / MOTION_TRUST_GAIN, 0.0, 1.0)
+    return motion, trust
+
+
 def driver_neutral(clip: ClipCache) -> np.ndarray:
     """The neutral the live retargeter settles on when this clip drives it: the first face
     with its lips closed, then pulled towards a closed mouth and open eyes by every frame."""
@@ -159,11 +201,17 @@ def retargeted_landmarks(
 
 
 def make_sample(
-    clip: ClipCache, source: int, target: int, spec: CropSpec, target_landmarks: np.ndarray | None = None
+    clip: ClipCache,
+    source: int,
+    target: int,
+    spec: CropSpec,
+    target_landmarks: np.ndarray | None = None,
+    optical_flow: cv2.DISOpticalFlow | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Self-reenactment examples, one per crop of ``spec``'s layout: the source frame warped
     to the target frame's landmarks (or to ``target_landmarks``, e.g. retargeted ones), cut
-    exactly as the runtime's ONNX refiner cuts it. The loss weights follow the real face."""
+    exactly as the runtime's ONNX refiner cuts it. The loss weights follow the real face.
+    With ``optical_flow``, each example also has its ``motion`` target and ``motion_trust``."""
     from realtime.frames import Frame, Target
     from realtime.generators.warp import WarpGenerator
 
@@ -184,16 +232,19 @@ def make_sample(
     for matrix, src_matrix in zip(crop_matrices(target_points, spec), source_matrices, strict=True):
         points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         real_in_crop = real_points @ matrix[:, :2].T + matrix[:, 2]
-        samples.append(
-            {
-                "warped": antialiased_warp(canvas, matrix, size),
-                "target": antialiased_warp(clip.images[target], matrix, size),
-                "source": antialiased_warp(src_image, src_matrix, size),
-                "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
-                "fill": fill_mask(points, spec),
-                "weight": region_weights(real_in_crop, size),
-            }
-        )
+        sample = {
+            "warped": antialiased_warp(canvas, matrix, size),
+            "target": antialiased_warp(clip.images[target], matrix, size),
+            "source": antialiased_warp(src_image, src_matrix, size),
+            "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
+            "fill": fill_mask(points, spec),
+            "weight": region_weights(real_in_crop, size),
+        }
+        if optical_flow is not None:
+            motion, trust = motion_target(canvas, clip.images[target], matrix, size, optical_flow)
+            sample["motion"] = motion.astype(np.float16)
+            sample["motion_trust"] = (trust * 255).astype(np.uint8)
+        samples.append(sample)
     return samples
 
 
@@ -209,10 +260,16 @@ def _change(clip: ClipCache, a: int, b: int) -> float:
 
 
 def make_pairs(
-    cache_path: str | Path, count: int, spec: CropSpec, seed: int, retargeted: float = 0.0
+    cache_path: str | Path,
+    count: int,
+    spec: CropSpec,
+    seed: int,
+    retargeted: float = 0.0,
+    motion: bool = False,
 ) -> dict[str, np.ndarray]:
     """``count`` examples of (target j, target j+1) from one clip, with a shared source frame;
     a ``retargeted`` share of them aims at the retargeter's landmarks instead of the real ones.
+    With ``motion``, the first frame of each pair has motion targets (``make_sample``).
 
     Sources are drawn with a preference for big mouth/eye changes, which is where the
     warp fails and the refiner must learn.
@@ -221,6 +278,7 @@ def make_pairs(
     clip = ClipCache.load(cache_path)
     consecutive = clip.consecutive()
     neutral = driver_neutral(clip) if retargeted > 0 else None
+    optical_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if motion else None
     out: dict[str, list[np.ndarray]] = {}
     for _ in range(count):
         j = int(rng.choice(consecutive))
@@ -249,7 +307,7 @@ def make_pairs(
             ):
                 aims = [None, None]
         for step, (target, aim) in enumerate(zip((j, j + 1), aims, strict=True)):
-            for sample in make_sample(clip, source, target, spec, aim):
+            for sample in make_sample(clip, source, target, spec, aim, optical_flow if step == 0 else None):
                 for key, value in sample.items():
                     out.setdefault(f"{key}{step}", []).append(value)
     return {key: np.stack(values) for key, values in out.items()}
@@ -262,9 +320,10 @@ def make_dataset(
     seed: int = 0,
     workers: int = 1,
     retargeted: float = 0.0,
+    motion: bool = False,
 ) -> dict[str, np.ndarray]:
     """Pairs from many clips, in parallel processes when ``workers`` > 1."""
-    jobs = [(str(path), per_clip, spec, seed + k, retargeted) for k, path in enumerate(caches)]
+    jobs = [(str(path), per_clip, spec, seed + k, retargeted, motion) for k, path in enumerate(caches)]
     if workers > 1:
         import multiprocessing as mp
 

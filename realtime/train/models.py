@@ -32,11 +32,21 @@ class Refiner(nn.Module):
     The output is ``warped + delta`` (so colours start right and only what the warp got
     wrong must be learned), and the mask is forced to zero at the crop border so the
     paste-back never shows a seam.
+
+    With ``flow`` it may also move the warp's pixels before recolouring them: a small
+    displacement field (at most ``MAX_FLOW`` of the crop, zero at the border) puts a lip
+    outline where the target has it, which recolouring alone cannot. The flow is an output
+    too, so the runtime can move the full-resolution frame rather than the small crop.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96), size: int = 128) -> None:
+    MAX_FLOW = 0.08  # of the crop size: 4 px at 48 px, about a lip's thickness
+
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64, 96), size: int = 128, flow: bool = False
+    ) -> None:
         super().__init__()
         w = widths
+        self.flow = flow
         self.enc0 = nn.Sequential(_conv(IN_CHANNELS, w[0]), _conv(w[0], w[0]))
         self.enc1 = nn.Sequential(_conv(w[0], w[1], 2), _conv(w[1], w[1]))
         self.enc2 = nn.Sequential(_conv(w[1], w[2], 2), _conv(w[2], w[2]))
@@ -44,15 +54,19 @@ class Refiner(nn.Module):
         self.dec2 = nn.Sequential(_conv(w[3] + w[2], w[2]), _conv(w[2], w[2]))
         self.dec1 = nn.Sequential(_conv(w[2] + w[1], w[1]), _conv(w[1], w[1]))
         self.dec0 = nn.Sequential(_conv(w[1] + w[0], w[0]), _conv(w[0], w[0]))
-        self.head = nn.Conv2d(w[0], 4, 3, 1, 1)
+        self.head = nn.Conv2d(w[0], 6 if flow else 4, 3, 1, 1)
         ramp = torch.clamp(
             torch.minimum(torch.arange(size), torch.arange(size).flip(0)).float() / (size * 0.08), 0, 1
         )
         self.register_buffer("border", (ramp[None, :] * ramp[:, None])[None, None], persistent=False)
+        # Pixel centres in grid_sample's [-1, 1] coordinates (align_corners=False).
+        centres = (torch.arange(size).float() * 2 + 1) / size - 1
+        grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1)[None]
+        self.register_buffer("grid", grid, persistent=False)
 
     def forward(
         self, warped: torch.Tensor, source: torch.Tensor, landmarks: torch.Tensor, fill_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         x = torch.cat([warped, source, landmarks, fill_mask], dim=1) * 2.0 - 1.0
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
@@ -63,9 +77,17 @@ class Refiner(nn.Module):
         d1 = self.dec1(torch.cat([up(d2, e1), e1], 1))
         d0 = self.dec0(torch.cat([up(d1, e0), e0], 1))
         out = self.head(d0)
-        refined = torch.clamp(warped + torch.tanh(out[:, :3]), 0.0, 1.0)
+        base = warped
+        if self.flow:
+            size = warped.shape[-1]
+            flow = torch.tanh(out[:, 4:6]) * (self.MAX_FLOW * size) * self.border  # crop pixels
+            grid = self.grid + flow.permute(0, 2, 3, 1) * (2.0 / size)
+            base = F.grid_sample(warped, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        refined = torch.clamp(base + torch.tanh(out[:, :3]), 0.0, 1.0)
         mask = torch.sigmoid(out[:, 3:4]) * self.border
-        image = mask * refined + (1.0 - mask) * warped
+        image = mask * refined + (1.0 - mask) * base
+        if self.flow:
+            return image, mask, flow
         return image, mask
 
 
@@ -132,6 +154,16 @@ def widen_refiner(narrow: dict[str, torch.Tensor], wide: Refiner, noise: float =
         wide_state[f"{name}.weight"] = new_weight
         wide_state[f"{name}.bias"] = bias[out_map].clone()
     wide.load_state_dict(wide_state)
+
+
+def add_flow(plain: dict[str, torch.Tensor], with_flow: Refiner) -> None:
+    """Load a Refiner trained without flow into one with it, computing the same function:
+    the flow channels of the head start at zero, so nothing moves until training says so."""
+    state = dict(plain)
+    head = with_flow.head
+    state["head.weight"] = torch.cat([plain["head.weight"], torch.zeros_like(head.weight[4:])])
+    state["head.bias"] = torch.cat([plain["head.bias"], torch.zeros_like(head.bias[4:])])
+    with_flow.load_state_dict(state)
 
 
 class PatchDiscriminator(nn.Module):

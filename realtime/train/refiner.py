@@ -6,6 +6,7 @@ memory, one loop, plain checkpoints (state dicts, loaded with ``weights_only=Tru
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ class Config:
     size: int = 128
     layout: str = "face"  # "face" (one face crop) or "regions" (mouth and eye crops)
     widths: tuple[int, ...] = (16, 32, 64, 96)
+    flow: bool = False  # the refiner may move pixels too (models.Refiner)
     steps: int = 2000
     max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
     batch: int = 16
@@ -54,6 +56,10 @@ class Config:
     w_temporal: float = 5.0
     w_adv: float = 0.1
     w_fm: float = 1.0
+    w_flow_smooth: float = 0.0  # mean flow gradient, in crop pixels (it kept the flow at ~0)
+    # L1 to the optical flow that carries the warp onto the real face (data.motion_target),
+    # where it is trusted: the photometric loss alone moves pixels only slowly.
+    w_motion: float = 0.0
     eval_every: int = 250
     seed: int = 0
     workers: int = 1
@@ -61,6 +67,10 @@ class Config:
     data: list[str] = field(default_factory=list)
     # Clip names to validate on instead of the held-out people of realtime.train.people.
     validation_clips: list[str] = field(default_factory=list)
+    # Weights are also kept as an exponential moving average (this decay per step; 0: off):
+    # validation, samples and the saved models use the average, which is far steadier
+    # from one checkpoint to the next than the raw weights.
+    ema: float = 0.999
 
 
 def collect_caches(data: list[str], cache_dir: Path, pairs: int) -> list[Path]:
@@ -93,6 +103,10 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
         t = torch.from_numpy(value).to(device)
         if key.startswith(("warped", "target", "source")):
             t = t.permute(0, 3, 1, 2).flip(1).float() / 255.0  # BGR uint8 -> RGB float
+        elif key.startswith("motion_trust"):
+            t = t[:, None].float() / 255.0
+        elif key.startswith("motion"):
+            t = t.permute(0, 3, 1, 2).float()  # (dx, dy) in crop pixels
         elif key.startswith(("landmarks", "fill")):
             t = t[:, None].float() / 255.0
         else:
@@ -111,6 +125,9 @@ def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str,
     out = {}
     for key, t in b.items():
         t = torch.where(flip[:, None, None, None], t.flip(-1), t)
+        if key.startswith("motion") and not key.startswith("motion_trust"):
+            mirror_x = torch.tensor([-1.0, 1.0], device=device)[None, :, None, None]
+            t = torch.where(flip[:, None, None, None], t * mirror_x, t)
         if key.startswith(("warped", "target", "source")):
             t = torch.clamp(t * gain + bias, 0.0, 1.0)
         out[key] = t
@@ -119,8 +136,24 @@ def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str,
 
 def run_generator(
     net: models.Refiner, b: dict[str, torch.Tensor], step: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"])
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The refined image, and the flow when the refiner has one."""
+    out = net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"])
+    return out[0], out[2] if len(out) > 2 else None
+
+
+def flow_roughness(flow: torch.Tensor | None) -> torch.Tensor:
+    if flow is None:
+        return torch.zeros(())
+    dx = (flow[..., :, 1:] - flow[..., :, :-1]).abs().mean()
+    dy = (flow[..., 1:, :] - flow[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+@torch.no_grad()
+def update_average(average: models.Refiner, net: models.Refiner, decay: float) -> None:
+    for kept, current in zip(average.parameters(), net.parameters(), strict=True):
+        kept.lerp_(current, 1.0 - decay)
 
 
 @torch.no_grad()
@@ -193,24 +226,36 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     if cfg.validation_clips:
         val_caches = [p for p in caches if p.stem in cfg.validation_clips]
         train_caches = [p for p in caches if p.stem not in cfg.validation_clips]
+        selection_caches: list[Path] = []
     else:
-        train_caches, val_caches = split(caches)
+        train_caches, selection_caches, val_caches = split(caches)
     if not train_caches or not val_caches:
         raise SystemExit(
             f"need clips of both training and validation people; got {len(train_caches)} / {len(val_caches)}"
         )
     logger.info("train people: %s", sorted({person_of(p) for p in train_caches}))
+    logger.info("selection people: %s", sorted({person_of(p) for p in selection_caches}))
     logger.info("validation people: %s", sorted({person_of(p) for p in val_caches}))
+    if not selection_caches:
+        logger.warning("no selection people: the best checkpoint is chosen on the validation people")
     t0 = time.time()
-    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted)
+    motion = cfg.flow and cfg.w_motion > 0
+    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted, motion)
     val = make_dataset(
         val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted
+    )
+    selection = (
+        make_dataset(
+            selection_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 20_000, cfg.workers, cfg.retargeted
+        )
+        if selection_caches
+        else val
     )
     logger.info(
         "pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0
     )
 
-    net = models.Refiner(cfg.widths, cfg.size).to(device)
+    net = models.Refiner(cfg.widths, cfg.size, flow=cfg.flow).to(device)
     disc = models.MultiScaleDiscriminator().to(device)
     opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
@@ -220,14 +265,25 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         step = resume_checkpoint(ckpt_path, device, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
     if step == 0 and cfg.init:
         state = torch.load(cfg.init, map_location=device, weights_only=True)
-        init_widths = tuple(json.loads(state["config"])["widths"]) if "config" in state else cfg.widths
-        if init_widths == tuple(cfg.widths):
+        init_config = json.loads(state["config"]) if "config" in state else {}
+        init_widths = tuple(init_config.get("widths", cfg.widths))
+        if cfg.flow and not init_config.get("flow", False):
+            if init_widths != tuple(cfg.widths):
+                raise SystemExit("--flow from a checkpoint without one needs the same --widths")
+            models.add_flow(state["model"], net)
+        elif init_widths == tuple(cfg.widths):
             net.load_state_dict(state["model"])
         else:
             # A narrower model grows to cfg.widths computing the same function, so the wider
             # one starts where the narrow one ended instead of from scratch.
             models.widen_refiner(state["model"], net, seed=cfg.seed)
         logger.info("started from %s (its step %s, widths %s)", cfg.init, state.get("step"), init_widths)
+    average = copy.deepcopy(net).requires_grad_(False) if cfg.ema else None
+    if average is not None and step:
+        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if "average" in saved:
+            average.load_state_dict(saved["average"])
+    shown = average if average is not None else net  # what is validated and saved
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []
     log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
@@ -246,8 +302,8 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         idx = torch.randint(0, n, (cfg.batch,), generator=gen).numpy()
         b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
         with autocast:
-            img0, _ = run_generator(net, b, 0)
-            img1, _ = run_generator(net, b, 1)
+            img0, flow0 = run_generator(net, b, 0)
+            img1, flow1 = run_generator(net, b, 1)
         img0, img1 = img0.float(), img1.float()
         w0, w1 = (
             torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"])
@@ -259,6 +315,10 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         # Temporal: the output should change from frame to frame the way the real face does.
         loss_temporal = ((img1 - img0) - (b["target1"] - b["target0"])).abs().mean()
         loss = cfg.w_l1 * loss_l1 + cfg.w_lap * loss_lap + cfg.w_temporal * loss_temporal
+        if cfg.flow:
+            loss = loss + cfg.w_flow_smooth * (flow_roughness(flow0) + flow_roughness(flow1))
+        if motion:
+            loss = loss + cfg.w_motion * ((flow0.float() - b["motion0"]).abs() * b["motion_trust0"]).mean()
         adversarial = step >= cfg.gan_start
         if adversarial:
             with autocast:
@@ -271,6 +331,9 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt_g.step()
+        if average is not None:
+            # The usual warm-up: early on the average follows the weights closely.
+            update_average(average, net, min(cfg.ema, (1 + step) / (10 + step)))
         if adversarial:
             with autocast:
                 loss_d = models.hinge_d(
@@ -291,25 +354,31 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            record["val"] = evaluate(net, val, device)
-            sample_grid(net, val, device, out / f"samples_{step:06d}.png")
-            save_checkpoint(ckpt_path, cfg, step, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
-            logger.info("step %d: %s", step, record["val"])
-            # The adversarial terms trade some L1 for realism: keep the best validation
-            # checkpoint too (whole crop plus mouth, where the warp fails most).
-            score = record["val"]["l1"] + record["val"]["mouth_l1"]
+            record["val"] = evaluate(shown, val, device)
+            record["selection"] = (
+                evaluate(shown, selection, device) if selection is not val else record["val"]
+            )
+            sample_grid(shown, val, device, out / f"samples_{step:06d}.png")
+            extra = {"average": average} if average is not None else {}
+            save_checkpoint(ckpt_path, cfg, step, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d, **extra)
+            logger.info("step %d: validation %s, selection %s", step, record["val"], record["selection"])
+            # The adversarial terms trade some L1 for realism: keep the best checkpoint too
+            # (whole crop plus mouth, where the warp fails most), chosen on the selection
+            # people so the validation people stay unseen by every choice.
+            score = record["selection"]["l1"] + record["selection"]["mouth_l1"]
             if score < best_score:
                 best_score = score
-                save_checkpoint(out / "refiner_best.pt", cfg, step, model=net)
+                save_checkpoint(out / "refiner_best.pt", cfg, step, model=shown)
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
-    save_checkpoint(out / "refiner.pt", cfg, step, model=net)
+    save_checkpoint(out / "refiner.pt", cfg, step, model=shown)
     summary = {
         "steps": step,
         "device": str(device),
         "train_clips": [p.stem for p in train_caches],
+        "selection_clips": [p.stem for p in selection_caches],
         "validation_clips": [p.stem for p in val_caches],
         "train_pairs": n,
         "validation_pairs": len(val["warped0"]),

@@ -56,7 +56,7 @@ class Config:
     w_temporal: float = 5.0
     w_adv: float = 0.1
     w_fm: float = 1.0
-    w_flow_smooth: float = 0.0  # mean flow gradient, in crop pixels (it kept the flow at ~0)
+    w_flow_smooth: float = 0.0  # mean flow gradient, in crop pixels (0.5 held the flow at ~0)
     # L1 to the optical flow that carries the warp onto the real face (data.motion_target),
     # where it is trusted: the photometric loss alone moves pixels only slowly.
     w_motion: float = 0.0

@@ -414,7 +414,7 @@ def test_motion_targets_carry_the_warp_onto_a_real_face_and_mirror_with_the_flip
     """The optical-flow targets a flow refiner learns from, on a real talking head: moving
     the warped mouth crop by them brings it closer to the real mouth, the trust map is a
     weight in [0, 1], and the flip augmentation mirrors them with the images."""
-    from realtime.generators.onnx import CropSpec, _displace
+    from realtime.generators.onnx import CropSpec, displace
     from realtime.train.data import build_clip_cache, make_pairs
     from realtime.train.refiner import augment, to_tensors
     from tests.conftest import media
@@ -427,7 +427,7 @@ def test_motion_targets_carry_the_warp_onto_a_real_face_and_mirror_with_the_flip
     before, after = [], []
     for k in range(0, len(warped), 3):  # mouth crops
         before.append(np.abs(warped[k] - target[k]).mean(-1)[mouth[k]].mean())
-        after.append(np.abs(_displace(warped[k], motion[k]) - target[k]).mean(-1)[mouth[k]].mean())
+        after.append(np.abs(displace(warped[k], motion[k]) - target[k]).mean(-1)[mouth[k]].mean())
     assert np.mean(after) < 0.9 * np.mean(before)
     assert np.abs(motion).max() > 0.5  # crop pixels: something really moves
 
@@ -443,8 +443,8 @@ def test_motion_targets_carry_the_warp_onto_a_real_face_and_mirror_with_the_flip
     assert np.allclose(mirrored[:, ::-1, 0], -batch["motion0"][0, 0].numpy())
     image = batch["warped0"][0].permute(1, 2, 0).numpy()
     assert np.allclose(
-        _displace(np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mirrored))[:, ::-1],
-        _displace(image, batch["motion0"][0].permute(1, 2, 0).numpy()),
+        displace(np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mirrored))[:, ::-1],
+        displace(image, batch["motion0"][0].permute(1, 2, 0).numpy()),
         atol=1e-4,
     )
 

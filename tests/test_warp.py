@@ -175,7 +175,7 @@ def test_a_crop_flow_moves_the_full_resolution_image_the_same_way(astronaut, mir
     """A flow refiner says where each crop pixel should come from; the runtime applies it
     to the full-resolution frame instead. Cropping the moved frame must give the moved crop
     (eye crops are mirrored, so a reflection is checked too)."""
-    from realtime.generators.onnx import _displace, _image_flow
+    from realtime.generators.onnx import _image_flow, displace
 
     image = astronaut.astype(np.float32)
     angle, scale, size = np.deg2rad(12.0), 0.5, 96
@@ -192,9 +192,9 @@ def test_a_crop_flow_moves_the_full_resolution_image_the_same_way(astronaut, mir
 
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     flow = np.stack([2.5 * np.sin(ys / 9.0), 2.0 * np.cos(xs / 11.0)], axis=-1).astype(np.float32)
-    moved_crop = _displace(crop(image), flow)
+    moved_crop = displace(crop(image), flow)
     image_flow = _image_flow(flow, cv2.invertAffineTransform(to_crop), image.shape[1::-1])
-    from_full_resolution = crop(_displace(image, image_flow))
+    from_full_resolution = crop(displace(image, image_flow))
     inner = (slice(8, -8), slice(8, -8))
     error = np.abs(from_full_resolution - moved_crop)[inner].mean()
     change = np.abs(moved_crop - crop(image))[inner].mean()

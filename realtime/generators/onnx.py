@@ -356,12 +356,12 @@ class OnnxRefinerGenerator:
             moved = crop.astype(np.float32)
             if "flow" in outputs:
                 flow = outputs["flow"][k].transpose(1, 2, 0)
-                moved = _displace(moved, flow)
-                patch[by0:by1, bx0:bx1] = _displace(
+                moved = displace(moved, flow)
+                patch[by0:by1, bx0:bx1] = displace(
                     patch, _image_flow(flow, inverse, box), origin=(int(bx0), int(by0))
                 )
             refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
-            delta = (refined - moved).astype(np.float32)
+            delta = refined - moved  # float32 already: the model's output and the crop
             if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(
@@ -383,7 +383,7 @@ class OnnxRefinerGenerator:
         )
 
 
-def _displace(image: np.ndarray, flow: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+def displace(image: np.ndarray, flow: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """``out[y, x] = image[origin + (x, y) + flow[y, x]]`` (bilinear, edges repeated): what the
     model's grid_sample does, in pixels. The output has the flow's height and width."""
     fh, fw = flow.shape[:2]

@@ -27,7 +27,14 @@ import cv2
 import numpy as np
 
 from realtime import mesh
-from realtime.generators.onnx import CropSpec, antialiased_warp, crop_matrices, fill_mask, landmark_map
+from realtime.generators.onnx import (
+    CropSpec,
+    antialiased_warp,
+    crop_matrices,
+    displace,
+    fill_mask,
+    landmark_map,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,14 +163,7 @@ def motion_target(
     real_big = antialiased_warp(real, scaled, big)
     grey = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in (real_big, warped_big)]
     motion = optical_flow.calc(grey[0], grey[1], None)
-    xs, ys = np.meshgrid(np.arange(big, dtype=np.float32), np.arange(big, dtype=np.float32))
-    moved = cv2.remap(
-        warped_big,
-        xs + motion[..., 0],
-        ys + motion[..., 1],
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+    moved = displace(warped_big, motion)  # as the model and the runtime move pixels
     before = np.abs(warped_big.astype(np.float32) - real_big).mean(axis=2)
     after = np.abs(moved.astype(np.float32) - real_big).mean(axis=2)
     gain = cv2.GaussianBlur(np.maximum(before - after, 0.0), (0, 0), MOTION_UPSCALE)

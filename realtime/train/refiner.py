@@ -142,9 +142,7 @@ def run_generator(
     return out[0], out[2] if len(out) > 2 else None
 
 
-def flow_roughness(flow: torch.Tensor | None) -> torch.Tensor:
-    if flow is None:
-        return torch.zeros(())
+def flow_roughness(flow: torch.Tensor) -> torch.Tensor:
     dx = (flow[..., :, 1:] - flow[..., :, :-1]).abs().mean()
     dy = (flow[..., 1:, :] - flow[..., :-1, :]).abs().mean()
     return dx + dy

@@ -555,17 +555,31 @@ def null_sink(pulse):
     _pactl("unload-module", module)
 
 
+def median_measurement(sink: str, video_ms: float, wanted: int = 3, tries: int = 6) -> tuple[dict, list]:
+    """The median (by measured delay) of ``wanted`` clean measurements, and every attempt.
+
+    One measurement is not enough on a busy 2-core machine: a CI run once measured 95.5 ms
+    for 80 ms, cleanly; here 30 runs (22 of them beside 3 busy processes) measured
+    78.4-87.9 ms, most 80-82 ms. The median of three
+    passes one such outlier and still fails a bridge that is wrong most of the time.
+    """
+    clean, attempts = [], []
+    for _ in range(tries):  # the sound server can also glitch (an xrun, no clear peak): retry
+        result = measure_bridge_delay(sink, video_ms)
+        attempts.append({k: v for k, v in result.items() if k != "stats"})
+        if result["clean"]:
+            clean.append(result)
+            if len(clean) == wanted:
+                break
+    if len(clean) < wanted:
+        pytest.fail(f"only {len(clean)} clean measurements in {tries} attempts: {attempts}")
+    return sorted(clean, key=lambda r: r["measured_ms"])[wanted // 2], attempts
+
+
 @pytest.mark.parametrize("video_ms", [80.0, 120.0, 200.0])
 def test_real_server_delay_equals_the_video_latency(null_sink, video_ms):
     """The mic→virtual-mic delay, measured through PulseAudio, is the engine's latency ± 10 ms."""
-    attempts = []
-    for _ in range(3):  # the sound server can glitch: retry
-        result = measure_bridge_delay(null_sink, video_ms)
-        attempts.append({k: v for k, v in result.items() if k != "stats"})
-        if result["clean"]:
-            break
-    else:
-        pytest.fail(f"no clean measurement in 3 attempts: {attempts}")
+    result, attempts = median_measurement(null_sink, video_ms)
     assert result["measured_ms"] == pytest.approx(video_ms, abs=10.0), attempts
     # What the bridge reports (for `realtime bench` and the overlay) is what was measured.
     assert result["reported_ms"] == pytest.approx(result["measured_ms"], abs=10.0), attempts
@@ -574,14 +588,7 @@ def test_real_server_delay_equals_the_video_latency(null_sink, video_ms):
 def test_real_server_shortest_delay_is_about_50_ms(null_sink):
     """Asked for no delay at all, the path gives its floor: ~50 ms with 10 ms blocks (it was
     ~100 ms with 20 ms blocks; ``benchmarks/audio_floor.py``), and the bridge knows it."""
-    attempts = []
-    for _ in range(3):
-        result = measure_bridge_delay(null_sink, 0.0)
-        attempts.append({k: v for k, v in result.items() if k != "stats"})
-        if result["clean"]:
-            break
-    else:
-        pytest.fail(f"no clean measurement in 3 attempts: {attempts}")
+    result, attempts = median_measurement(null_sink, 0.0)
     assert result["stats"]["blocksize"] == 480
     assert 20.0 < result["measured_ms"] <= 75.0, attempts
     assert result["reported_ms"] == pytest.approx(result["measured_ms"], abs=10.0), attempts

@@ -21,6 +21,7 @@ from export.common import save_card, tensorrt_check, write_onnx
 logger = logging.getLogger(__name__)
 
 INPUTS = ["warped", "source", "landmarks", "fill_mask"]
+DRIVER_INPUTS = [*INPUTS, "driver"]  # a refiner that sees the user's openings (models.Refiner)
 OUTPUTS = ["image", "mask"]
 FLOW_OUTPUTS = [*OUTPUTS, "flow"]  # a refiner that moves pixels also says where (models.Refiner)
 
@@ -32,7 +33,12 @@ def load_refiner(checkpoint: str | Path):
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = json.loads(state["config"])
-    net = Refiner(tuple(config["widths"]), config["size"], flow=config.get("flow", False))
+    net = Refiner(
+        tuple(config["widths"]),
+        config["size"],
+        flow=config.get("flow", False),
+        driver=config.get("driver", False),
+    )
     net.load_state_dict(state["model"])
     return net.eval(), config, int(state.get("step", 0))
 
@@ -44,14 +50,17 @@ def crops_per_frame(config: dict) -> int:
     return len(REGIONS) if config.get("layout", "face") == "regions" else 1
 
 
-def example_inputs(size: int, crops: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def example_inputs(size: int, crops: int = 1, seed: int = 0, driver: bool = False) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
+    feeds = {
         "warped": rng.random((crops, 3, size, size), dtype=np.float32),
         "source": rng.random((crops, 3, size, size), dtype=np.float32),
         "landmarks": (rng.random((crops, 1, size, size)) > 0.97).astype(np.float32),
         "fill_mask": (rng.random((crops, 1, size, size)) > 0.9).astype(np.float32),
     }
+    if driver:
+        feeds["driver"] = (feeds["fill_mask"] * rng.random((crops, 1, size, size))).astype(np.float32)
+    return feeds
 
 
 def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int = 1) -> Path:
@@ -60,9 +69,12 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int
 
     model = net.half() if fp16 else net.float()
     dtype = torch.float16 if fp16 else torch.float32
-    args = tuple(torch.from_numpy(v).to(dtype) for v in example_inputs(size, crops).values())
+    args = tuple(
+        torch.from_numpy(v).to(dtype) for v in example_inputs(size, crops, driver=net.driver).values()
+    )
+    inputs = DRIVER_INPUTS if net.driver else INPUTS
     try:
-        return write_onnx(model, args, path, INPUTS, FLOW_OUTPUTS if net.flow else OUTPUTS)
+        return write_onnx(model, args, path, inputs, FLOW_OUTPUTS if net.flow else OUTPUTS)
     finally:
         net.float()
 
@@ -74,7 +86,7 @@ def parity(
     import onnxruntime as ort
     import torch
 
-    feeds = example_inputs(size, crops, seed=1)
+    feeds = example_inputs(size, crops, seed=1, driver=net.driver)
     session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
     want_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     names = FLOW_OUTPUTS if net.flow else OUTPUTS
@@ -101,7 +113,16 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
             "landmarks": f"{n}x1xSxS float: target landmarks drawn as points, eye and lip contours",
             "fill_mask": f"{n}x1xSxS float: the target's openings (inner mouth; eyes too in the region "
             "layout): what the warp cannot show",
-        },
+        }
+        | (
+            {
+                "driver": f"{n}x1xSxS float: the user's openings cut around the user's own landmarks, "
+                "grey relative to the face around them (0.5 = as bright), 0 outside them and while "
+                "no face is tracked (realtime.generators.onnx.driver_map)"
+            }
+            if config.get("driver")
+            else {}
+        ),
         "outputs": {
             "image": f"{n}x3xSxS float RGB [0,1]",
             "mask": f"{n}x1xSxS float [0,1] blend mask (0 at the border)",
@@ -116,7 +137,8 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         ),
         "crop": {"size": config["size"], "face_scale": 0.32, "layout": layout},
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
-        + (", flow that moves the warp's pixels first" if config.get("flow") else ""),
+        + (", flow that moves the warp's pixels first" if config.get("flow") else "")
+        + (", sees the user's mouth and eye openings" if config.get("driver") else ""),
         "training": {
             "steps": step,
             "batch": config["batch"],

@@ -255,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the refiner may also move the warp's pixels (a small flow), not only recolour them",
     )
     refiner.add_argument(
+        "--driver",
+        action="store_true",
+        default=None,
+        help="the refiner also sees the driver's mouth and eye openings (teeth, a dark cavity), "
+        "which the landmarks do not describe",
+    )
+    refiner.add_argument(
         "--motion-weight",
         dest="w_motion",
         metavar="W",
@@ -599,6 +606,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "mouth_boost",
         "retargeted",
         "flow",
+        "driver",
         "w_motion",
     ):
         if getattr(args, name) is not None:

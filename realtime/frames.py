@@ -49,7 +49,8 @@ class Target:
     face_found: bool = True
     # Weight of live driving in [0, 1]: 1 while tracking, easing to 0 (neutral) when lost.
     live_weight: float = 1.0
-    # In swap mode the user's own landmarks (478, 2) in frame pixels.
+    # The user's own landmarks (478, 2) in ``frame`` pixels while the face is tracked; a
+    # refiner that looks at the user's mouth (teeth, a dark cavity) cuts it with them.
     driver_landmarks: np.ndarray | None = None
 
 

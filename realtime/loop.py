@@ -165,13 +165,14 @@ class FrameProcessor:
                 frame=track.frame,
                 landmarks=mesh.with_mouth_centre(track.landmarks[:, :2]).astype(np.float32),
                 mode="swap",
+                driver_landmarks=track.landmarks[:, :2].astype(np.float32),
             )
             self._last_swap, self._last_swap_seen = target, t
             return target
         held_for = t - self._last_swap_seen if self._last_swap_seen is not None else math.inf
         if self._last_swap is not None and held_for <= self.limits.hold_s + self.limits.ease_s:
             # Briefly lost (a blink of the tracker, a hand): keep the swapped face where it was.
-            return replace(self._last_swap, frame=track.frame, face_found=False)
+            return replace(self._last_swap, frame=track.frame, face_found=False, driver_landmarks=None)
         return None
 
     def _generate(self, target: Target, mode: str):

@@ -156,4 +156,5 @@ class Retargeter:
             landmarks=mesh.with_mouth_centre(landmarks[:, :2]).astype(np.float32),
             face_found=track.found,
             live_weight=weight,
+            driver_landmarks=track.landmarks[:, :2].astype(np.float32) if track.found else None,
         )

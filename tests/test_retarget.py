@@ -175,3 +175,13 @@ def test_self_reenactment_from_a_smiling_first_frame_follows_the_real_mouth():
     )
     assert real.min() < 0.01  # the real lips do close in this stretch
     assert np.abs(target - real).mean() < 0.01
+
+
+def test_a_target_carries_the_users_landmarks_while_the_face_is_tracked(faces):
+    """A refiner that looks at the user's mouth cuts it with these; lost, there are none."""
+    avatar, driver = faces
+    retarget = Retargeter(avatar)
+    tracked = retarget.process(_track(driver))
+    assert np.array_equal(tracked.driver_landmarks, driver[:, :2].astype(np.float32))
+    lost = retarget.process(_track(driver, 0.033, found=False, lost_for=0.1))
+    assert lost.driver_landmarks is None and not lost.face_found

@@ -346,6 +346,84 @@ def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_l
     assert_changes_only_inside_the_crops(warp, learned, target)
 
 
+def test_the_driver_map_shows_only_the_openings_and_ignores_the_lighting(builtin_avatar):
+    """What a driver refiner sees of the user: grey levels inside the mouth and eye openings
+    relative to the face around them, so a darker room gives (nearly) the same map."""
+    from realtime import mesh
+    from realtime.generators.onnx import CropSpec, crop_matrices, driver_map, fill_mask
+
+    spec = CropSpec(48, layout="regions")
+    points = mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2].astype(np.float64))
+    darker = (builtin_avatar.image.astype(np.float32) * 0.6).round().astype(np.uint8)
+    for matrix in crop_matrices(points, spec):
+        bright = driver_map(builtin_avatar.image, points, matrix, spec)
+        openings = fill_mask(points @ matrix[:, :2].T + matrix[:, 2], spec) > 0
+        assert openings.any() and np.array_equal(bright > 0, openings)
+        dim = driver_map(darker, points, matrix, spec).astype(int)
+        assert np.median(np.abs(dim - bright)[openings]) <= 2
+        assert np.abs(dim - bright)[openings].mean() < 4
+        # Relative, not absolute: the astronaut's openings are darker than her skin.
+        assert np.median(bright[openings]) < 128
+
+
+def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_and_runs_live(
+    tiny_region_run, tiny_clips, tmp_path, builtin_avatar
+):
+    from export.refiner import export_onnx, load_refiner, parity, write_card
+    from realtime import expression, mesh
+    from realtime.blend import Blender
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+    from realtime.train import models
+    from realtime.train.data import make_dataset
+    from realtime.train.refiner import to_tensors, train
+
+    out, cfg, _ = tiny_region_run
+    real = make_dataset([out / "cache" / "driver_b.npz"], 4, CropSpec(cfg.size, layout="regions"), seed=2)
+    b = to_tensors({k: v for k, v in real.items() if k.endswith("0")}, torch.device("cpu"))
+    assert b["driver0"].shape == b["fill0"].shape and bool((b["driver0"] > 0).any())
+    inputs = (b["warped0"], b["source0"], b["landmarks0"], b["fill0"])
+    plain, _, _ = load_refiner(out / "refiner.pt")
+    seeing = models.Refiner(cfg.widths, cfg.size, driver=True).eval()
+    seeing.load_state_dict(models.with_driver_input(plain.state_dict()))
+    with torch.no_grad():
+        image_plain, image_seeing = plain(*inputs)[0], seeing(*inputs, b["driver0"])[0]
+    assert float((image_seeing - image_plain).abs().max()) < 1e-5
+
+    settings = REGION_SETTINGS | dict(
+        steps=8, eval_every=4, lr=3e-3, driver=True, init=str(out / "refiner.pt")
+    )
+    result = train(tiny_config(tiny_clips, **settings), tmp_path / "driver")
+    assert all(np.isfinite(h["loss"]) for h in result["history"])
+    net, config, step = load_refiner(tmp_path / "driver" / "refiner.pt")
+    with torch.no_grad():
+        seen, blind = net(*inputs, b["driver0"])[0], net(*inputs, torch.zeros_like(b["driver0"]))[0]
+    assert config["driver"] and float((seen - blind).abs().max()) > 1e-3  # it uses what it sees
+    with torch.no_grad():  # 8 steps learn little: louder, so that live it shows in grey levels
+        net.enc0[0][0].weight[:, -1] *= 100.0
+    path = export_onnx(net, cfg.size, tmp_path / "driver.onnx", crops=3)
+    checks = parity(net, path, cfg.size, crops=3)
+    assert max(checks[f"{name}_max_abs_diff"] for name in ("image", "mask")) < 1e-4
+    card = json.loads(write_card(path, config, step, {"parity_fp32": checks}).read_text())
+    assert "driver" in card["inputs"]
+
+    # Live: the user is the astronaut with her mouth open; the avatar her own still image.
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    learned = OnnxRefinerGenerator(str(path), warp)
+    pts = mesh.with_mouth_centre(
+        expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
+    )
+    frame = Frame(builtin_avatar.image, 0, 0.0)
+    user = builtin_avatar.landmarks[:, :2].astype(np.float32)
+    seeing_target = Target(frame=frame, landmarks=pts.astype(np.float32), driver_landmarks=user)
+    blind_target = Target(frame=frame, landmarks=pts.astype(np.float32))
+    assert_changes_only_inside_the_crops(warp, learned, seeing_target)
+    with_user = Blender().process(learned.render(seeing_target)).astype(int)
+    without = Blender().process(learned.render(blind_target)).astype(int)
+    assert np.abs(with_user - without).max() > 2  # the user's openings reach the output
+
+
 def test_promotion_needs_every_check_of_the_bar():
     from export.promote import verdict
 

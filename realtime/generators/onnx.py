@@ -201,6 +201,25 @@ def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
     return fill
 
 
+def driver_map(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """uint8 (S, S): what the driver's openings look like, in the driver's own crop (``matrix``).
+
+    Landmarks say how far a mouth is open, not whether it shows teeth, a tongue or a dark
+    cavity, and that is most of what a warped mouth gets wrong. So the refiner may see the
+    driver's openings (inner mouth, eyes): grey levels relative to the face around them
+    (128 = as bright as the surrounding skin), zero outside the openings. Only the openings
+    and only relative brightness, so little of the driver's identity or lighting comes with it.
+    """
+    crop = antialiased_warp(image, matrix, spec.size)
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    points = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    openings = fill_mask(points, spec) > 0
+    around = grey[~openings] if (~openings).any() else grey.ravel()
+    reference = max(float(np.median(around)), 8.0)
+    relative = np.clip(grey / reference * 128.0, 1.0, 255.0)  # 1, not 0: a black cavity is still open
+    return np.where(openings, relative, 0.0).astype(np.uint8)
+
+
 def _to_tensor(image: np.ndarray) -> np.ndarray:
     return (image[:, :, ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
 
@@ -221,13 +240,14 @@ class OnnxRefinerGenerator:
 
     Model contract (names, NCHW float32, RGB in [0, 1]; N crops of the card's layout, 1 for
     the whole face, 3 for mouth/right eye/left eye): inputs ``warped`` (N,3,S,S) and
-    optionally ``source`` (the avatar's own crops), ``landmarks`` (N,1,S,S) and
-    ``fill_mask`` (N,1,S,S, the openings: where the warp has nothing to show); outputs
-    ``image`` (N,3,S,S) and ``mask`` (N,1,S,S).
+    optionally ``source`` (the avatar's own crops), ``landmarks`` (N,1,S,S),
+    ``fill_mask`` (N,1,S,S, the openings: where the warp has nothing to show) and
+    ``driver`` (N,1,S,S, the user's openings: ``driver_map``, zero while the face is lost);
+    outputs ``image`` (N,3,S,S), ``mask`` (N,1,S,S) and optionally ``flow`` (N,2,S,S).
     """
 
     REQUIRED_INPUTS = {"warped"}
-    OPTIONAL_INPUTS = {"source", "landmarks", "fill_mask"}
+    OPTIONAL_INPUTS = {"source", "landmarks", "fill_mask", "driver"}
     REQUIRED_OUTPUTS = {"image", "mask"}
 
     def __init__(self, path: str, warp, providers: list[str] | None = None) -> None:
@@ -273,7 +293,7 @@ class OnnxRefinerGenerator:
         self._gate_face = bool(self._regions) and layout == "face"
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
-        self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros))
+        self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros, zeros))
 
     @staticmethod
     def _crop(base: Rendered, matrix: np.ndarray, footprint: np.ndarray, size: int) -> np.ndarray:
@@ -312,9 +332,29 @@ class OnnxRefinerGenerator:
     def provider(self) -> str:
         return self.runner.provider
 
-    def _feeds(self, warped: np.ndarray, marks: np.ndarray, fill: np.ndarray) -> dict[str, np.ndarray]:
-        available = {"warped": warped, "source": self._source, "landmarks": marks, "fill_mask": fill}
+    def _feeds(
+        self, warped: np.ndarray, marks: np.ndarray, fill: np.ndarray, driver: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        available = {
+            "warped": warped,
+            "source": self._source,
+            "landmarks": marks,
+            "fill_mask": fill,
+            "driver": driver,
+        }
         return {name: available[name] for name in self.runner.inputs}
+
+    def _driver_maps(self, target: Target, crops: int) -> np.ndarray:
+        """(N,1,S,S) float: the user's openings, cut around the user's own landmarks; zero
+        when the model does not take them or no face is tracked."""
+        size = self.spec.size
+        if "driver" not in self.runner.inputs or target.driver_landmarks is None:
+            return np.zeros((crops, 1, size, size), np.float32)
+        points = mesh.with_mouth_centre(target.driver_landmarks[:, :2])
+        maps = [
+            driver_map(target.frame.image, points, m, self.spec) for m in crop_matrices(points, self.spec)
+        ]
+        return np.stack(maps)[:, None].astype(np.float32) / 255.0
 
     def render(self, target: Target) -> Rendered:
         base = self.warp.render(target)
@@ -334,6 +374,7 @@ class OnnxRefinerGenerator:
                 np.concatenate([_to_tensor(c) for c in crops]),
                 np.concatenate([landmark_map(p, size) for p in points]),
                 np.stack([fill_mask(p, self.spec) for p in points])[:, None].astype(np.float32) / 255.0,
+                self._driver_maps(target, len(matrices)),
             )
         )
         # Each crop's correction (already weighted by the model's mask) is mapped back and

@@ -32,6 +32,7 @@ from realtime.generators.onnx import (
     antialiased_warp,
     crop_matrices,
     displace,
+    driver_map,
     fill_mask,
     landmark_map,
 )
@@ -229,7 +230,13 @@ def make_sample(
 
     samples = []
     source_matrices = crop_matrices(mesh.with_mouth_centre(src_lm[:, :2]), spec)
-    for matrix, src_matrix in zip(crop_matrices(target_points, spec), source_matrices, strict=True):
+    # The driver is the real target frame, cut around its own (real) landmarks, as the
+    # runtime cuts the user's face around the user's landmarks.
+    driver_points = mesh.with_mouth_centre(real_points)
+    driver_matrices = crop_matrices(driver_points, spec)
+    for matrix, src_matrix, driver_matrix in zip(
+        crop_matrices(target_points, spec), source_matrices, driver_matrices, strict=True
+    ):
         points = target_points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         real_in_crop = real_points @ matrix[:, :2].T + matrix[:, 2]
         sample = {
@@ -238,6 +245,7 @@ def make_sample(
             "source": antialiased_warp(src_image, src_matrix, size),
             "landmarks": (landmark_map(points, size)[0, 0] * 255).astype(np.uint8),
             "fill": fill_mask(points, spec),
+            "driver": driver_map(clip.images[target], driver_points, driver_matrix, spec),
             "weight": region_weights(real_in_crop, size),
         }
         if optical_flow is not None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IN_CHANNELS = 8  # warped RGB, source RGB, landmark map, fill mask
+IN_CHANNELS = 8  # warped RGB, source RGB, landmark map, fill mask (+ the driver's openings)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -37,17 +37,25 @@ class Refiner(nn.Module):
     displacement field (at most ``MAX_FLOW`` of the crop, zero at the border) puts a lip
     outline where the target has it, which recolouring alone cannot. The flow is an output
     too, so the runtime can move the full-resolution frame rather than the small crop.
+
+    With ``driver`` it also sees the driver's openings (``generators.onnx.driver_map``):
+    teeth or a dark cavity, which the landmarks do not describe.
     """
 
     MAX_FLOW = 0.08  # of the crop size: 4 px at 48 px, about a lip's thickness
 
     def __init__(
-        self, widths: tuple[int, ...] = (16, 32, 64, 96), size: int = 128, flow: bool = False
+        self,
+        widths: tuple[int, ...] = (16, 32, 64, 96),
+        size: int = 128,
+        flow: bool = False,
+        driver: bool = False,
     ) -> None:
         super().__init__()
         w = widths
         self.flow = flow
-        self.enc0 = nn.Sequential(_conv(IN_CHANNELS, w[0]), _conv(w[0], w[0]))
+        self.driver = driver
+        self.enc0 = nn.Sequential(_conv(IN_CHANNELS + int(driver), w[0]), _conv(w[0], w[0]))
         self.enc1 = nn.Sequential(_conv(w[0], w[1], 2), _conv(w[1], w[1]))
         self.enc2 = nn.Sequential(_conv(w[1], w[2], 2), _conv(w[2], w[2]))
         self.enc3 = nn.Sequential(_conv(w[2], w[3], 2), _Res(w[3]), _Res(w[3]))
@@ -65,9 +73,19 @@ class Refiner(nn.Module):
         self.register_buffer("grid", grid, persistent=False)
 
     def forward(
-        self, warped: torch.Tensor, source: torch.Tensor, landmarks: torch.Tensor, fill_mask: torch.Tensor
+        self,
+        warped: torch.Tensor,
+        source: torch.Tensor,
+        landmarks: torch.Tensor,
+        fill_mask: torch.Tensor,
+        driver: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        x = torch.cat([warped, source, landmarks, fill_mask], dim=1) * 2.0 - 1.0
+        inputs = [warped, source, landmarks, fill_mask]
+        if self.driver:
+            if driver is None:
+                raise ValueError("this refiner needs the driver's openings (driver=...)")
+            inputs.append(driver)
+        x = torch.cat(inputs, dim=1) * 2.0 - 1.0
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
@@ -93,7 +111,7 @@ class Refiner(nn.Module):
 
 # How the refiner's convolutions feed each other, for widening: (conv, input spaces, output
 # space). A space is a set of channels that must be widened the same way; "in" and "out"
-# (the 8 input and 4 output channels) are never widened. The residual blocks' second convs
+# (the input and output channels) are never widened. The residual blocks' second convs
 # write into e3 because their output is added to it.
 _REFINER_GRAPH = [
     ("enc0.0.0", ["in"], "a0"),
@@ -135,7 +153,7 @@ def widen_refiner(narrow: dict[str, torch.Tensor], wide: Refiner, noise: float =
             else:
                 extra = torch.randint(0, old, (new - old,), generator=generator)
                 mapping[out_space] = torch.cat([torch.arange(old), extra])
-    mapping["in"] = torch.arange(IN_CHANNELS)
+    mapping["in"] = torch.arange(narrow["enc0.0.0.weight"].shape[1])  # with or without the driver
     for name, in_spaces, out_space in _REFINER_GRAPH:
         weight, bias = narrow[f"{name}.weight"], narrow[f"{name}.bias"]
         out_map = mapping[out_space]
@@ -164,6 +182,17 @@ def add_flow(plain: dict[str, torch.Tensor], with_flow: Refiner) -> None:
     state["head.weight"] = torch.cat([plain["head.weight"], torch.zeros_like(head.weight[4:])])
     state["head.bias"] = torch.cat([plain["head.bias"], torch.zeros_like(head.bias[4:])])
     with_flow.load_state_dict(state)
+
+
+def with_driver_input(plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of a Refiner trained without the driver input, for one with it,
+    computing the same function: the first convolution's weights for the new channel are 0."""
+    first = plain["enc0.0.0.weight"]
+    if first.shape[1] != IN_CHANNELS:
+        raise ValueError(
+            f"expected a refiner without the driver input ({IN_CHANNELS} channels), got {first.shape[1]}"
+        )
+    return {**plain, "enc0.0.0.weight": torch.cat([first, torch.zeros_like(first[:, :1])], dim=1)}
 
 
 class PatchDiscriminator(nn.Module):

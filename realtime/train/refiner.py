@@ -36,6 +36,10 @@ class Config:
     layout: str = "face"  # "face" (one face crop) or "regions" (mouth and eye crops)
     widths: tuple[int, ...] = (16, 32, 64, 96)
     flow: bool = False  # the refiner may move pixels too (models.Refiner)
+    driver: bool = False  # the refiner sees the driver's openings (models.Refiner)
+    # Share of training examples whose driver input is blanked (as live, when the face is
+    # lost), so the model still works without it.
+    driver_dropout: float = 0.1
     steps: int = 2000
     max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
     batch: int = 16
@@ -107,7 +111,7 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
             t = t[:, None].float() / 255.0
         elif key.startswith("motion"):
             t = t.permute(0, 3, 1, 2).float()  # (dx, dy) in crop pixels
-        elif key.startswith(("landmarks", "fill")):
+        elif key.startswith(("landmarks", "fill", "driver")):
             t = t[:, None].float() / 255.0
         else:
             t = t[:, None].float()
@@ -138,7 +142,8 @@ def run_generator(
     net: models.Refiner, b: dict[str, torch.Tensor], step: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The refined image, and the flow when the refiner has one."""
-    out = net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"])
+    driver = b[f"driver{step}"] if net.driver else None
+    out = net(b[f"warped{step}"], b[f"source{step}"], b[f"landmarks{step}"], b[f"fill{step}"], driver)
     return out[0], out[2] if len(out) > 2 else None
 
 
@@ -253,7 +258,7 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         "pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0
     )
 
-    net = models.Refiner(cfg.widths, cfg.size, flow=cfg.flow).to(device)
+    net = models.Refiner(cfg.widths, cfg.size, flow=cfg.flow, driver=cfg.driver).to(device)
     disc = models.MultiScaleDiscriminator().to(device)
     opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
@@ -265,12 +270,18 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         state = torch.load(cfg.init, map_location=device, weights_only=True)
         init_config = json.loads(state["config"]) if "config" in state else {}
         init_widths = tuple(init_config.get("widths", cfg.widths))
+        model_state = state["model"]
+        grows = (cfg.flow and not init_config.get("flow", False)) or (
+            cfg.driver and not init_config.get("driver", False)
+        )
+        if grows and init_widths != tuple(cfg.widths):
+            raise SystemExit("--flow or --driver from a checkpoint without it needs the same --widths")
+        if cfg.driver and not init_config.get("driver", False):
+            model_state = models.with_driver_input(model_state)
         if cfg.flow and not init_config.get("flow", False):
-            if init_widths != tuple(cfg.widths):
-                raise SystemExit("--flow from a checkpoint without one needs the same --widths")
-            models.add_flow(state["model"], net)
+            models.add_flow(model_state, net)
         elif init_widths == tuple(cfg.widths):
-            net.load_state_dict(state["model"])
+            net.load_state_dict(model_state)
         else:
             # A narrower model grows to cfg.widths computing the same function, so the wider
             # one starts where the narrow one ended instead of from scratch.
@@ -299,6 +310,10 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * budget.progress(step, cfg.steps)))
         idx = torch.randint(0, n, (cfg.batch,), generator=gen).numpy()
         b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
+        if cfg.driver and cfg.driver_dropout > 0:
+            kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
+            for key in ("driver0", "driver1"):
+                b[key] = b[key] * kept[:, None, None, None]
         with autocast:
             img0, flow0 = run_generator(net, b, 0)
             img1, flow1 = run_generator(net, b, 1)

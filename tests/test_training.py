@@ -300,11 +300,27 @@ def assert_changes_only_inside_the_crops(warp, learned, target) -> None:
     assert not (changed & ~inside).any()
 
 
+def export_three_crops(net, config: dict, step: int, path, outputs: tuple[str, ...]) -> tuple[object, dict]:
+    """Export with the region layout's 3 crops, check parity on ``outputs``, write the card."""
+    from export.refiner import export_onnx, parity, write_card
+
+    path = export_onnx(net, config["size"], path, crops=3)
+    checks = parity(net, path, config["size"], crops=3)
+    assert max(checks[f"{name}_max_abs_diff"] for name in outputs) < 1e-4
+    return path, json.loads(write_card(path, config, step, {"parity_fp32": checks}).read_text())
+
+
+def open_mouth_points(avatar) -> np.ndarray:
+    from realtime import expression, mesh
+
+    points = expression.open_mouth(avatar.landmarks[:, :2].astype(np.float64), 0.15)
+    return mesh.with_mouth_centre(points).astype(np.float32)
+
+
 def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_live(
     tiny_region_run, tiny_clips, tmp_path, builtin_avatar
 ):
-    from export.refiner import export_onnx, load_refiner, parity, write_card
-    from realtime import expression, mesh
+    from export.refiner import load_refiner
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
@@ -331,18 +347,12 @@ def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_l
         flow = net(*inputs)[2]
     assert config["flow"] and float(flow.abs().max()) > 0.01  # pixels now move (crop pixels)
     assert float(flow.abs().max()) <= models.Refiner.MAX_FLOW * cfg.size + 1e-6
-    path = export_onnx(net, cfg.size, tmp_path / "flow.onnx", crops=3)
-    checks = parity(net, path, cfg.size, crops=3)
-    assert max(checks[f"{name}_max_abs_diff"] for name in ("image", "mask", "flow")) < 1e-4
-    card = json.loads(write_card(path, config, step, {"parity_fp32": checks}).read_text())
+    path, card = export_three_crops(net, config, step, tmp_path / "flow.onnx", ("image", "mask", "flow"))
     assert "flow" in card["outputs"]
 
     warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     learned = OnnxRefinerGenerator(str(path), warp)
-    pts = mesh.with_mouth_centre(
-        expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
-    )
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=pts.astype(np.float32))
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
     assert_changes_only_inside_the_crops(warp, learned, target)
 
 
@@ -369,8 +379,7 @@ def test_the_driver_map_shows_only_the_openings_and_ignores_the_lighting(builtin
 def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_and_runs_live(
     tiny_region_run, tiny_clips, tmp_path, builtin_avatar
 ):
-    from export.refiner import export_onnx, load_refiner, parity, write_card
-    from realtime import expression, mesh
+    from export.refiner import load_refiner
     from realtime.blend import Blender
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
@@ -402,22 +411,16 @@ def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_
     assert config["driver"] and float((seen - blind).abs().max()) > 1e-3  # it uses what it sees
     with torch.no_grad():  # 8 steps learn little: louder, so that live it shows in grey levels
         net.enc0[0][0].weight[:, -1] *= 100.0
-    path = export_onnx(net, cfg.size, tmp_path / "driver.onnx", crops=3)
-    checks = parity(net, path, cfg.size, crops=3)
-    assert max(checks[f"{name}_max_abs_diff"] for name in ("image", "mask")) < 1e-4
-    card = json.loads(write_card(path, config, step, {"parity_fp32": checks}).read_text())
+    path, card = export_three_crops(net, config, step, tmp_path / "driver.onnx", ("image", "mask"))
     assert "driver" in card["inputs"]
 
-    # Live: the user is the astronaut with her mouth open; the avatar her own still image.
+    # Live: the user is the astronaut; the avatar her own still image, its mouth opened.
     warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     learned = OnnxRefinerGenerator(str(path), warp)
-    pts = mesh.with_mouth_centre(
-        expression.open_mouth(builtin_avatar.landmarks[:, :2].astype(np.float64), 0.15)
-    )
-    frame = Frame(builtin_avatar.image, 0, 0.0)
+    frame, points = Frame(builtin_avatar.image, 0, 0.0), open_mouth_points(builtin_avatar)
     user = builtin_avatar.landmarks[:, :2].astype(np.float32)
-    seeing_target = Target(frame=frame, landmarks=pts.astype(np.float32), driver_landmarks=user)
-    blind_target = Target(frame=frame, landmarks=pts.astype(np.float32))
+    seeing_target = Target(frame=frame, landmarks=points, driver_landmarks=user)
+    blind_target = Target(frame=frame, landmarks=points)
     assert_changes_only_inside_the_crops(warp, learned, seeing_target)
     with_user = Blender().process(learned.render(seeing_target)).astype(int)
     without = Blender().process(learned.render(blind_target)).astype(int)

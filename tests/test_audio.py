@@ -560,8 +560,8 @@ def median_measurement(sink: str, video_ms: float, wanted: int = 3, tries: int =
 
     One measurement is not enough on a busy 2-core machine: a CI run once measured 95.5 ms
     for 80 ms, cleanly; here 30 runs (22 of them beside 3 busy processes) measured
-    78.4-87.9 ms, most 80-82 ms. The median of three
-    passes one such outlier and still fails a bridge that is wrong most of the time.
+    78.4-87.9 ms, most 80-82 ms. The median of three passes one such outlier and still
+    fails a bridge that is wrong most of the time.
     """
     clean, attempts = [], []
     for _ in range(tries):  # the sound server can also glitch (an xrun, no clear peak): retry

@@ -214,8 +214,8 @@ def driver_map(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, spe
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
     points = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     openings = fill_mask(points, spec) > 0
-    around = grey[~openings] if (~openings).any() else grey.ravel()
-    reference = max(float(np.median(around)), 8.0)
+    around = grey[~openings]
+    reference = max(float(np.median(around if around.size else grey)), 8.0)
     relative = np.clip(grey / reference * 128.0, 1.0, 255.0)  # 1, not 0: a black cavity is still open
     return np.where(openings, relative, 0.0).astype(np.uint8)
 

@@ -271,14 +271,13 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         init_config = json.loads(state["config"]) if "config" in state else {}
         init_widths = tuple(init_config.get("widths", cfg.widths))
         model_state = state["model"]
-        grows = (cfg.flow and not init_config.get("flow", False)) or (
-            cfg.driver and not init_config.get("driver", False)
-        )
-        if grows and init_widths != tuple(cfg.widths):
+        adds_flow = cfg.flow and not init_config.get("flow", False)
+        adds_driver = cfg.driver and not init_config.get("driver", False)
+        if (adds_flow or adds_driver) and init_widths != tuple(cfg.widths):
             raise SystemExit("--flow or --driver from a checkpoint without it needs the same --widths")
-        if cfg.driver and not init_config.get("driver", False):
+        if adds_driver:
             model_state = models.with_driver_input(model_state)
-        if cfg.flow and not init_config.get("flow", False):
+        if adds_flow:
             models.add_flow(model_state, net)
         elif init_widths == tuple(cfg.widths):
             net.load_state_dict(model_state)

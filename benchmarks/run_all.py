@@ -22,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_INPUT = HERE.parent.parent / "shared" / "media" / "webcam" / "EAMM_mead_M030_sad_1080p.mp4"
 SIZES = {"480p": "854x480", "720p": "1280x720", "1080p": "1920x1080"}
+# RESULTS.md from this line on is written by hand; a rerun rewrites only what is above it.
+HAND_WRITTEN = "<!-- Written by hand from here on:"
 
 
 def bench(name: str, args: list[str]) -> dict:
@@ -45,9 +47,9 @@ def bench(name: str, args: list[str]) -> dict:
 def scaled_input(source: str, size: str, folder: Path) -> str:
     """The input at the output resolution, as a webcam set to that mode would deliver it.
 
-    Decoding 1080p H.264 alone costs about 11 ms a frame on these CPUs (720p: about 4 ms),
-    so feeding a 720p scenario from a 1080p file would measure the decoder, not the engine.
-    The copy is made in a temporary folder and never kept.
+    Feeding a 720p scenario from a 1080p file would measure the decoder, not the engine
+    (decode costs: RESULTS.md, "Bench inputs"). The copy is made in a temporary folder and
+    never kept.
     """
     from imageio_ffmpeg import get_ffmpeg_exe
 
@@ -205,6 +207,9 @@ def main() -> int:
         "`realtime bench --provider CUDAExecutionProvider` (or `TensorrtExecutionProvider`) measures",
         "them; the runner reports the provider that actually ran.",
     ]
+    previous = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
+    if HAND_WRITTEN in previous:
+        lines += ["", previous[previous.index(HAND_WRITTEN) :].rstrip("\n")]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

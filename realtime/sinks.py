@@ -413,12 +413,10 @@ class FileSink:
             if shift > 0:
                 filters += [f"atrim=start={shift:.6f}", f"asetpts=PTS-{shift:.6f}/TB"]
             if self.trim_audio:
-                # Pad the audio with silence forever, so the video is always the shortest
-                # stream and -shortest ends the file at the last frame sent: no video frame
-                # is cut, and a long audio source is not encoded to its end (without this,
-                # stopping a 10 min driver after 5 s gives 10 min of audio and a ~20 s wait
-                # in close()). The audio may run a little (< ~1 s) past the last frame on
-                # very short clips. A source without audio ignores -af.
+                # Pad the audio with silence forever, so -shortest ends the file at the last
+                # frame sent: no video frame is cut, and a short run of a long source does not
+                # wait for all its audio to be encoded. On very short clips the audio may run
+                # slightly past the last frame. A source without audio ignores -af.
                 filters.append("apad")
             if filters:
                 cmd += ["-af", ",".join(filters)]

@@ -2,8 +2,8 @@
 
     python -m export.promote weights/refiner.onnx --eval eval.json [--command "realtime eval ..."]
 
-``eval.json`` is what ``realtime eval --generator warp MODEL ... --json`` writes. The bar
-(issue #3): better face-crop L1 and SSIM than the warp, mouth-region L1 at most 0.8x the
+``eval.json`` is what ``realtime eval --generator warp MODEL ... --json`` writes. The bar:
+better face-crop L1 and SSIM than the warp, mouth-region L1 at most 0.8x the
 warp's, and no clip worse than 1.05x the warp's L1. Whatever the outcome, the card records
 the numbers, each check and the verdict, so "default" is never set by hand.
 """

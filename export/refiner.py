@@ -2,6 +2,8 @@
 
     python -m export.refiner runs/NAME/refiner.pt --out weights/refiner.onnx [--fp16] [--tensorrt]
 
+(``python -m realtime.export.refiner`` where the project is installed.)
+
 Checkpoints are loaded with ``torch.load(weights_only=True)``; the runtime only ever
 loads the resulting ONNX file.
 """
@@ -16,14 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from export.common import save_card, tensorrt_check, write_onnx
+from realtime.crops import (
+    IN_DRIVER,
+    IN_FILL_MASK,
+    IN_LANDMARKS,
+    IN_SOURCE,
+    IN_WARPED,
+    OUT_FLOW,
+    OUT_IMAGE,
+    OUT_MASK,
+    REFINER_DRIVER_INPUTS,
+    REFINER_FLOW_OUTPUTS,
+    REFINER_INPUTS,
+    REFINER_OUTPUTS,
+    crop_count,
+)
+
+from .common import run_onnx, save_card, tensorrt_check, write_onnx
 
 logger = logging.getLogger(__name__)
-
-INPUTS = ["warped", "source", "landmarks", "fill_mask"]
-DRIVER_INPUTS = [*INPUTS, "driver"]  # a refiner that sees the user's openings (models.Refiner)
-OUTPUTS = ["image", "mask"]
-FLOW_OUTPUTS = [*OUTPUTS, "flow"]  # a refiner that moves pixels also says where (models.Refiner)
 
 
 def load_refiner(checkpoint: str | Path):
@@ -45,21 +58,20 @@ def load_refiner(checkpoint: str | Path):
 
 def crops_per_frame(config: dict) -> int:
     """How many crops the runtime feeds per frame: the batch the model is exported with."""
-    from realtime.generators.onnx import REGIONS
-
-    return len(REGIONS) if config.get("layout", "face") == "regions" else 1
+    return crop_count(config.get("layout", "face"))
 
 
 def example_inputs(size: int, crops: int = 1, seed: int = 0, driver: bool = False) -> dict[str, np.ndarray]:
+    """Random inputs by ONNX name, in the order ``models.Refiner.forward`` takes them."""
     rng = np.random.default_rng(seed)
     feeds = {
-        "warped": rng.random((crops, 3, size, size), dtype=np.float32),
-        "source": rng.random((crops, 3, size, size), dtype=np.float32),
-        "landmarks": (rng.random((crops, 1, size, size)) > 0.97).astype(np.float32),
-        "fill_mask": (rng.random((crops, 1, size, size)) > 0.9).astype(np.float32),
+        IN_WARPED: rng.random((crops, 3, size, size), dtype=np.float32),
+        IN_SOURCE: rng.random((crops, 3, size, size), dtype=np.float32),
+        IN_LANDMARKS: (rng.random((crops, 1, size, size)) > 0.97).astype(np.float32),
+        IN_FILL_MASK: (rng.random((crops, 1, size, size)) > 0.9).astype(np.float32),
     }
     if driver:
-        feeds["driver"] = (feeds["fill_mask"] * rng.random((crops, 1, size, size))).astype(np.float32)
+        feeds[IN_DRIVER] = (feeds[IN_FILL_MASK] * rng.random((crops, 1, size, size))).astype(np.float32)
     return feeds
 
 
@@ -72,9 +84,9 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int
     args = tuple(
         torch.from_numpy(v).to(dtype) for v in example_inputs(size, crops, driver=net.driver).values()
     )
-    inputs = DRIVER_INPUTS if net.driver else INPUTS
+    inputs = REFINER_DRIVER_INPUTS if net.driver else REFINER_INPUTS
     try:
-        return write_onnx(model, args, path, inputs, FLOW_OUTPUTS if net.flow else OUTPUTS)
+        return write_onnx(model, args, path, inputs, REFINER_FLOW_OUTPUTS if net.flow else REFINER_OUTPUTS)
     finally:
         net.float()
 
@@ -82,54 +94,51 @@ def export_onnx(net, size: int, path: str | Path, fp16: bool = False, crops: int
 def parity(
     net, onnx_path: str | Path, size: int, providers: list[str] | None = None, crops: int = 1
 ) -> dict[str, float]:
-    """Max abs difference between PyTorch (FP32) and onnxruntime on the same inputs."""
-    import onnxruntime as ort
+    """Max abs difference between PyTorch (FP32) and the runtime's ``OnnxRunner`` on the same inputs."""
     import torch
 
     feeds = example_inputs(size, crops, seed=1, driver=net.driver)
-    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
-    want_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    names = FLOW_OUTPUTS if net.flow else OUTPUTS
-    outs = session.run(names, {k: v.astype(want_dtype) for k, v in feeds.items()})
+    outputs, provider = run_onnx(onnx_path, feeds, providers)
+    names = REFINER_FLOW_OUTPUTS if net.flow else REFINER_OUTPUTS
     with torch.no_grad():
         ref = net.float()(*(torch.from_numpy(v) for v in feeds.values()))
     return {
-        f"{name}_max_abs_diff": float(np.abs(o.astype(np.float32) - r.numpy()).max())
-        for name, o, r in zip(names, outs, ref, strict=True)
-    } | {"provider": session.get_providers()[0]}
+        f"{name}_max_abs_diff": float(np.abs(outputs[name].astype(np.float32) - r.numpy()).max())
+        for name, r in zip(names, ref, strict=True)
+    } | {"provider": provider}
 
 
 def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: dict | None = None) -> Path:
     layout = config.get("layout", "face")
     n = crops_per_frame(config)
-    crops = "face crop" if layout == "face" else "crops of mouth, right eye, left eye (mirrored)"
+    shown = "face crop" if layout == "face" else "crops of mouth, right eye, left eye (mirrored)"
     card = {
         "name": onnx_path.stem,
         "kind": "refiner",
         "format": "onnx",
         "inputs": {
-            "warped": f"{n}x3xSxS float RGB [0,1]: the warp's output, {crops} aligned on the target landmarks",
-            "source": f"{n}x3xSxS float RGB [0,1]: the avatar's own {crops}",
-            "landmarks": f"{n}x1xSxS float: target landmarks drawn as points, eye and lip contours",
-            "fill_mask": f"{n}x1xSxS float: the target's openings (inner mouth; eyes too in the region "
+            IN_WARPED: f"{n}x3xSxS float RGB [0,1]: the warp's output, {shown} aligned on the target landmarks",
+            IN_SOURCE: f"{n}x3xSxS float RGB [0,1]: the avatar's own {shown}",
+            IN_LANDMARKS: f"{n}x1xSxS float: target landmarks drawn as points, eye and lip contours",
+            IN_FILL_MASK: f"{n}x1xSxS float: the target's openings (inner mouth; eyes too in the region "
             "layout): what the warp cannot show",
         }
         | (
             {
-                "driver": f"{n}x1xSxS float: the user's openings cut around the user's own landmarks, "
+                IN_DRIVER: f"{n}x1xSxS float: the user's openings cut around the user's own landmarks, "
                 "grey relative to the face around them (0.5 = as bright), 0 outside them and while "
-                "no face is tracked (realtime.generators.onnx.driver_map)"
+                "no face is tracked (realtime.crops.driver_map)"
             }
             if config.get("driver")
             else {}
         ),
         "outputs": {
-            "image": f"{n}x3xSxS float RGB [0,1]",
-            "mask": f"{n}x1xSxS float [0,1] blend mask (0 at the border)",
+            OUT_IMAGE: f"{n}x3xSxS float RGB [0,1]",
+            OUT_MASK: f"{n}x1xSxS float [0,1] blend mask (0 at the border)",
         }
         | (
             {
-                "flow": f"{n}x2xSxS float: where each output pixel was taken from in the warped crop, "
+                OUT_FLOW: f"{n}x2xSxS float: where each output pixel was taken from in the warped crop, "
                 "(dx, dy) in crop pixels (0 at the border)"
             }
             if config.get("flow")

@@ -2,10 +2,13 @@
 
     python -m export.translator runs/NAME [--out weights/NAME.onnx] [--reverse] [--tensorrt]
 
+(``python -m realtime.export.translator`` where the project is installed; ``realtime train
+swap`` calls ``export_run`` when training ends.)
+
 Contract of the exported model (what ``realtime.generators.translator`` runs): input
 ``face`` 1x3xSxS float RGB in [0, 1], the user's face crop aligned by
-``realtime.generators.onnx.alignment`` with the card's ``crop`` spec; output ``image``, the
-same crop as the other person. Checkpoints are loaded with ``torch.load(weights_only=True)``;
+``realtime.crops.alignment`` with the card's ``crop`` spec; output ``image``, the same crop
+as the other person. Checkpoints are loaded with ``torch.load(weights_only=True)``;
 the runtime only ever loads the ONNX file.
 """
 
@@ -20,24 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from export.common import save_card, tensorrt_check, write_onnx
+from realtime.crops import IN_FACE, OUT_IMAGE, TRANSLATOR_INPUTS, TRANSLATOR_OUTPUTS
+
+from .common import run_onnx, save_card, tensorrt_check, write_onnx
 
 logger = logging.getLogger(__name__)
-
-INPUTS = ["face"]
-OUTPUTS = ["image"]
 
 
 def load_translator(checkpoint: str | Path, reverse: bool = False):
     """(generator, config dict, step) from ``translator.pt`` or a training ``checkpoint.pt``."""
     import torch
 
-    from realtime.train.cyclegan import Config, make_generator
+    from realtime.train.config import SwapConfig
+    from realtime.train.cyclegan import make_generator
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = json.loads(state["config"])
-    fields = Config.__dataclass_fields__
-    net = make_generator(Config(**{k: v for k, v in config.items() if k in fields}))
+    fields = SwapConfig.__dataclass_fields__
+    net = make_generator(SwapConfig(**{k: v for k, v in config.items() if k in fields}))
     if "nets" in state:  # a training checkpoint: every network of the run
         prefix = "g_ba." if reverse else "g_ab."
         weights = {k[len(prefix) :]: v for k, v in state["nets"].items() if k.startswith(prefix)}
@@ -59,20 +62,24 @@ def export_onnx(net, size: int, path: str | Path) -> Path:
         # Instance norm always normalises by the input's own statistics, in training and
         # export alike; the legacy exporter's notes about it and about Slice folding are noise.
         warnings.filterwarnings("ignore", message=".*(instance_norm|Constant folding).*")
-        return write_onnx(net.float().eval(), (torch.from_numpy(example_input(size)),), path, INPUTS, OUTPUTS)
+        return write_onnx(
+            net.float().eval(),
+            (torch.from_numpy(example_input(size)),),
+            path,
+            TRANSLATOR_INPUTS,
+            TRANSLATOR_OUTPUTS,
+        )
 
 
 def parity(net, onnx_path: str | Path, size: int, providers: list[str] | None = None) -> dict:
-    """Max abs difference between PyTorch (FP32) and onnxruntime on the same input."""
-    import onnxruntime as ort
+    """Max abs difference between PyTorch (FP32) and the runtime's ``OnnxRunner`` on the same input."""
     import torch
 
     face = example_input(size, seed=1)
-    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
-    (image,) = session.run(OUTPUTS, {"face": face})
+    outputs, provider = run_onnx(onnx_path, {IN_FACE: face}, providers)
     with torch.no_grad():
         ref = net.float().eval()(torch.from_numpy(face)).numpy()
-    return {"image_max_abs_diff": float(np.abs(image - ref).max()), "provider": session.get_providers()[0]}
+    return {f"{OUT_IMAGE}_max_abs_diff": float(np.abs(outputs[OUT_IMAGE] - ref).max()), "provider": provider}
 
 
 def write_card(
@@ -85,12 +92,12 @@ def write_card(
         "kind": "translator",
         "format": "onnx",
         "direction": "b_to_a" if reverse else "a_to_b",
-        "inputs": {"face": f"1x3x{size}x{size} float RGB [0,1]: the user's face crop, aligned as in 'crop'"},
-        "outputs": {"image": f"1x3x{size}x{size} float RGB [0,1]: the same crop as the other identity"},
+        "inputs": {IN_FACE: f"1x3x{size}x{size} float RGB [0,1]: the user's face crop, aligned as in 'crop'"},
+        "outputs": {OUT_IMAGE: f"1x3x{size}x{size} float RGB [0,1]: the same crop as the other identity"},
         "crop": {
             "size": size,
             "face_scale": config.get("face_scale", 0.32),
-            "alignment": "realtime.generators.onnx.alignment(landmarks, CropSpec(size, face_scale)): a "
+            "alignment": "realtime.crops.alignment(landmarks, CropSpec(size, face_scale)): a "
             "similarity from mediapipe's 478 landmarks; outer eye corners (33, 263) level and "
             "face_scale*size apart, the rigid points' centroid at (size/2, 0.47*size); "
             "border replicated",
@@ -126,8 +133,11 @@ def export_run(
     tolerance: float = 1e-4,
     reverse: bool = False,
     tensorrt: bool = False,
+    record: bool = False,
 ) -> dict:
-    """Export a run folder's generator (``translator.pt``, else ``checkpoint.pt``) with parity check and card."""
+    """Export a run folder's generator (``translator.pt``, else ``checkpoint.pt``) with parity
+    check and card. ``record``: also keep the result in the run's ``summary.json`` (under
+    ``export``), as ``realtime train swap`` does."""
     run = Path(run)
     checkpoint = run / "translator.pt" if (run / "translator.pt").exists() else run / "checkpoint.pt"
     net, config, step = load_translator(checkpoint, reverse)
@@ -138,7 +148,7 @@ def export_run(
         "tolerance": tolerance,
         "exported": time.strftime("%Y-%m-%d"),
     }
-    worst = checks["parity_fp32"]["image_max_abs_diff"]
+    worst = checks["parity_fp32"][f"{OUT_IMAGE}_max_abs_diff"]
     if worst > tolerance:
         raise SystemExit(f"parity check failed: max abs diff {worst:.2e} > {tolerance:.0e}")
     if tensorrt:
@@ -153,7 +163,12 @@ def export_run(
         }
     card = write_card(path, config, step, checks, extra, reverse)
     logger.info("exported %s (parity %.1e)", path, worst)
-    return {"onnx": str(path), "card": str(card), **checks}
+    result = {"onnx": str(path), "card": str(card), **checks}
+    if record and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        summary["export"] = result
+        summary_path.write_text(json.dumps(summary, indent=2))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from realtime import mesh
 from realtime.analysis import pearson, read_frames
 from realtime.avatar import make_avatar
 from realtime.controls import Controls
-from realtime.generators.onnx import CropSpec, alignment
+from realtime.crops import CropSpec, alignment
 from realtime.generators.registry import build_generators
 from realtime.loop import FrameProcessor
 from realtime.metrics import Metrics

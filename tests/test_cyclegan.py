@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from realtime import mesh
+from realtime.crops import TRANSLATOR_INPUTS, TRANSLATOR_OUTPUTS
 
 torch = pytest.importorskip("torch", reason="training tests need the 'train' extra (torch)")
 
@@ -62,11 +63,15 @@ def _tiny_config(identities, **kw):
 
 @pytest.fixture(scope="module")
 def cyclegan_run(identities, tmp_path_factory):
+    from realtime.export.translator import export_run
     from realtime.train.cyclegan import train
 
     out = tmp_path_factory.mktemp("cyclegan")
     cfg = _tiny_config(identities)
-    return out, cfg, train(cfg, out)
+    result = train(cfg, out)
+    assert "export" not in result  # training never exports: the CLI does, as here
+    result["export"] = export_run(out, record=True)
+    return out, cfg, result
 
 
 @pytest.fixture(scope="module")
@@ -120,22 +125,22 @@ def test_export_round_trip_matches_pytorch(cyclegan_run):
     out, cfg, result = cyclegan_run
     export = result["export"]
     assert export["parity_fp32"]["image_max_abs_diff"] < 1e-4
+    assert json.loads((out / "summary.json").read_text())["export"] == export
     card = json.loads((out / "translator.json").read_text())
     assert card["kind"] == "translator" and card["crop"]["size"] == cfg.size and len(card["sha256"]) == 64
     assert card["identities"]["a"] == ["person_a"] and card["identities"]["b"] == ["person_b"]
     import onnx
 
     model = onnx.load(str(out / "translator.onnx"))
-    assert [i.name for i in model.graph.input] == ["face"] and [o.name for o in model.graph.output] == [
-        "image"
-    ]
+    assert [i.name for i in model.graph.input] == list(TRANSLATOR_INPUTS)
+    assert [o.name for o in model.graph.output] == list(TRANSLATOR_OUTPUTS)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, cfg.size, cfg.size]
 
 
 def test_aligned_crop_shrinks_big_faces_without_moving_them():
     from realtime.avatar import builtin_portrait
-    from realtime.generators.onnx import CropSpec, alignment
+    from realtime.crops import CropSpec, alignment
     from realtime.generators.translator import aligned_crop
     from realtime.tracking import find_face
 

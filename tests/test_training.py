@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+from realtime.crops import IN_DRIVER, OUT_FLOW, REFINER_FLOW_OUTPUTS, REFINER_OUTPUTS
+
 torch = pytest.importorskip("torch", reason="training tests need the 'train' extra (torch)")
 
 
@@ -103,7 +105,7 @@ def test_a_run_can_start_from_another_runs_model_and_anneal(tiny_run, tiny_clips
 
 
 def test_a_narrow_model_grows_wider_computing_the_same_function(tiny_run, tiny_clips, tmp_path):
-    from realtime.generators.onnx import CropSpec
+    from realtime.crops import CropSpec
     from realtime.train import models
     from realtime.train.data import make_dataset
     from realtime.train.refiner import to_tensors, train
@@ -145,7 +147,7 @@ def test_mouth_boost_weighs_the_mouth_more_in_the_loss(tiny_run, tiny_clips, tmp
 
 
 def test_export_round_trip_matches_pytorch(tiny_run, tmp_path):
-    from export.refiner import export_onnx, load_refiner, parity, write_card
+    from realtime.export.refiner import export_onnx, load_refiner, parity, write_card
 
     out, _, _ = tiny_run
     net, config, step = load_refiner(out / "refiner.pt")
@@ -157,9 +159,9 @@ def test_export_round_trip_matches_pytorch(tiny_run, tmp_path):
 
 
 def test_exported_model_runs_in_the_live_pipeline(tiny_run, tmp_path, builtin_avatar):
-    from export.refiner import export_onnx, load_refiner
     from realtime import expression, mesh
     from realtime.blend import Blender
+    from realtime.export.refiner import export_onnx, load_refiner
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
@@ -208,7 +210,7 @@ REGION_SETTINGS = dict(
 
 
 def test_region_validation_averages_each_region_over_the_crops_that_show_it(tiny_region_run):
-    from realtime.generators.onnx import CropSpec
+    from realtime.crops import CropSpec
     from realtime.train import models
     from realtime.train.data import make_dataset
     from realtime.train.refiner import MOUTH_WEIGHT, evaluate
@@ -229,7 +231,7 @@ def test_region_validation_averages_each_region_over_the_crops_that_show_it(tiny
 
 def test_region_crops_centre_the_mouth_and_mirror_the_left_eye(builtin_avatar):
     from realtime import mesh
-    from realtime.generators.onnx import REGIONS, CropSpec, crop_matrices
+    from realtime.crops import REGIONS, CropSpec, crop_matrices
 
     points = mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2].astype(np.float64))
     spec = CropSpec(48, layout="regions")
@@ -250,8 +252,8 @@ def test_region_crops_centre_the_mouth_and_mirror_the_left_eye(builtin_avatar):
 def test_region_refiner_trains_exports_and_touches_only_mouth_and_eyes(
     tiny_region_run, tmp_path, builtin_avatar
 ):
-    from export.refiner import crops_per_frame, export_onnx, load_refiner, parity, write_card
     from realtime import expression, mesh
+    from realtime.export.refiner import crops_per_frame, export_onnx, load_refiner, parity, write_card
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
@@ -281,7 +283,7 @@ def assert_changes_only_inside_the_crops(warp, learned, target) -> None:
     import cv2
 
     from realtime.blend import Blender
-    from realtime.generators.onnx import crop_matrices
+    from realtime.crops import crop_matrices
 
     plain = Blender().process(warp.render(target))
     refined = Blender().process(learned.render(target))
@@ -302,7 +304,7 @@ def assert_changes_only_inside_the_crops(warp, learned, target) -> None:
 
 def export_three_crops(net, config: dict, step: int, path, outputs: tuple[str, ...]) -> tuple[object, dict]:
     """Export with the region layout's 3 crops, check parity on ``outputs``, write the card."""
-    from export.refiner import export_onnx, parity, write_card
+    from realtime.export.refiner import export_onnx, parity, write_card
 
     path = export_onnx(net, config["size"], path, crops=3)
     checks = parity(net, path, config["size"], crops=3)
@@ -320,9 +322,10 @@ def open_mouth_points(avatar) -> np.ndarray:
 def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_live(
     tiny_region_run, tiny_clips, tmp_path, builtin_avatar
 ):
-    from export.refiner import load_refiner
+    from realtime.crops import CropSpec
+    from realtime.export.refiner import load_refiner
     from realtime.frames import Frame, Target
-    from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
+    from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
     from realtime.train import models
     from realtime.train.data import make_dataset
@@ -347,8 +350,8 @@ def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_l
         flow = net(*inputs)[2]
     assert config["flow"] and float(flow.abs().max()) > 0.01  # pixels now move (crop pixels)
     assert float(flow.abs().max()) <= models.Refiner.MAX_FLOW * cfg.size + 1e-6
-    path, card = export_three_crops(net, config, step, tmp_path / "flow.onnx", ("image", "mask", "flow"))
-    assert "flow" in card["outputs"]
+    path, card = export_three_crops(net, config, step, tmp_path / "flow.onnx", REFINER_FLOW_OUTPUTS)
+    assert OUT_FLOW in card["outputs"]
 
     warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     learned = OnnxRefinerGenerator(str(path), warp)
@@ -360,7 +363,7 @@ def test_the_driver_map_shows_only_the_openings_and_ignores_the_lighting(builtin
     """What a driver refiner sees of the user: grey levels inside the mouth and eye openings
     relative to the face around them, so a darker room gives (nearly) the same map."""
     from realtime import mesh
-    from realtime.generators.onnx import CropSpec, crop_matrices, driver_map, fill_mask
+    from realtime.crops import CropSpec, crop_matrices, driver_map, fill_mask
 
     spec = CropSpec(48, layout="regions")
     points = mesh.with_mouth_centre(builtin_avatar.landmarks[:, :2].astype(np.float64))
@@ -379,10 +382,11 @@ def test_the_driver_map_shows_only_the_openings_and_ignores_the_lighting(builtin
 def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_and_runs_live(
     tiny_region_run, tiny_clips, tmp_path, builtin_avatar
 ):
-    from export.refiner import load_refiner
     from realtime.blend import Blender
+    from realtime.crops import CropSpec
+    from realtime.export.refiner import load_refiner
     from realtime.frames import Frame, Target
-    from realtime.generators.onnx import CropSpec, OnnxRefinerGenerator
+    from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
     from realtime.train import models
     from realtime.train.data import make_dataset
@@ -411,8 +415,8 @@ def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_
     assert config["driver"] and float((seen - blind).abs().max()) > 1e-3  # it uses what it sees
     with torch.no_grad():  # 8 steps learn little: louder, so that live it shows in grey levels
         net.enc0[0][0].weight[:, -1] *= 100.0
-    path, card = export_three_crops(net, config, step, tmp_path / "driver.onnx", ("image", "mask"))
-    assert "driver" in card["inputs"]
+    path, card = export_three_crops(net, config, step, tmp_path / "driver.onnx", REFINER_OUTPUTS)
+    assert IN_DRIVER in card["inputs"]
 
     # Live: the user is the astronaut; the avatar her own still image, its mouth opened.
     warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
@@ -428,7 +432,7 @@ def test_a_driver_refiner_starts_as_the_plain_one_learns_to_use_the_users_mouth_
 
 
 def test_promotion_needs_every_check_of_the_bar():
-    from export.promote import verdict
+    from realtime.export.promote import verdict
 
     def result(l1, ssim, mouth, clips):
         return {
@@ -473,7 +477,7 @@ def test_retargeted_pairs_aim_where_the_live_retargeter_would(clip_name, tmp_pat
 
 
 def test_retargeted_share_changes_the_aims_not_the_ground_truth(tiny_run):
-    from realtime.generators.onnx import CropSpec
+    from realtime.crops import CropSpec
     from realtime.train.data import ClipCache, make_sample
 
     out, _, _ = tiny_run
@@ -495,7 +499,7 @@ def test_motion_targets_carry_the_warp_onto_a_real_face_and_mirror_with_the_flip
     """The optical-flow targets a flow refiner learns from, on a real talking head: moving
     the warped mouth crop by them brings it closer to the real mouth, the trust map is a
     weight in [0, 1], and the flip augmentation mirrors them with the images."""
-    from realtime.generators.onnx import CropSpec, displace
+    from realtime.crops import CropSpec, displace
     from realtime.train.data import build_clip_cache, make_pairs
     from realtime.train.refiner import augment, to_tensors
     from tests.conftest import media

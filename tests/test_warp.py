@@ -144,7 +144,7 @@ def test_colour_match_moves_statistics_towards_reference():
 
 @pytest.mark.parametrize("scale", [0.5, 0.25])
 def test_small_crops_are_area_averaged_not_aliased_and_land_in_the_same_place(astronaut, scale):
-    from realtime.generators.onnx import ALIASING_SCALE, antialiased_warp
+    from realtime.crops import ALIASING_SCALE, antialiased_warp
 
     angle = np.deg2rad(12.0)
     rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -175,7 +175,8 @@ def test_a_crop_flow_moves_the_full_resolution_image_the_same_way(astronaut, mir
     """A flow refiner says where each crop pixel should come from; the runtime applies it
     to the full-resolution frame instead. Cropping the moved frame must give the moved crop
     (eye crops are mirrored, so a reflection is checked too)."""
-    from realtime.generators.onnx import _image_flow, displace
+    from realtime.crops import displace
+    from realtime.generators.onnx import _image_flow
 
     image = astronaut.astype(np.float32)
     angle, scale, size = np.deg2rad(12.0), 0.5, 96

@@ -10,15 +10,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from realtime import mesh
+from realtime.crops import (
+    IN_DRIVER,
+    IN_FILL_MASK,
+    IN_LANDMARKS,
+    IN_SOURCE,
+    IN_WARPED,
+    LAYOUTS,
+    OUT_FLOW,
+    OUT_IMAGE,
+    REFINER_DRIVER_INPUTS,
+    REFINER_OUTPUTS,
+    REGIONS,
+    CropSpec,
+    antialiased_warp,
+    crop_matrices,
+    displace,
+    driver_map,
+    fill_mask,
+    footprint,
+    landmark_map,
+    to_tensor,
+)
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
-from realtime.generators.piecewise import bounding_roi
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +93,7 @@ class OnnxRunner:
         if threads:
             options.intra_op_num_threads = threads
         # Idle onnxruntime threads would otherwise spin after each run, on the core the
-        # tracker process needs next (tracking p95 rose from 9.5 to 11.9 ms at 720p).
+        # tracker process needs next.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
@@ -113,128 +133,6 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
-@dataclass(frozen=True)
-class CropSpec:
-    size: int
-    face_scale: float = 0.32  # eye-corner distance as a fraction of the crop side: forehead to chin
-    # "face": one crop of the whole face. "regions": one crop each for the mouth and the two
-    # eyes, where the warp fails; a few small crops cost a fraction of one face crop.
-    layout: str = "face"
-
-
-# (landmark loop whose centroid centres the crop, crop side in eye-corner distances,
-# mirrored). The left eye is mirrored so that both eyes look alike to the model.
-REGIONS = {
-    "mouth": (mesh.OUTER_LIP, 1.0, False),
-    "right_eye": (mesh.RIGHT_EYE, 0.5, False),
-    "left_eye": (mesh.LEFT_EYE, 0.5, True),
-}
-LAYOUTS = ("face", "regions")
-
-
-def _upright(
-    landmarks: np.ndarray, pixels_per_eye_distance: float, centre: np.ndarray, anchor, mirrored: bool = False
-) -> np.ndarray:
-    """2x3 similarity that levels the eye line, scales the eye-corner distance to
-    ``pixels_per_eye_distance`` and moves ``centre`` to ``anchor`` (optionally mirrored)."""
-    right, left = landmarks[mesh.RIGHT_EYE_OUTER, :2], landmarks[mesh.LEFT_EYE_OUTER, :2]
-    eye_vec = left - right
-    angle = np.arctan2(eye_vec[1], eye_vec[0])
-    scale = pixels_per_eye_distance / (np.linalg.norm(eye_vec) + 1e-6)
-    cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
-    matrix = np.array([[cos, -sin, 0.0], [sin, cos, 0.0]])
-    if mirrored:
-        matrix[0] *= -1.0
-    matrix[:, 2] = np.asarray(anchor, np.float64) - matrix[:, :2] @ centre
-    return matrix
-
-
-def alignment(landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
-    """2x3 similarity taking the image to an upright, centred face crop."""
-    centre = landmarks[mesh.RIGID, :2].mean(axis=0)
-    return _upright(landmarks, spec.face_scale * spec.size, centre, (spec.size / 2, spec.size * 0.47))
-
-
-def crop_matrices(landmarks: np.ndarray, spec: CropSpec) -> list[np.ndarray]:
-    """The 2x3 image→crop similarities of ``spec``'s layout, in a fixed order."""
-    if spec.layout == "face":
-        return [alignment(landmarks, spec)]
-    if spec.layout != "regions":
-        raise ValueError(f"unknown crop layout {spec.layout!r}; known: {', '.join(LAYOUTS)}")
-    half = spec.size / 2
-    return [
-        _upright(landmarks, spec.size / side, landmarks[loop, :2].mean(axis=0), (half, half), mirrored)
-        for loop, side, mirrored in REGIONS.values()
-    ]
-
-
-# Below this scale a bilinear warp skips source pixels (aliasing); area averaging first.
-ALIASING_SCALE = 0.7
-
-
-def antialiased_warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """``cv2.warpAffine(image, matrix)`` to a ``size`` square, but a big face (a 720p webcam's
-    mouth cut to 48 px is 1/4 scale) is first shrunk with area averaging around the crop,
-    so the crop is not aliased the way a plain bilinear warp would be."""
-    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-    if scale >= ALIASING_SCALE:
-        return cv2.warpAffine(
-            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-    x0, y0, x1, y1 = bounding_roi(_footprint(cv2.invertAffineTransform(matrix), size), image.shape, margin=2)
-    width, height = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
-    small = cv2.resize(image[y0:y1, x0:x1], (width, height), interpolation=cv2.INTER_AREA)
-    # cv2.resize puts shrunk pixel q at image p = (q + 0.5) / f - 0.5 + (x0, y0), f per axis.
-    factor = np.array([width / (x1 - x0), height / (y1 - y0)])
-    shift = np.array([x0, y0], np.float64) + 0.5 / factor - 0.5
-    local = np.concatenate([matrix[:, :2] / factor, (matrix[:, :2] @ shift + matrix[:, 2])[:, None]], axis=1)
-    return cv2.warpAffine(small, local, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
-    """uint8 (S, S): the openings drawn in crop coordinates: the inner mouth (what the warp
-    cannot show), plus the eye openings for the region layout."""
-    loops = [mesh.INNER_LIP] if spec.layout == "face" else [mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE]
-    fill = np.zeros((spec.size, spec.size), np.uint8)
-    for loop in loops:
-        cv2.fillPoly(fill, [np.round(points[loop]).astype(np.int32)], 255)
-    return fill
-
-
-def driver_map(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, spec: CropSpec) -> np.ndarray:
-    """uint8 (S, S): what the driver's openings look like, in the driver's own crop (``matrix``).
-
-    Landmarks say how far a mouth is open, not whether it shows teeth, a tongue or a dark
-    cavity, and that is most of what a warped mouth gets wrong. So the refiner may see the
-    driver's openings (inner mouth, eyes): grey levels relative to the face around them
-    (128 = as bright as the surrounding skin), zero outside the openings. Only the openings
-    and only relative brightness, so little of the driver's identity or lighting comes with it.
-    """
-    crop = antialiased_warp(image, matrix, spec.size)
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    points = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-    openings = fill_mask(points, spec) > 0
-    around = grey[~openings]
-    reference = max(float(np.median(around if around.size else grey)), 8.0)
-    relative = np.clip(grey / reference * 128.0, 1.0, 255.0)  # 1, not 0: a black cavity is still open
-    return np.where(openings, relative, 0.0).astype(np.uint8)
-
-
-def _to_tensor(image: np.ndarray) -> np.ndarray:
-    return (image[:, :, ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-
-
-def landmark_map(points: np.ndarray, size: int) -> np.ndarray:
-    """Target landmarks drawn as a 1-channel map in crop coordinates (eyelids and lips included)."""
-    canvas = np.zeros((size, size), np.uint8)
-    for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE, mesh.INNER_LIP, mesh.OUTER_LIP):
-        cv2.polylines(canvas, [np.round(points[loop]).astype(np.int32)], True, 255, 1, cv2.LINE_AA)
-    pts = np.round(points[: mesh.NUM_LANDMARKS]).astype(np.int32)
-    pts = pts[((pts >= 0) & (pts < size)).all(axis=1)]
-    np.maximum.at(canvas, (pts[:, 1], pts[:, 0]), 128)
-    return canvas.astype(np.float32)[None, None] / 255.0
-
-
 class OnnxRefinerGenerator:
     """Warp first, then an ONNX model refines aligned crops; the correction is pasted back.
 
@@ -246,9 +144,9 @@ class OnnxRefinerGenerator:
     outputs ``image`` (N,3,S,S), ``mask`` (N,1,S,S) and optionally ``flow`` (N,2,S,S).
     """
 
-    REQUIRED_INPUTS = {"warped"}
-    OPTIONAL_INPUTS = {"source", "landmarks", "fill_mask", "driver"}
-    REQUIRED_OUTPUTS = {"image", "mask"}
+    REQUIRED_INPUTS = {IN_WARPED}
+    OPTIONAL_INPUTS = set(REFINER_DRIVER_INPUTS) - REQUIRED_INPUTS
+    REQUIRED_OUTPUTS = set(REFINER_OUTPUTS)
 
     def __init__(self, path: str, warp, providers: list[str] | None = None) -> None:
         self.runner = OnnxRunner(path, providers)
@@ -257,7 +155,7 @@ class OnnxRefinerGenerator:
         names = set(self.runner.inputs)
         if not self.REQUIRED_INPUTS <= names or not names <= self.REQUIRED_INPUTS | self.OPTIONAL_INPUTS:
             raise UserError(
-                f"model {path} has inputs {sorted(names)}; a generator needs 'warped' and optionally "
+                f"model {path} has inputs {sorted(names)}; a generator needs '{IN_WARPED}' and optionally "
                 f"{sorted(self.OPTIONAL_INPUTS)}"
             )
         if not self.REQUIRED_OUTPUTS <= set(self.runner.outputs):
@@ -267,7 +165,7 @@ class OnnxRefinerGenerator:
         card = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
         self.card = json.load(open(card)) if os.path.exists(card) else {}
         crop = self.card.get("crop", {})
-        shape = self.runner.input_shape("warped")
+        shape = self.runner.input_shape(IN_WARPED)
         size = shape[-1] if isinstance(shape[-1], int) else int(crop.get("size", 256))
         layout = crop.get("layout", "face")
         if layout not in LAYOUTS:
@@ -279,7 +177,7 @@ class OnnxRefinerGenerator:
                 f"model {path} takes {shape[0]} crops per frame, its '{layout}' layout makes {len(avatar_matrices)}"
             )
         self._source = np.concatenate(
-            [_to_tensor(antialiased_warp(warp.avatar_image, m, size)) for m in avatar_matrices]
+            [to_tensor(antialiased_warp(warp.avatar_image, m, size)) for m in avatar_matrices]
         )
         # Where the correction is applied: everywhere unless the card names regions (set
         # from held-out evaluation: where the model measurably beats the warp). A face crop
@@ -336,11 +234,11 @@ class OnnxRefinerGenerator:
         self, warped: np.ndarray, marks: np.ndarray, fill: np.ndarray, driver: np.ndarray
     ) -> dict[str, np.ndarray]:
         available = {
-            "warped": warped,
-            "source": self._source,
-            "landmarks": marks,
-            "fill_mask": fill,
-            "driver": driver,
+            IN_WARPED: warped,
+            IN_SOURCE: self._source,
+            IN_LANDMARKS: marks,
+            IN_FILL_MASK: fill,
+            IN_DRIVER: driver,
         }
         return {name: available[name] for name in self.runner.inputs}
 
@@ -348,7 +246,7 @@ class OnnxRefinerGenerator:
         """(N,1,S,S) float: the user's openings, cut around the user's own landmarks; zero
         when the model does not take them or no face is tracked."""
         size = self.spec.size
-        if "driver" not in self.runner.inputs or target.driver_landmarks is None:
+        if IN_DRIVER not in self.runner.inputs or target.driver_landmarks is None:
             return np.zeros((crops, 1, size, size), np.float32)
         points = mesh.with_mouth_centre(target.driver_landmarks[:, :2])
         maps = [
@@ -364,14 +262,14 @@ class OnnxRefinerGenerator:
         matrices = crop_matrices(target.landmarks, self.spec)
         # Each crop's inverse and image footprint, once: cutting and pasting both need them.
         inverses = [cv2.invertAffineTransform(m) for m in matrices]
-        footprints = [_footprint(inverse, size) for inverse in inverses]
+        footprints = [footprint(inverse, size) for inverse in inverses]
         crops, points = [], []
         for k, matrix in enumerate(matrices):
             crops.append(self._crop(base, matrix, footprints[k], size))
             points.append(target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2])
         outputs = self.runner.run(
             self._feeds(
-                np.concatenate([_to_tensor(c) for c in crops]),
+                np.concatenate([to_tensor(c) for c in crops]),
                 np.concatenate([landmark_map(p, size) for p in points]),
                 np.stack([fill_mask(p, self.spec) for p in points])[:, None].astype(np.float32) / 255.0,
                 self._driver_maps(target, len(matrices)),
@@ -387,21 +285,21 @@ class OnnxRefinerGenerator:
             if not self._pasted[k]:
                 continue
             inverse = inverses[k].copy()
-            footprint = footprints[k] - (x0, y0)
-            bx0, by0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
-            bx1, by1 = np.minimum(np.ceil(footprint.max(axis=0)).astype(int) + 1, (w, h))
+            corners = footprints[k] - (x0, y0)
+            bx0, by0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+            bx1, by1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, (w, h))
             if bx1 <= bx0 or by1 <= by0:
                 continue
             inverse[:, 2] -= (x0 + bx0, y0 + by0)
             box = (int(bx1 - bx0), int(by1 - by0))
             moved = crop.astype(np.float32)
-            if "flow" in outputs:
-                flow = outputs["flow"][k].transpose(1, 2, 0)
+            if OUT_FLOW in outputs:
+                flow = outputs[OUT_FLOW][k].transpose(1, 2, 0)
                 moved = displace(moved, flow)
                 patch[by0:by1, bx0:bx1] = displace(
                     patch, _image_flow(flow, inverse, box), origin=(int(bx0), int(by0))
                 )
-            refined = outputs["image"][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
+            refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
@@ -424,17 +322,6 @@ class OnnxRefinerGenerator:
         )
 
 
-def displace(image: np.ndarray, flow: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """``out[y, x] = image[origin + (x, y) + flow[y, x]]`` (bilinear, edges repeated): what the
-    model's grid_sample does, in pixels. The output has the flow's height and width."""
-    fh, fw = flow.shape[:2]
-    xs = np.arange(fw, dtype=np.float32)[None, :] + origin[0]
-    ys = np.arange(fh, dtype=np.float32)[:, None] + origin[1]
-    return cv2.remap(
-        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-
-
 def _image_flow(flow: np.ndarray, inverse: np.ndarray, box: tuple[int, int]) -> np.ndarray:
     """A crop's flow (crop pixels) as a flow over an image box: sampled where each image pixel
     lies in the crop (``inverse``: crop→box 2x3) and turned by the crop→image linear map, so
@@ -448,9 +335,3 @@ def _image_flow(flow: np.ndarray, inverse: np.ndarray, box: tuple[int, int]) -> 
         borderValue=(0.0, 0.0, 0.0),
     )
     return cv2.transform(sampled, inverse[:, :2].astype(np.float32))
-
-
-def _footprint(inverse: np.ndarray, size: int) -> np.ndarray:
-    """The crop's four corners in image coordinates (``inverse``: crop→image 2x3)."""
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
-    return corners @ inverse.T

@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 
 from realtime import mesh
+from realtime.crops import IN_FACE, OUT_IMAGE, OUT_MASK, CropSpec, alignment, antialiased_warp, to_tensor
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
-from realtime.generators.onnx import CropSpec, OnnxRunner, alignment, antialiased_warp
+from realtime.generators.onnx import OnnxRunner
 from realtime.generators.piecewise import bounding_roi
 
 KIND = "translator"
@@ -40,10 +41,6 @@ def is_translator(path: str) -> bool:
     return model_card(path).get("kind") == KIND
 
 
-def _to_tensor(image_bgr: np.ndarray) -> np.ndarray:
-    return (image_bgr[:, :, ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-
-
 def aligned_crop(image: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, np.ndarray]:
     """(crop, matrix): the face crop of ``spec`` (area-averaged when the face is big, see
     ``antialiased_warp``) and the 2x3 frame→crop similarity."""
@@ -58,23 +55,23 @@ class TranslatorGenerator:
         self.runner = OnnxRunner(path, providers)
         self.name = os.path.splitext(os.path.basename(path))[0]
         if (
-            "face" not in self.runner.inputs
+            IN_FACE not in self.runner.inputs
             or len(self.runner.inputs) != 1
-            or "image" not in self.runner.outputs
+            or OUT_IMAGE not in self.runner.outputs
         ):
             raise UserError(
                 f"model {path} has inputs {sorted(self.runner.inputs)} and outputs {self.runner.outputs}; "
-                "a translator needs input 'face' and output 'image' (optionally 'mask')"
+                f"a translator needs input '{IN_FACE}' and output '{OUT_IMAGE}' (optionally '{OUT_MASK}')"
             )
         self.card = model_card(path)
         crop = self.card.get("crop", {})
-        shape = self.runner.input_shape("face")
+        shape = self.runner.input_shape(IN_FACE)
         size = shape[-1] if isinstance(shape[-1], int) else int(crop.get("size", 64))
         self.spec = CropSpec(size=size, face_scale=float(crop.get("face_scale", CropSpec(size).face_scale)))
         self.feather = feather
         self._oval = mesh.face_oval()
         self._footprint = np.full((size, size), 255, np.uint8)
-        self.runner.warm_up({"face": np.zeros((1, 3, size, size), np.float32)})
+        self.runner.warm_up({IN_FACE: np.zeros((1, 3, size, size), np.float32)})
 
     @property
     def provider(self) -> str:
@@ -99,8 +96,8 @@ class TranslatorGenerator:
         image = target.frame.image
         dest = target.landmarks[:, :2].astype(np.float64)
         crop, matrix = aligned_crop(image, dest, self.spec)
-        outputs = self.runner.run({"face": _to_tensor(crop)})
-        face = np.clip(outputs["image"][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(
+        outputs = self.runner.run({IN_FACE: to_tensor(crop)})
+        face = np.clip(outputs[OUT_IMAGE][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(
             np.uint8
         )
         x0, y0, x1, y1 = bounding_roi(dest[: mesh.NUM_LANDMARKS], image.shape, margin=4)
@@ -112,9 +109,9 @@ class TranslatorGenerator:
             self._footprint, back, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
         )
         mask = self._mask(dest, np.array([x0, y0], np.float64), (h, w), inside)
-        if "mask" in outputs:
+        if OUT_MASK in outputs:
             model_mask = cv2.warpAffine(
-                outputs["mask"][0, 0].astype(np.float32),
+                outputs[OUT_MASK][0, 0].astype(np.float32),
                 back,
                 (w, h),
                 flags=cv2.INTER_LINEAR,

@@ -16,9 +16,10 @@ frames is never trained on: evaluation (``benchmarks/swap_eval.py``) uses them.
   ``x_{t+1} ≈ G_BA(P_B(G_AB(x_{t-1}), G_AB(x_t)))`` (both directions), which penalises
   translations that don't move consistently over time.
 
-Same loop style as the refiner: configuration at the top, data in memory, plain state-dict
-checkpoints (``weights_only=True``) and resume, tqdm, sample grids. At the end the A→B
-generator is exported to ONNX with a parity check and a model card (``export/translator.py``).
+Same loop style as the refiner: configuration in ``config.SwapConfig``, data in memory,
+plain state-dict checkpoints (``weights_only=True``) and resume, tqdm, sample grids. Training
+ends with ``translator.pt``; the caller exports it to ONNX with a parity check and a model
+card (``realtime.export.translator.export_run``), so training never imports the exporter.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -35,44 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from realtime.generators.onnx import CropSpec, alignment, landmark_map
+from realtime.crops import CropSpec, alignment, landmark_map
 from realtime.train import models
+from realtime.train.config import SwapConfig as Config
 from realtime.train.data import ClipCache
 from realtime.train.refiner import collect_caches
 from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Config:
-    size: int = 64
-    face_scale: float = 0.32  # CropSpec.face_scale: eye-corner distance / crop side
-    width: int = 32  # generator base width (x2 per down step)
-    n_down: int = 2
-    n_res: int = 4
-    disc_width: int = 32
-    disc_scales: int = 2
-    pred_width: int = 16  # Recycle-GAN temporal predictor width
-    recycle: bool = False
-    steps: int = 3000
-    max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
-    batch: int = 4
-    lr: float = 2e-4
-    w_adv: float = 1.0
-    w_cycle: float = 10.0
-    w_identity: float = 5.0
-    w_recurrent: float = 10.0
-    w_recycle: float = 10.0
-    holdout: float = 0.15  # last fraction of each video's frames, never trained on
-    cache_frames: int = 100_000  # frames cached per video (all of them, normally)
-    eval_every: int = 250
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False  # bf16 autocast on CPU too (always on CUDA); ~1.6x on CPUs with AVX512-BF16/AMX
-    export: bool = True
-    a: list[str] = field(default_factory=list)
-    b: list[str] = field(default_factory=list)
 
 
 # -- models ----------------------------------------------------------------------------
@@ -354,18 +325,11 @@ def sample_grid(nets: Nets, a: FaceSet, b: FaceSet, device: torch.device, path: 
     cv2.imwrite(str(path), grid)
 
 
-def train(cfg: Config, out: Path, resume: bool = True) -> dict:
-    """Train, checkpoint, and (``cfg.export``) export the A→B generator to ``out/translator.onnx``."""
-    from tqdm import tqdm
-
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    device = pick_device(cfg.device)
+def load_identities(cfg: Config, out: Path) -> tuple[FaceSet, FaceSet]:
+    """Both people's aligned faces (clips cached in ``out/cache``)."""
     t0 = time.time()
     faces_a = faces_for(cfg.a, out / "cache" / "a", cfg)
     faces_b = faces_for(cfg.b, out / "cache" / "b", cfg)
-    frames = 3 if cfg.recycle else 1
     for name, faces in (("A", faces_a), ("B", faces_b)):
         logger.info(
             "%s: %d training crops (%d triplets), %d held out, from %s",
@@ -378,7 +342,46 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if cfg.recycle and len(faces.triplets) == 0:
             raise SystemExit(f"--recycle needs videos: no consecutive frames for {name}")
     logger.info("data ready in %.0f s", time.time() - t0)
+    return faces_a, faces_b
 
+
+def train_step(
+    cfg: Config,
+    nets: Nets,
+    opts: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    batches: tuple[list[torch.Tensor], ...],
+    autocast: torch.autocast,
+) -> dict[str, float]:
+    """One step of the generators, then one of the discriminators; the rounded loss terms."""
+    opt_g, opt_d = opts
+    a, ma, b, mb = batches
+    with autocast:
+        terms, fakes = generator_losses(nets, cfg, a, ma, b, mb)
+    opt_g.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt_g.step()
+    with autocast:
+        loss_d = discriminator_loss(nets, a, b, fakes)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    return {
+        **{k: round(float(v.detach()), 5) for k, v in terms.items()},
+        "disc": round(float(loss_d.detach()), 5),
+    }
+
+
+def train(cfg: Config, out: Path, resume: bool = True) -> dict:
+    """Train in the run folder ``out`` (going on from its checkpoint when ``resume``), ending
+    with ``out/translator.pt``; the run's summary and history."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = pick_device(cfg.device)
+    faces_a, faces_b = load_identities(cfg, out)
+    frames = 3 if cfg.recycle else 1
     nets = Nets(cfg).to(device)
     opt_g = torch.optim.Adam(nets.generator_parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(nets.discriminator_parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -404,23 +407,10 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         ib = pool_b[torch.randint(0, len(pool_b), (cfg.batch,), generator=gen).numpy()]
         a, ma = batch_of(faces_a, ia, torch.rand(cfg.batch, generator=gen) < 0.5, device, frames)
         b, mb = batch_of(faces_b, ib, torch.rand(cfg.batch, generator=gen) < 0.5, device, frames)
-        with autocast:
-            terms, fakes = generator_losses(nets, cfg, a, ma, b, mb)
-        opt_g.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt_g.step()
-        with autocast:
-            loss_d = discriminator_loss(nets, a, b, fakes)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        losses = train_step(cfg, nets, (opt_g, opt_d), (a, ma, b, mb), autocast)
         step += 1
         bar.update(1)
-        record = {
-            "step": step,
-            **{k: round(float(v.detach()), 5) for k, v in terms.items()},
-            "disc": round(float(loss_d.detach()), 5),
-        }
+        record = {"step": step, **losses}
         if not all(math.isfinite(v) for k, v in record.items() if k != "step"):
             raise FloatingPointError(f"loss became non-finite at step {step}: {record}")
         bar.set_postfix(loss=f"{record['loss']:.3f}", cyc=f"{record['cycle']:.3f}")
@@ -446,9 +436,4 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         "final": history[-1] if history else {},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.export:
-        from export.translator import export_run
-
-        summary["export"] = export_run(out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"history": history, **summary}

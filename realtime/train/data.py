@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from realtime import mesh
-from realtime.generators.onnx import (
+from realtime.crops import (
     CropSpec,
     antialiased_warp,
     crop_matrices,

@@ -38,7 +38,7 @@ class Refiner(nn.Module):
     outline where the target has it, which recolouring alone cannot. The flow is an output
     too, so the runtime can move the full-resolution frame rather than the small crop.
 
-    With ``driver`` it also sees the driver's openings (``generators.onnx.driver_map``):
+    With ``driver`` it also sees the driver's openings (``realtime.crops.driver_map``):
     teeth or a dark cavity, which the landmarks do not describe.
     """
 

@@ -1,58 +1,43 @@
 """Who is in which shared clip, so training and validation never share a person.
 
-Keys come from the descriptions in ../shared/media/MANIFEST.tsv; clips that show the same
-person get the same key (e.g. MEAD actor M003 appears in three files).
+The table is data, ``people.tsv`` beside this module (clip, person, group); its person keys
+come from the descriptions in ../shared/media/MANIFEST.tsv.
 """
 
 from __future__ import annotations
 
+import csv
+from importlib import resources
 from pathlib import Path
 
-PERSON = {
-    "EAMM_mead_contempt_woman": "mead_braids_woman",
-    "EAMM_mead_disgusted_man": "mead_eastasian_man_b",
-    "EAMM_mead_fear_woman": "mead_curly_woman",
-    "EAMM_mead_surprised_woman": "mead_curly_woman",
-    "EAMM_mead_happy_man": "mead_M003",
-    "spectre_mead_M003_disgusted": "mead_M003",
-    "spectre_mead_M003_happy": "mead_M003",
-    "spectre_mead_M026_disgusted": "mead_M026",
-    "spectre_mead_M030_angry": "mead_M030",
-    "EAMM_mead_M030_sad_1080p": "mead_M030",
-    "dreamtalk_mead_M030_surprised": "mead_M030",
-    "spectre_mead_W015_neutral": "mead_W015",
-    "spectre_mead_W023_surprised": "mead_W023",
-    "spectre_mead_W036_happy": "mead_W036",
-    "dreamtalk_mead_W009_neutral": "mead_W009",
-    "dreamtalk_mead_W009_surprised": "mead_W009",
-    "dreamtalk_mead_W011_neutral": "mead_W011",
-    "dreamtalk_mead_W011_happy": "mead_W011",
-    "LipNet_grid_pwij3p": "grid_greying_man",
-    "LipNet_grid_id2_swwp2s": "grid_greying_man",
-    "styletalk_furious_talk1_clip2": "styletalk_furious_man",
-    "styletalk_furious_talk2_clip6": "styletalk_furious_man",
-}
+GROUPS = ("train", "selection", "validation")
+
+
+def load_table(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(clip → person for clips that share a person or are not their own key, person → group)
+    from the TSV ``text``; a person listed in two groups is an error."""
+    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+    person_of_clip: dict[str, str] = {}
+    group_of: dict[str, str] = {}
+    for row in rows:
+        clip, person, group = row["clip"], row["person"], row["group"]
+        if group not in GROUPS:
+            raise ValueError(f"people.tsv: {clip} has group {group!r}; known: {', '.join(GROUPS)}")
+        if group_of.setdefault(person, group) != group:
+            raise ValueError(f"people.tsv: {person} is in both {group_of[person]} and {group}")
+        if clip != person:
+            person_of_clip[clip] = person
+    return person_of_clip, group_of
+
+
+PERSON, _GROUP = load_table(resources.files(__package__).joinpath("people.tsv").read_text())
 
 # Held out for validation: these people never appear in training data.
-VALIDATION_PEOPLE = {
-    "liveportrait_d0",
-    "liveportrait_d9",
-    "mead_W011",
-    "styletalk_happyenglish_clip2",
-    "IP_LAP_ip_lap_129",
-    "extra_astorfi_oldman",
-    "LipNet_grid_bbaf2n",
-}
-
+VALIDATION_PEOPLE = {p for p, g in _GROUP.items() if g == "validation"}
 
 # Held out from training too, to choose the best checkpoint: choosing it on the validation
 # people would make their scores (the held-out evaluation's people) look better than they are.
-SELECTION_PEOPLE = {
-    "liveportrait_d3",
-    "styletalk_surprisegirl_clip2",
-    "extra_edtalk_woman_smile",
-    "mead_M026",
-}
+SELECTION_PEOPLE = {p for p, g in _GROUP.items() if g == "selection"}
 
 
 def person_of(path: str | Path) -> str:

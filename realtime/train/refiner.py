@@ -1,7 +1,8 @@
 """Train the face refiner: ``realtime train refiner --data DIR... --out runs/NAME``.
 
-A short, readable loop in the spirit of nanoGPT: configuration at the top, one dataset in
-memory, one loop, plain checkpoints (state dicts, loaded with ``weights_only=True``).
+A short, readable loop in the spirit of nanoGPT: configuration in ``config.RefinerConfig``,
+one dataset in memory, one loop of small steps, plain checkpoints (state dicts, loaded with
+``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from realtime.generators.onnx import CropSpec
+from realtime.crops import CropSpec
 from realtime.train import models
+from realtime.train.config import RefinerConfig as Config
 from realtime.train.data import build_clip_cache, make_dataset
 from realtime.train.people import person_of, split
 from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
@@ -28,53 +30,6 @@ logger = logging.getLogger(__name__)
 # data.region_weights gives the mouth 5, the eyes 4 and the rest of the crop 1.
 MOUTH_WEIGHT = 4.5
 VIDEO_SUFFIXES = {".mp4", ".mpg", ".mov", ".avi", ".mkv", ".webm"}
-
-
-@dataclass
-class Config:
-    size: int = 128
-    layout: str = "face"  # "face" (one face crop) or "regions" (mouth and eye crops)
-    widths: tuple[int, ...] = (16, 32, 64, 96)
-    flow: bool = False  # the refiner may move pixels too (models.Refiner)
-    driver: bool = False  # the refiner sees the driver's openings (models.Refiner)
-    # Share of training examples whose driver input is blanked (as live, when the face is
-    # lost), so the model still works without it.
-    driver_dropout: float = 0.1
-    steps: int = 2000
-    max_minutes: float = 0.0  # stop early after this much training time (0: no limit)
-    batch: int = 16
-    lr: float = 2e-4
-    # "constant", or "cosine": the learning rate falls to 0 by ``steps`` or ``max_minutes``,
-    # whichever comes first (the usual last stretch of a run, started from ``init``).
-    schedule: str = "constant"
-    init: str = ""  # model checkpoint (refiner.pt / refiner_best.pt) to start from
-    pairs_per_clip: int = 200
-    val_pairs_per_clip: int = 40
-    # Share of pairs (training and validation) aimed at retargeted rather than real landmarks.
-    retargeted: float = 0.0
-    cache_pairs: int = 40  # consecutive-frame pairs cached per clip
-    gan_start: int = 500  # adversarial terms join after the reconstruction has settled
-    w_l1: float = 10.0
-    mouth_boost: float = 1.0  # multiplies the mouth's loss weight (data.region_weights: 5)
-    w_lap: float = 5.0
-    w_temporal: float = 5.0
-    w_adv: float = 0.1
-    w_fm: float = 1.0
-    w_flow_smooth: float = 0.0  # mean flow gradient, in crop pixels (0.5 held the flow at ~0)
-    # L1 to the optical flow that carries the warp onto the real face (data.motion_target),
-    # where it is trusted: the photometric loss alone moves pixels only slowly.
-    w_motion: float = 0.0
-    eval_every: int = 250
-    seed: int = 0
-    workers: int = 1
-    device: str = "auto"
-    data: list[str] = field(default_factory=list)
-    # Clip names to validate on instead of the held-out people of realtime.train.people.
-    validation_clips: list[str] = field(default_factory=list)
-    # Weights are also kept as an exponential moving average (this decay per step; 0: off):
-    # validation, samples and the saved models use the average, which is far steadier
-    # from one checkpoint to the next than the raw weights.
-    ema: float = 0.999
 
 
 def collect_caches(data: list[str], cache_dir: Path, pairs: int) -> list[Path]:
@@ -217,85 +172,217 @@ def sample_grid(
     cv2.imwrite(str(path), cv2.resize(grid, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST))
 
 
+@dataclass
+class Data:
+    """The clips of each group and the pairs made from them, all in memory."""
+
+    train_clips: list[Path]
+    selection_clips: list[Path]
+    validation_clips: list[Path]
+    train: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+    selection: dict[str, np.ndarray]  # the validation pairs themselves when there are no selection people
+
+
+@dataclass
+class Nets:
+    """The refiner, its discriminator, their optimisers and the weight average (or None)."""
+
+    net: models.Refiner
+    disc: models.MultiScaleDiscriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    average: models.Refiner | None = None
+
+    @property
+    def shown(self) -> models.Refiner:
+        """What is validated and saved: the average when there is one."""
+        return self.average if self.average is not None else self.net
+
+    def parts(self) -> dict[str, object]:
+        """Everything a checkpoint holds, by the names it is saved under."""
+        extra = {"average": self.average} if self.average is not None else {}
+        return {"model": self.net, "disc": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d, **extra}
+
+
+def split_clips(cfg: Config, caches: list[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(train, selection, validation) clips: by person, or ``cfg.validation_clips`` by name."""
+    if cfg.validation_clips:
+        val = [p for p in caches if p.stem in cfg.validation_clips]
+        train = [p for p in caches if p.stem not in cfg.validation_clips]
+        selection: list[Path] = []
+    else:
+        train, selection, val = split(caches)
+    if not train or not val:
+        raise SystemExit(f"need clips of both training and validation people; got {len(train)} / {len(val)}")
+    logger.info("train people: %s", sorted({person_of(p) for p in train}))
+    logger.info("selection people: %s", sorted({person_of(p) for p in selection}))
+    logger.info("validation people: %s", sorted({person_of(p) for p in val}))
+    if not selection:
+        logger.warning("no selection people: the best checkpoint is chosen on the validation people")
+    return train, selection, val
+
+
+def load_data(cfg: Config, out: Path) -> Data:
+    """Cache the clips (in ``out/cache``), split them by person and make the pairs of each group."""
+    spec = CropSpec(cfg.size, layout=cfg.layout)
+    train, selection, val = split_clips(cfg, collect_caches(cfg.data, out / "cache", cfg.cache_pairs))
+    t0 = time.time()
+    motion = cfg.flow and cfg.w_motion > 0
+    pairs = make_dataset(train, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted, motion)
+    val_pairs = make_dataset(
+        val, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted
+    )
+    selection_pairs = (
+        make_dataset(selection, cfg.val_pairs_per_clip, spec, cfg.seed + 20_000, cfg.workers, cfg.retargeted)
+        if selection
+        else val_pairs
+    )
+    logger.info(
+        "pairs: %d train, %d validation (%.0f s)",
+        len(pairs["warped0"]),
+        len(val_pairs["warped0"]),
+        time.time() - t0,
+    )
+    return Data(train, selection, val, pairs, val_pairs, selection_pairs)
+
+
+def start_from(cfg: Config, net: models.Refiner, device: torch.device) -> None:
+    """Load ``cfg.init`` into ``net``: as it is, widened to ``cfg.widths``, or with the flow or
+    driver input ``cfg`` adds (which then start out doing nothing)."""
+    state = torch.load(cfg.init, map_location=device, weights_only=True)
+    init_config = json.loads(state["config"]) if "config" in state else {}
+    init_widths = tuple(init_config.get("widths", cfg.widths))
+    model_state = state["model"]
+    adds_flow = cfg.flow and not init_config.get("flow", False)
+    adds_driver = cfg.driver and not init_config.get("driver", False)
+    if (adds_flow or adds_driver) and init_widths != tuple(cfg.widths):
+        raise SystemExit("--flow or --driver from a checkpoint without it needs the same --widths")
+    if adds_driver:
+        model_state = models.with_driver_input(model_state)
+    if adds_flow:
+        models.add_flow(model_state, net)
+    elif init_widths == tuple(cfg.widths):
+        net.load_state_dict(model_state)
+    else:
+        # A narrower model grows to cfg.widths computing the same function, so the wider
+        # one starts where the narrow one ended instead of from scratch.
+        models.widen_refiner(state["model"], net, seed=cfg.seed)
+    logger.info("started from %s (its step %s, widths %s)", cfg.init, state.get("step"), init_widths)
+
+
+def build_nets(cfg: Config, device: torch.device, ckpt_path: Path, resume: bool) -> tuple[Nets, int]:
+    """The networks and optimisers, resumed from ``ckpt_path`` or started from ``cfg.init``;
+    and the step to go on from."""
+    net = models.Refiner(cfg.widths, cfg.size, flow=cfg.flow, driver=cfg.driver).to(device)
+    disc = models.MultiScaleDiscriminator().to(device)
+    opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+    nets = Nets(net, disc, opt_g, opt_d)
+    step = resume_checkpoint(ckpt_path, device, **nets.parts()) if resume else 0
+    if step == 0 and cfg.init:
+        start_from(cfg, net, device)
+    if cfg.ema:
+        nets.average = copy.deepcopy(net).requires_grad_(False)
+        if step:
+            saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+            if "average" in saved:
+                nets.average.load_state_dict(saved["average"])
+    return nets, step
+
+
+def sample_batch(
+    cfg: Config, data: dict[str, np.ndarray], gen: torch.Generator, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A random, augmented batch; with ``cfg.driver``, some samples' driver input blanked."""
+    idx = torch.randint(0, len(data["warped0"]), (cfg.batch,), generator=gen).numpy()
+    b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
+    if cfg.driver and cfg.driver_dropout > 0:
+        kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
+        for key in ("driver0", "driver1"):
+            b[key] = b[key] * kept[:, None, None, None]
+    return b
+
+
+def train_step(
+    cfg: Config, nets: Nets, b: dict[str, torch.Tensor], step: int, autocast: torch.autocast
+) -> dict[str, float]:
+    """One optimiser step of the refiner (and of the discriminator once ``cfg.gan_start`` is
+    reached); the loss terms it logs."""
+    net, disc = nets.net, nets.disc
+    with autocast:
+        img0, flow0 = run_generator(net, b, 0)
+        img1, flow1 = run_generator(net, b, 1)
+    img0, img1 = img0.float(), img1.float()
+    w0, w1 = (torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"]))
+    loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
+    loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(img1, b["target1"], w1)
+    # Temporal: the output should change from frame to frame the way the real face does.
+    loss_temporal = ((img1 - img0) - (b["target1"] - b["target0"])).abs().mean()
+    loss = cfg.w_l1 * loss_l1 + cfg.w_lap * loss_lap + cfg.w_temporal * loss_temporal
+    if cfg.flow:
+        loss = loss + cfg.w_flow_smooth * (flow_roughness(flow0) + flow_roughness(flow1))
+    if cfg.flow and cfg.w_motion > 0:
+        loss = loss + cfg.w_motion * ((flow0.float() - b["motion0"]).abs() * b["motion_trust0"]).mean()
+    adversarial = step >= cfg.gan_start
+    if adversarial:
+        with autocast:
+            fake = disc(img0, b["landmarks0"])
+            real = disc(b["target0"], b["landmarks0"])
+        loss = loss + cfg.w_adv * models.hinge_g(fake) + cfg.w_fm * models.feature_matching(real, fake)
+    nets.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    nets.opt_g.step()
+    if nets.average is not None:
+        # The usual warm-up: early on the average follows the weights closely.
+        update_average(nets.average, net, min(cfg.ema, (1 + step) / (10 + step)))
+    if adversarial:
+        with autocast:
+            loss_d = models.hinge_d(disc(b["target0"], b["landmarks0"]), disc(img0.detach(), b["landmarks0"]))
+        nets.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        nets.opt_d.step()
+    return {
+        "loss": round(float(loss.detach()), 5),
+        "l1": round(float(loss_l1.detach()), 5),
+        "temporal": round(float(loss_temporal.detach()), 5),
+    }
+
+
+def checkpoint(
+    cfg: Config, nets: Nets, data: Data, out: Path, step: int, record: dict, device: torch.device
+) -> float:
+    """Validate (into ``record``), write samples and the checkpoint; the selection score,
+    lower is better."""
+    record["val"] = evaluate(nets.shown, data.validation, device)
+    record["selection"] = (
+        evaluate(nets.shown, data.selection, device)
+        if data.selection is not data.validation
+        else record["val"]
+    )
+    sample_grid(nets.shown, data.validation, device, out / f"samples_{step:06d}.png")
+    save_checkpoint(out / "checkpoint.pt", cfg, step, **nets.parts())
+    logger.info("step %d: validation %s, selection %s", step, record["val"], record["selection"])
+    # Whole crop plus mouth, where the warp fails most; on the selection people, so the
+    # validation people stay unseen by every choice.
+    return record["selection"]["l1"] + record["selection"]["mouth_l1"]
+
+
 def train(cfg: Config, out: Path, resume: bool = True) -> dict:
+    """Train in the run folder ``out`` (going on from its checkpoint when ``resume``); the
+    run's summary and history."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
-    spec = CropSpec(cfg.size, layout=cfg.layout)
-    caches = collect_caches(cfg.data, out / "cache", cfg.cache_pairs)
-    if cfg.validation_clips:
-        val_caches = [p for p in caches if p.stem in cfg.validation_clips]
-        train_caches = [p for p in caches if p.stem not in cfg.validation_clips]
-        selection_caches: list[Path] = []
-    else:
-        train_caches, selection_caches, val_caches = split(caches)
-    if not train_caches or not val_caches:
-        raise SystemExit(
-            f"need clips of both training and validation people; got {len(train_caches)} / {len(val_caches)}"
-        )
-    logger.info("train people: %s", sorted({person_of(p) for p in train_caches}))
-    logger.info("selection people: %s", sorted({person_of(p) for p in selection_caches}))
-    logger.info("validation people: %s", sorted({person_of(p) for p in val_caches}))
-    if not selection_caches:
-        logger.warning("no selection people: the best checkpoint is chosen on the validation people")
-    t0 = time.time()
-    motion = cfg.flow and cfg.w_motion > 0
-    data = make_dataset(train_caches, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted, motion)
-    val = make_dataset(
-        val_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted
-    )
-    selection = (
-        make_dataset(
-            selection_caches, cfg.val_pairs_per_clip, spec, cfg.seed + 20_000, cfg.workers, cfg.retargeted
-        )
-        if selection_caches
-        else val
-    )
-    logger.info(
-        "pairs: %d train, %d validation (%.0f s)", len(data["warped0"]), len(val["warped0"]), time.time() - t0
-    )
-
-    net = models.Refiner(cfg.widths, cfg.size, flow=cfg.flow, driver=cfg.driver).to(device)
-    disc = models.MultiScaleDiscriminator().to(device)
-    opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
-    ckpt_path = out / "checkpoint.pt"
-    step = 0
-    if resume:
-        step = resume_checkpoint(ckpt_path, device, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d)
-    if step == 0 and cfg.init:
-        state = torch.load(cfg.init, map_location=device, weights_only=True)
-        init_config = json.loads(state["config"]) if "config" in state else {}
-        init_widths = tuple(init_config.get("widths", cfg.widths))
-        model_state = state["model"]
-        adds_flow = cfg.flow and not init_config.get("flow", False)
-        adds_driver = cfg.driver and not init_config.get("driver", False)
-        if (adds_flow or adds_driver) and init_widths != tuple(cfg.widths):
-            raise SystemExit("--flow or --driver from a checkpoint without it needs the same --widths")
-        if adds_driver:
-            model_state = models.with_driver_input(model_state)
-        if adds_flow:
-            models.add_flow(model_state, net)
-        elif init_widths == tuple(cfg.widths):
-            net.load_state_dict(model_state)
-        else:
-            # A narrower model grows to cfg.widths computing the same function, so the wider
-            # one starts where the narrow one ended instead of from scratch.
-            models.widen_refiner(state["model"], net, seed=cfg.seed)
-        logger.info("started from %s (its step %s, widths %s)", cfg.init, state.get("step"), init_widths)
-    average = copy.deepcopy(net).requires_grad_(False) if cfg.ema else None
-    if average is not None and step:
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if "average" in saved:
-            average.load_state_dict(saved["average"])
-    shown = average if average is not None else net  # what is validated and saved
+    data = load_data(cfg, out)
+    nets, step = build_nets(cfg, device, out / "checkpoint.pt", resume)
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []
     log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
-    n = len(data["warped0"])
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = TimeBudget(cfg.max_minutes)
@@ -305,95 +392,34 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
             logger.info("time budget reached at step %d", step)
             break
         if cfg.schedule == "cosine":
-            for group in opt_g.param_groups + opt_d.param_groups:
+            for group in nets.opt_g.param_groups + nets.opt_d.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * budget.progress(step, cfg.steps)))
-        idx = torch.randint(0, n, (cfg.batch,), generator=gen).numpy()
-        b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
-        if cfg.driver and cfg.driver_dropout > 0:
-            kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
-            for key in ("driver0", "driver1"):
-                b[key] = b[key] * kept[:, None, None, None]
-        with autocast:
-            img0, flow0 = run_generator(net, b, 0)
-            img1, flow1 = run_generator(net, b, 1)
-        img0, img1 = img0.float(), img1.float()
-        w0, w1 = (
-            torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"])
-        )
-        loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
-        loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(
-            img1, b["target1"], w1
-        )
-        # Temporal: the output should change from frame to frame the way the real face does.
-        loss_temporal = ((img1 - img0) - (b["target1"] - b["target0"])).abs().mean()
-        loss = cfg.w_l1 * loss_l1 + cfg.w_lap * loss_lap + cfg.w_temporal * loss_temporal
-        if cfg.flow:
-            loss = loss + cfg.w_flow_smooth * (flow_roughness(flow0) + flow_roughness(flow1))
-        if motion:
-            loss = loss + cfg.w_motion * ((flow0.float() - b["motion0"]).abs() * b["motion_trust0"]).mean()
-        adversarial = step >= cfg.gan_start
-        if adversarial:
-            with autocast:
-                fake = disc(img0, b["landmarks0"])
-                real = disc(b["target0"], b["landmarks0"])
-            loss_adv = models.hinge_g(fake)
-            loss_fm = models.feature_matching(real, fake)
-            loss = loss + cfg.w_adv * loss_adv + cfg.w_fm * loss_fm
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt_g.step()
-        if average is not None:
-            # The usual warm-up: early on the average follows the weights closely.
-            update_average(average, net, min(cfg.ema, (1 + step) / (10 + step)))
-        if adversarial:
-            with autocast:
-                loss_d = models.hinge_d(
-                    disc(b["target0"], b["landmarks0"]), disc(img0.detach(), b["landmarks0"])
-                )
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+        losses = train_step(cfg, nets, sample_batch(cfg, data.train, gen, device), step, autocast)
         step += 1
         bar.update(1)
-        record = {
-            "step": step,
-            "loss": round(float(loss.detach()), 5),
-            "l1": round(float(loss_l1.detach()), 5),
-            "temporal": round(float(loss_temporal.detach()), 5),
-        }
+        record = {"step": step, **losses}
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            record["val"] = evaluate(shown, val, device)
-            record["selection"] = (
-                evaluate(shown, selection, device) if selection is not val else record["val"]
-            )
-            sample_grid(shown, val, device, out / f"samples_{step:06d}.png")
-            extra = {"average": average} if average is not None else {}
-            save_checkpoint(ckpt_path, cfg, step, model=net, disc=disc, opt_g=opt_g, opt_d=opt_d, **extra)
-            logger.info("step %d: validation %s, selection %s", step, record["val"], record["selection"])
-            # The adversarial terms trade some L1 for realism: keep the best checkpoint too
-            # (whole crop plus mouth, where the warp fails most), chosen on the selection
-            # people so the validation people stay unseen by every choice.
-            score = record["selection"]["l1"] + record["selection"]["mouth_l1"]
+            # The adversarial terms trade some L1 for realism: keep the best checkpoint too.
+            score = checkpoint(cfg, nets, data, out, step, record, device)
             if score < best_score:
                 best_score = score
-                save_checkpoint(out / "refiner_best.pt", cfg, step, model=shown)
+                save_checkpoint(out / "refiner_best.pt", cfg, step, model=nets.shown)
         history.append(record)
         log.write(json.dumps(record) + "\n")
     bar.close()
     log.close()
-    save_checkpoint(out / "refiner.pt", cfg, step, model=shown)
+    save_checkpoint(out / "refiner.pt", cfg, step, model=nets.shown)
     summary = {
         "steps": step,
         "device": str(device),
-        "train_clips": [p.stem for p in train_caches],
-        "selection_clips": [p.stem for p in selection_caches],
-        "validation_clips": [p.stem for p in val_caches],
-        "train_pairs": n,
-        "validation_pairs": len(val["warped0"]),
+        "train_clips": [p.stem for p in data.train_clips],
+        "selection_clips": [p.stem for p in data.selection_clips],
+        "validation_clips": [p.stem for p in data.validation_clips],
+        "train_pairs": len(data.train["warped0"]),
+        "validation_pairs": len(data.validation["warped0"]),
         "final": history[-1] if history else {},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

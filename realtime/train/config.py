@@ -1,0 +1,196 @@
+"""Training configurations, and the command-line flags made from them.
+
+Each option is declared once, as a dataclass field; a field with ``flag`` metadata is also a
+command-line flag (its help, choices and spelling in the metadata), in the spirit of
+nanoGPT's configurator. Needs no torch, so the CLI can build its parser without it.
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, RefinerConfig)
+    cfg = config_from_args(RefinerConfig, parser.parse_args())
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def flag(
+    default: Any = dataclasses.MISSING,
+    help: str | None = None,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    choices: tuple[str, ...] | None = None,
+    name: str | None = None,
+    metavar: str | None = None,
+    required: bool = False,
+) -> Any:
+    """A dataclass field that is also a command-line flag (``--field-name`` unless ``name``)."""
+    metadata = {
+        "flag": {"help": help, "choices": choices, "name": name, "metavar": metavar, "required": required}
+    }
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(w) for w in text.split(","))
+
+
+def flag_fields(config_class: type) -> list[dataclasses.Field]:
+    """The fields of ``config_class`` that are command-line flags, in declaration order."""
+    return [f for f in dataclasses.fields(config_class) if "flag" in f.metadata]
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_class: type, exclude: Collection[str] = ()
+) -> None:
+    """Declare a flag on ``parser`` for each flag field of ``config_class`` (but ``exclude``).
+
+    Booleans are ``store_true``, ``tuple[int, ...]`` reads ``16,24,32``, ``list[str]`` takes
+    one or more values; every flag defaults to None, so ``config_from_args`` only overrides
+    the fields the user gave. The argparse ``dest`` is always the field name."""
+    hints = typing.get_type_hints(config_class)
+    for f in flag_fields(config_class):
+        if f.name in exclude:
+            continue
+        spec = f.metadata["flag"]
+        kind = hints[f.name]
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": spec["help"]}
+        if kind is bool:
+            options["action"] = "store_true"
+        elif typing.get_origin(kind) is list:
+            options.update(nargs="+", required=spec["required"])
+        elif typing.get_origin(kind) is tuple:
+            options["type"] = _int_tuple
+        else:
+            options["type"] = kind
+        if spec["choices"]:
+            options["choices"] = spec["choices"]
+        if spec["metavar"]:
+            options["metavar"] = spec["metavar"]
+        parser.add_argument(spec["name"] or "--" + f.name.replace("_", "-"), **options)
+
+
+def config_from_args(config_class: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """``config_class(**given)``, with every flag the user gave (not None in ``args``) on top."""
+    values = dict(given)
+    for f in flag_fields(config_class):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = list(value) if isinstance(value, list) else value
+    return config_class(**values)
+
+
+@dataclass
+class RefinerConfig:
+    """``realtime train refiner``: the face refiner of the learned generator."""
+
+    size: int = flag(128, "crop side in pixels")
+    layout: str = flag(
+        "face",
+        "crops the model refines: the whole face, or mouth and eyes (much cheaper live)",
+        choices=("face", "regions"),
+    )
+    widths: tuple[int, ...] = flag((16, 32, 64, 96), "U-Net channel widths per level, e.g. 16,24,32,48")
+    flow: bool = flag(
+        False, "the refiner may also move the warp's pixels (a small flow), not only recolour them"
+    )
+    driver: bool = flag(
+        False,
+        "the refiner also sees the driver's mouth and eye openings (teeth, a dark cavity), "
+        "which the landmarks do not describe",
+    )
+    # Share of training examples whose driver input is blanked (as live, when the face is
+    # lost), so the model still works without it.
+    driver_dropout: float = 0.1
+    steps: int = flag(2000)
+    max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
+    batch: int = flag(16)
+    lr: float = flag(2e-4, "learning rate (AdamW)")
+    schedule: str = flag(
+        "constant",
+        "learning rate: constant, or cosine decay to 0 by --steps or --max-minutes, whichever is first",
+        choices=("constant", "cosine"),
+    )
+    init: str = flag(
+        "", "start from this model checkpoint (e.g. refiner_best.pt); a narrower one is widened to --widths"
+    )
+    pairs_per_clip: int = flag(200)
+    val_pairs_per_clip: int = 40
+    retargeted: float = flag(0.0, "share of pairs whose target landmarks come from the live retargeter (0-1)")
+    cache_pairs: int = 40  # consecutive-frame pairs cached per clip
+    gan_start: int = flag(500, "step at which the adversarial losses join")
+    w_l1: float = 10.0
+    mouth_boost: float = flag(1.0, "multiplies the mouth's weight in the loss")
+    w_lap: float = 5.0
+    w_temporal: float = 5.0
+    w_adv: float = 0.1
+    w_fm: float = 1.0
+    w_flow_smooth: float = 0.0  # weight of the mean flow gradient, in crop pixels
+    # L1 to the optical flow that carries the warp onto the real face (data.motion_target),
+    # where it is trusted: the photometric loss alone moves pixels only slowly.
+    w_motion: float = flag(
+        0.0,
+        "with --flow: weight of the loss that pulls the flow to the optical flow from the warp "
+        "to the real face (0: learn it from the image loss alone)",
+        name="--motion-weight",
+        metavar="W",
+    )
+    eval_every: int = flag(250)
+    seed: int = 0
+    workers: int = flag(1, "processes that build training pairs")
+    device: str = flag("auto", "auto (CUDA when present), cpu or cuda")
+    data: list[str] = flag(
+        default_factory=list, help="videos, cached clips (.npz) or folders of them", required=True
+    )
+    # Clip names to validate on instead of the held-out people of realtime.train.people.
+    validation_clips: list[str] = field(default_factory=list)
+    # Weights are also kept as an exponential moving average (this decay per step; 0: off):
+    # validation, samples and the saved models use the average, which is far steadier
+    # from one checkpoint to the next than the raw weights.
+    ema: float = 0.999
+
+
+@dataclass
+class SwapConfig:
+    """``realtime train swap``: a CycleGAN / Recycle-GAN identity translator A→B."""
+
+    size: int = flag(64, "face crop side (default 64)")
+    face_scale: float = 0.32  # CropSpec.face_scale: eye-corner distance / crop side
+    width: int = flag(32, "generator base width (default 32)")  # x2 per down step
+    n_down: int = 2
+    n_res: int = flag(4, "generator residual blocks (default 4)")
+    disc_width: int = 32
+    disc_scales: int = 2
+    pred_width: int = 16  # Recycle-GAN temporal predictor width
+    recycle: bool = flag(False, "Recycle-GAN: add temporal predictors and the recycle loss")
+    steps: int = flag(3000)
+    max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
+    batch: int = flag(4)
+    lr: float = 2e-4
+    w_adv: float = 1.0
+    w_cycle: float = 10.0
+    w_identity: float = 5.0
+    w_recurrent: float = 10.0
+    w_recycle: float = 10.0
+    holdout: float = flag(0.15, "last fraction of each video never trained on")
+    cache_frames: int = 100_000  # frames cached per video (all of them, normally)
+    eval_every: int = flag(250)
+    seed: int = 0
+    device: str = flag("auto", "auto (CUDA when present), cpu or cuda")
+    bf16: bool = flag(False, "bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)")  # always on CUDA
+    # Whether the A→B generator is exported to ONNX once training ends; the caller does it
+    # (realtime.export.translator.export_run), so training never imports the exporter.
+    export: bool = True
+    a: list[str] = flag(
+        default_factory=list, help="the user: videos, cached clips (.npz) or folders of them", required=True
+    )
+    b: list[str] = flag(
+        default_factory=list, help="who the user becomes: videos, cached clips or folders", required=True
+    )

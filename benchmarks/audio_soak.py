@@ -178,9 +178,9 @@ def main() -> int:
     process = psutil.Process()
     recorder: Recorder | None = None
     try:
-        bridge.start()
+        bridge.open()
         recorder = Recorder(sink)
-        child = psutil.Process(bridge._process.pid)
+        child = psutil.Process(bridge.pid)
         cpu0, child0, t0 = process.cpu_times(), child.cpu_times(), time.monotonic()
         next_check = t0 + min(args.check_every, 20.0)
         reported: list[float] = []

@@ -1,7 +1,7 @@
 """Measuring the real audio path: how late the bridge's output really is.
 
 Used by the tests and the audio benchmarks (``benchmarks/audio_floor.py``,
-``benchmarks/audio_soak.py``), never by a live run: the runtime module ``realtime.audio``
+``benchmarks/audio_soak.py``), never by a live run: the runtime package ``realtime.audio``
 stays free of measurement code.
 """
 
@@ -19,9 +19,9 @@ from realtime.audio import (
     AudioBridge,
     AudioBridgeProcess,
     AudioUnavailable,
-    _first_line,
-    _pulse_env,
+    first_line,
     import_sounddevice,
+    pulse_env,
 )
 
 PROBE_BLOCKSIZE = 960  # measure_bridge_delay's own streams (as a call app would read), fixed
@@ -34,7 +34,7 @@ def wait_flowing(
     timeout_s: float = 6.0,
     tick: Callable[[], None] | None = None,
 ) -> bool:
-    """True once ``count()`` grows at ``per_s`` or more over ``window_s`` (PulseAudio may stall ~2 s at start)."""
+    """True once ``count()`` grows at ``per_s`` or more over ``window_s`` (PulseAudio may stall for seconds at start)."""
     history: list[tuple[float, float]] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -68,7 +68,7 @@ def temporary_null_sink(name: str, *args: str) -> Iterator[str]:
     except (OSError, subprocess.SubprocessError) as exc:
         raise AudioUnavailable(f"cannot run pactl: {exc}") from exc
     if proc.returncode != 0:
-        raise AudioUnavailable(f"cannot load a null sink: {_first_line(Exception(proc.stderr))}")
+        raise AudioUnavailable(f"cannot load a null sink: {first_line(Exception(proc.stderr))}")
     module = proc.stdout.strip()
     try:
         yield name
@@ -164,15 +164,15 @@ def measure_bridge_delay(
             outdata[: len(chunk)] = chunk
             position[0] += frames
 
-    bridge.start()
+    bridge.open()
     recorder = player = None
     try:
         flowing = wait_flowing(lambda: bridge.stats()["input_blocks"], tick=engine_reports)
         probe = {"device": "pulse", "samplerate": SAMPLE_RATE, "blocksize": PROBE_BLOCKSIZE, "channels": 2}
         probe |= {"dtype": "float32", "latency": "low"}
-        with _pulse_env("PULSE_SOURCE", f"{sink}.monitor"):
+        with pulse_env("PULSE_SOURCE", f"{sink}.monitor"):
             recorder = sd.InputStream(**probe, callback=lambda d, f, t, s: recorded.append(d.copy()))
-        with _pulse_env("PULSE_SINK", sink):
+        with pulse_env("PULSE_SINK", sink):
             player = sd.OutputStream(**probe, callback=play)
         recorder.start()
         player.start()

@@ -1,7 +1,9 @@
-"""Loading user-supplied images, with one-line errors for everything that can go wrong."""
+"""Loading user-supplied images, with one-line errors for everything that can go wrong, and
+probing media containers."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import cv2
@@ -9,6 +11,8 @@ import numpy as np
 
 from realtime.errors import UserError
 from realtime.native import quiet_native_stderr
+
+logger = logging.getLogger(__name__)
 
 MAX_IMAGE_SIDE = 12000
 MIN_IMAGE_SIDE = 48
@@ -79,3 +83,35 @@ def fit_to_canvas(image: np.ndarray, width: int, height: int) -> np.ndarray:
     x, y = (width - fw) // 2, (height - fh) // 2
     back[y : y + fh, x : x + fw] = fitted
     return back
+
+
+def video_start_offset_s(path: str | os.PathLike[str]) -> float:
+    """Seconds from the start of ``path`` to its first video frame (0.0 when unknown).
+
+    ffmpeg lines a muxed input up by the file's start (its earliest stream). A driver
+    whose video starts after its audio (common in phone and camera recordings) would
+    otherwise get its audio that much late in a render, whose video starts at 0.
+    """
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    try:
+        probe = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stderr
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("probing %s failed: %s", path, exc)
+        return 0.0
+    file_start = re.search(r"Duration:.*?, start: (-?[\d.]+)", probe)
+    video = re.search(r"Stream #\d+:\d+.*?: Video: .*", probe)
+    if not file_start or not video:
+        return 0.0
+    # ffmpeg prints a stream's own start only when it is not 0.
+    stream_start = re.search(r", start (-?[\d.]+)", video.group(0))
+    offset = (float(stream_start.group(1)) if stream_start else 0.0) - float(file_start.group(1))
+    return max(0.0, offset)

@@ -371,7 +371,7 @@ class FileSink:
         """The ffmpeg argument list (no shell)."""
         import imageio_ffmpeg
 
-        from realtime.audio import video_start_offset_s
+        from realtime.media import video_start_offset_s
 
         enc_w, enc_h = width + self._pad[0], height + self._pad[1]
         cmd = [

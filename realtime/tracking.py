@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from realtime import mesh
 from realtime.frames import FaceTrack, Frame
 from realtime.native import quiet_native_stderr
+from realtime.worker import ChildWorker, WorkerChannel
 
 logger = logging.getLogger(__name__)
 
@@ -106,22 +108,41 @@ def _landmarks_array(face, width: int, height: int) -> np.ndarray:
 
 
 class FaceMeshDetector:
-    """mediapipe's face mesh in this process: ``detect(bgr) -> [(478, 3) pixels]``."""
+    """mediapipe's face mesh in this process: ``detect(bgr) -> [(478, 3) pixels]``.
+
+    The constructor only configures; ``open()`` builds the mesh, ``close()`` releases it.
+    """
 
     def __init__(self, max_faces: int, static_images: bool, min_detection_confidence: float) -> None:
+        self.max_faces = max_faces
+        self.static_images = static_images
+        self.min_detection_confidence = min_detection_confidence
+        self._mesh: Any = None
+        self._quiet_calls = 0
+
+    def open(self) -> FaceMeshDetector:
+        if self._mesh is not None:
+            return self
         import mediapipe as mp  # heavy import, kept local so `realtime --help` stays fast
 
         with quiet_native_stderr():
             self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=static_images,
-                max_num_faces=max_faces,
+                static_image_mode=self.static_images,
+                max_num_faces=self.max_faces,
                 refine_landmarks=True,
-                min_detection_confidence=min_detection_confidence,
+                min_detection_confidence=self.min_detection_confidence,
                 min_tracking_confidence=0.5,
             )
             # The first call builds the TFLite delegates, which log on their own.
             self._mesh.process(np.zeros((64, 64, 3), np.uint8))
         self._quiet_calls = 2
+        return self
+
+    def __enter__(self) -> FaceMeshDetector:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
@@ -135,32 +156,28 @@ class FaceMeshDetector:
         return [_landmarks_array(face, width, height) for face in result.multi_face_landmarks or []]
 
     def close(self) -> None:
-        self._mesh.close()
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
 
 
-def _detector_worker(conn, shm_name: str, max_faces: int, static_images: bool, confidence: float) -> None:
+def _serve_face_mesh(
+    channel: WorkerChannel, shm_name: str, max_faces: int, static_images: bool, confidence: float
+) -> None:
     """Child process: detect faces in frames handed over through shared memory."""
-    import signal
     from multiprocessing import shared_memory
 
-    # Ctrl-C is the parent's to handle; it closes this worker through the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
     shm = shared_memory.SharedMemory(name=shm_name)
-    detector = FaceMeshDetector(max_faces, static_images, confidence)
-    conn.send(("ready", None))
     try:
-        while True:
-            shape = conn.recv()
-            if shape is None:
-                break
-            image = np.ndarray(shape, np.uint8, buffer=shm.buf)
-            try:
-                conn.send(("ok", detector.detect(image)))
-            except Exception as exc:  # reported to the parent, which decides
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        with FaceMeshDetector(max_faces, static_images, confidence) as detector:
+            channel.ready()
+            for shape in channel.requests():
+                image = np.ndarray(shape, np.uint8, buffer=shm.buf)
+                try:
+                    channel.reply(detector.detect(image))
+                except Exception as exc:  # reported to the parent, which decides
+                    channel.reply_error(f"{type(exc).__name__}: {exc}")
     finally:
-        detector.close()
         shm.close()
 
 
@@ -168,9 +185,9 @@ class FaceMeshProcess:
     """The same detector in a child process.
 
     mediapipe holds the GIL for the whole of ``process()``, so in-process tracking can't
-    overlap with rendering. In its own process it runs on the other core; a frame
-    crosses through shared memory (about 0.3 ms at 960x540) and landmarks come back
-    through a pipe. A child that dies is restarted on the next frame.
+    overlap with rendering. In its own process it runs on another core; a frame crosses
+    through shared memory and landmarks come back through a pipe. A child that dies is
+    restarted on the next frame. The constructor only configures; ``open()`` starts the child.
     """
 
     def __init__(
@@ -182,67 +199,51 @@ class FaceMeshProcess:
     ) -> None:
         self._args = (max_faces, static_images, min_detection_confidence)
         self._capacity = max_pixels * 3
-        self._shm = None
-        self._process = None
-        self._conn = None
-        self._start()
+        self._shm: Any = None
+        self._worker: ChildWorker | None = None
 
-    def _start(self) -> None:
-        import multiprocessing as mp
+    def open(self) -> FaceMeshProcess:
+        if self._worker is not None:
+            return self
         from multiprocessing import shared_memory
 
-        self.close()
-        context = mp.get_context("spawn")  # never fork a process that runs threads
         self._shm = shared_memory.SharedMemory(create=True, size=self._capacity)
-        parent, child = context.Pipe()
-        self._process = context.Process(
-            target=_detector_worker,
-            args=(child, self._shm.name, *self._args),
-            name="realtime-tracker",
-            daemon=True,
+        self._worker = ChildWorker(
+            _serve_face_mesh,
+            (self._shm.name, *self._args),
+            name="tracker",
+            start_timeout_s=60.0,
+            close_timeout_s=2.0,
         )
-        self._conn = parent
         try:
-            self._process.start()
-            child.close()
-            if not self._conn.poll(60.0):
-                raise RuntimeError("the tracker process did not start")
-            self._conn.recv()
+            self._worker.open()
         except BaseException:
             self.close()  # unlinks the shared memory too
             raise
+        return self
+
+    def __enter__(self) -> FaceMeshProcess:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         if image_bgr.nbytes > self._capacity:
             raise ValueError(f"frame of {image_bgr.shape} exceeds the tracker's shared buffer")
-        if self._process is None or not self._process.is_alive():
+        if self._worker is None or not self._worker.alive:
             logger.warning("tracker process is gone; restarting it")
-            self._start()
+            self.close()
+            self.open()
+        assert self._worker is not None and self._shm is not None
         view = np.ndarray(image_bgr.shape, np.uint8, buffer=self._shm.buf)
         np.copyto(view, image_bgr)
-        try:
-            self._conn.send(image_bgr.shape)
-            status, payload = self._conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            self._process = None
-            raise RuntimeError(f"tracker process died: {exc}") from exc
-        if status != "ok":
-            raise RuntimeError(payload)
-        return payload
+        return self._worker.call(image_bgr.shape)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            self._conn.close()
-            self._conn = None
-        if self._process is not None:
-            self._process.join(timeout=2.0)
-            if self._process.is_alive():
-                self._process.kill()
-            self._process = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
         if self._shm is not None:
             self._shm.close()
             self._shm.unlink()
@@ -276,6 +277,7 @@ class FaceTracker:
     ) -> None:
         kind = FaceMeshProcess if isolated else FaceMeshDetector
         self._detector = kind(max_faces, static_images, min_detection_confidence)
+        self._detector.open()
         self.track_width = track_width
         self.relock_after_s = relock_after_s
         self._filter = PoseExpressionSmoother() if smoothing else None

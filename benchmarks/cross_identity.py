@@ -36,8 +36,8 @@ from realtime.avatar import load_avatar
 from realtime.controls import Controls
 from realtime.frames import Frame
 from realtime.generators.registry import build_generators
-from realtime.loop import FrameProcessor
 from realtime.metrics import Metrics
+from realtime.pipeline import FrameProcessor
 from realtime.tracking import FaceTracker
 
 TILE = 200  # px per sheet tile

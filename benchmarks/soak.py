@@ -126,8 +126,9 @@ def run_soak(
     from realtime.avatar import load_avatar
     from realtime.controls import Controls
     from realtime.generators.registry import build_generators
-    from realtime.loop import Engine, FrameProcessor
+    from realtime.loop import Engine
     from realtime.metrics import Metrics, machine_description, percentiles
+    from realtime.pipeline import FrameProcessor
     from realtime.sources import BuiltinDriverSource
     from realtime.tracking import FaceTracker
 

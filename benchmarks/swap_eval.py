@@ -41,8 +41,8 @@ from realtime.controls import Controls
 from realtime.crops import CropSpec, alignment
 from realtime.frames import Frame
 from realtime.generators.registry import build_generators
-from realtime.loop import FrameProcessor
 from realtime.metrics import Metrics, machine_description, percentiles
+from realtime.pipeline import FrameProcessor
 from realtime.sources import probe_video
 from realtime.tracking import FaceTracker
 

@@ -12,11 +12,13 @@ import os
 import resource
 import sys
 import time
-from typing import Any
+from contextlib import ExitStack
 
 import numpy as np
 
 from realtime.metrics import Metrics, machine_description
+from realtime.pipeline import FrameProcessor
+from realtime.stages import Sink, Source
 
 logger = logging.getLogger(__name__)
 
@@ -47,31 +49,29 @@ class ResourceMeter:
         }
 
 
-def run_naive(source: Any, processor: Any, sinks: list[Any], seconds: float | None) -> dict:
+def run_naive(source: Source, processor: FrameProcessor, sinks: list[Sink], seconds: float | None) -> dict:
     """One thread, every frame in order, nothing dropped: the baseline the engine must beat."""
     metrics = processor.metrics
-    for sink in sinks:
-        sink.open(processor.output_size[0], processor.output_size[1], getattr(source, "fps", 30.0))
-    metrics.t_start = time.monotonic()
-    deadline = metrics.t_start + seconds if seconds else float("inf")
-    try:
-        while time.monotonic() < deadline:
-            frame = source.read()
-            if frame is None:
-                break
-            metrics.add_captured()
-            out = processor.process(frame)
-            t0 = time.perf_counter()
-            for sink in sinks:
-                sink.send(out)
-            now = time.monotonic()
-            metrics.add_stage("sink", (time.perf_counter() - t0) * 1000.0)
-            metrics.add_output((now - frame.t_capture) * 1000.0, now, out.face_found)
-    finally:
-        metrics.t_end = time.monotonic()
-        source.close()
+    with ExitStack() as stack:
         for sink in sinks:
-            sink.close()
+            sink.open(processor.output_size[0], processor.output_size[1], source.fps)
+            stack.callback(sink.close)
+        stack.enter_context(source)
+        stack.enter_context(processor)
+        metrics.t_start = time.monotonic()
+        deadline = metrics.t_start + seconds if seconds else float("inf")
+        try:
+            while time.monotonic() < deadline and (frame := source.read()) is not None:
+                metrics.add_captured()
+                out = processor.process(frame)
+                t0 = time.perf_counter()
+                for sink in sinks:
+                    sink.send(out)
+                now = time.monotonic()
+                metrics.add_stage("sink", (time.perf_counter() - t0) * 1000.0)
+                metrics.add_output((now - frame.t_capture) * 1000.0, now, out.face_found)
+        finally:
+            metrics.t_end = time.monotonic()
     return metrics.summary()
 
 
@@ -134,21 +134,28 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_info(processor: Any, args: Any) -> dict:
-    generator = processor.generators.for_mode(processor.controls.mode)
+def bench_info(processor: FrameProcessor, paced: bool) -> dict:
+    generator = processor.generator()
     return {
-        "generator": getattr(generator, "name", "warp"),
-        "provider": getattr(generator, "provider", "numpy+opencv (CPU)"),
+        "generator": generator.name,
+        "provider": generator.provider,
         "size": f"{processor.output_size[0]}x{processor.output_size[1]}",
         "machine": machine_description(),
-        "paced": not args.unpaced,
+        "paced": paced,
     }
 
 
-def fresh(processor: Any) -> Any:
+def engine_vs_naive(engine: dict, naive: dict) -> dict[str, float]:
+    """How much lower the engine's p95 latency is, and how much more it delivers."""
+    return {
+        "p95_latency_ratio": round(naive["latency_ms"]["p95"] / max(engine["latency_ms"]["p95"], 1e-6), 3),
+        "throughput_ratio": round(engine["fps"] / max(naive["fps"], 1e-6), 3),
+    }
+
+
+def fresh(processor: FrameProcessor) -> FrameProcessor:
     """A processor with the same avatar and generators but new tracker state and metrics."""
     from realtime.controls import Controls
-    from realtime.loop import FrameProcessor
     from realtime.tracking import FaceTracker
 
     controls = Controls(mode=processor.controls.mode)

@@ -1,4 +1,4 @@
-"""Command line: parse arguments, build a pipeline, run it. Nothing else lives here."""
+"""Command line: parse the flags into a config, hand it to ``realtime.session``, print the result."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from realtime.errors import DeviceUnavailable, UserError
 
@@ -14,6 +15,9 @@ logger = logging.getLogger("realtime")
 
 DEFAULT_DEMO_OUT = "realtime-demo.mp4"
 DEFAULT_PIPELINE = "auto"
+DEMO_SIZE = (640, 640)
+DEMO_CAMERA = (640, 480)
+DEMO_FPS = 30.0
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -41,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"realtime: error: {message} (see `{self.prog} --help`)\n")
 
 
+# -- flags shared by several commands ------------------------------------------------------
 def _add_pipeline_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pipeline",
@@ -100,37 +105,8 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_audio_args(args: argparse.Namespace) -> None:
-    if (args.audio_in is None) != (args.audio_out is None):
-        raise UserError(
-            "give both --audio-in (the microphone) and --audio-out (the virtual microphone); "
-            "`realtime devices` lists them and explains the setup"
-        )
-
-
-def _start_audio(args: argparse.Namespace):
-    """The audio bridge for --audio-in/--audio-out, or None (not asked for, or failed: logged, video goes on)."""
-    if args.audio_in is None or args.audio_out is None:
-        return None
-    from realtime.audio import start_bridge
-
-    return start_bridge(args.audio_in, args.audio_out, offset_ms=args.audio_offset_ms, muted=args.audio_mute)
-
-
-def audio_hold(audio, args: argparse.Namespace):
-    """With --av-sync both: the engine holds each frame until it is as old as the audio's
-    shortest possible delay (read live from the bridge), so the two meet."""
-    if audio is None or args.av_sync != "both":
-        return None
-    return lambda: audio.min_delay_ms
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+# -- one parser per command ------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="zero-configuration demo")
     demo.add_argument(
         "--seconds",
@@ -140,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="the live loop")
     run.add_argument("--avatar", required=True, help="portrait image, or 'builtin'")
     src = run.add_mutually_exclusive_group()
@@ -166,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_choice(run)
     _add_audio_options(run)
 
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
     render.add_argument("--avatar", required=True)
     render.add_argument("--driver", required=True, help="driving video")
@@ -173,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="camera-to-output latency percentiles, deadline misses, naive comparison"
     )
@@ -195,113 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 
-    sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from realtime.train.config import RefinerConfig, SwapConfig, add_config_flags
 
     train = sub.add_parser("train", help="train a model (needs the 'train' extra: torch)")
     train_sub = train.add_subparsers(dest="model", required=True, parser_class=_Parser)
     refiner = train_sub.add_parser("refiner", help="the face refiner used by the learned generator")
-    refiner.add_argument(
-        "--data", nargs="+", required=True, help="videos, cached clips (.npz) or folders of them"
-    )
+    add_config_flags(refiner, RefinerConfig)
     refiner.add_argument("--out", required=True, help="run folder (checkpoints, samples, log)")
-    refiner.add_argument("--steps", type=int, default=None)
-    refiner.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
-    refiner.add_argument("--eval-every", type=int, default=None)
-    refiner.add_argument("--batch", type=int, default=None)
-    refiner.add_argument("--pairs-per-clip", type=int, default=None)
-    refiner.add_argument("--workers", type=int, default=None, help="processes that build training pairs")
-    refiner.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
-    refiner.add_argument(
-        "--layout",
-        choices=["face", "regions"],
-        default=None,
-        help="crops the model refines: the whole face, or mouth and eyes (much cheaper live)",
-    )
-    refiner.add_argument("--size", type=int, default=None, help="crop side in pixels")
-    refiner.add_argument("--lr", type=float, default=None, help="learning rate (AdamW)")
-    refiner.add_argument(
-        "--gan-start", type=int, default=None, help="step at which the adversarial losses join"
-    )
-    refiner.add_argument(
-        "--schedule",
-        choices=["constant", "cosine"],
-        default=None,
-        help="learning rate: constant, or cosine decay to 0 by --steps or --max-minutes, whichever is first",
-    )
-    refiner.add_argument(
-        "--mouth-boost", type=float, default=None, help="multiplies the mouth's weight in the loss"
-    )
-    refiner.add_argument(
-        "--retargeted",
-        type=float,
-        default=None,
-        help="share of pairs whose target landmarks come from the live retargeter (0-1)",
-    )
-    refiner.add_argument(
-        "--init",
-        default=None,
-        help="start from this model checkpoint (e.g. refiner_best.pt); a narrower one is widened to --widths",
-    )
-    refiner.add_argument(
-        "--widths",
-        type=lambda text: tuple(int(w) for w in text.split(",")),
-        default=None,
-        help="U-Net channel widths per level, e.g. 16,24,32,48",
-    )
-    refiner.add_argument(
-        "--flow",
-        action="store_true",
-        default=None,
-        help="the refiner may also move the warp's pixels (a small flow), not only recolour them",
-    )
-    refiner.add_argument(
-        "--driver",
-        action="store_true",
-        default=None,
-        help="the refiner also sees the driver's mouth and eye openings (teeth, a dark cavity), "
-        "which the landmarks do not describe",
-    )
-    refiner.add_argument(
-        "--motion-weight",
-        dest="w_motion",
-        metavar="W",
-        type=float,
-        default=None,
-        help="with --flow: weight of the loss that pulls the flow to the optical flow from the warp "
-        "to the real face (0: learn it from the image loss alone)",
-    )
-    refiner.add_argument(
-        "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
-    )
     swap = train_sub.add_parser("swap", help="CycleGAN / Recycle-GAN identity translator A→B for swap mode")
-    swap.add_argument(
-        "--a", nargs="+", required=True, help="the user: videos, cached clips (.npz) or folders of them"
-    )
-    swap.add_argument(
-        "--b", nargs="+", required=True, help="who the user becomes: videos, cached clips or folders"
-    )
+    add_config_flags(swap, SwapConfig)
     swap.add_argument("--out", required=True, help="run folder (checkpoints, samples, log, translator.onnx)")
-    swap.add_argument(
-        "--recycle", action="store_true", help="Recycle-GAN: add temporal predictors and the recycle loss"
-    )
-    swap.add_argument("--size", type=int, default=None, help="face crop side (default 64)")
-    swap.add_argument("--steps", type=int, default=None)
-    swap.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
-    swap.add_argument("--batch", type=int, default=None)
-    swap.add_argument("--width", type=int, default=None, help="generator base width (default 32)")
-    swap.add_argument("--n-res", type=int, default=None, help="generator residual blocks (default 4)")
-    swap.add_argument(
-        "--holdout", type=float, default=None, help="last fraction of each video never trained on"
-    )
-    swap.add_argument("--eval-every", type=int, default=None)
-    swap.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
-    swap.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)"
-    )
-    swap.add_argument(
-        "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
-    )
+    for p in (refiner, swap):
+        p.add_argument(
+            "--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming"
+        )
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
     ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
     ev.add_argument("--generator", nargs="+", default=["warp"], help="generators to compare side by side")
@@ -309,41 +203,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-frames", type=int, default=120)
     ev.add_argument("--json", default=None, help="write the scores here")
     ev.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_demo(sub)
+    _add_run(sub)
+    _add_render(sub)
+    _add_bench(sub)
+    sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
+    _add_train(sub)
+    _add_eval(sub)
     return parser
 
 
-# -- building blocks ------------------------------------------------------------------
-def _processor(
-    avatar_path: str,
-    args: argparse.Namespace,
-    size: tuple[int, int] | None,
-    driver_size=None,
-    live: bool = True,
-):
-    from realtime.avatar import load_avatar
-    from realtime.controls import Controls
-    from realtime.generators.registry import build_generators
-    from realtime.loop import FrameProcessor
-    from realtime.metrics import Metrics
-    from realtime.tracking import FaceTracker
+# -- flags -> config ---------------------------------------------------------------------------
+def pipeline_config(args: argparse.Namespace, **fields):
+    """The ``PipelineConfig`` of a command line: the shared pipeline options plus ``fields``."""
+    from realtime.frames import Mode
+    from realtime.session import PipelineConfig
 
-    avatar = load_avatar(avatar_path, size)
-    generators = build_generators(args.generator, avatar, args.provider)
-    if args.mode == "swap" and driver_size is not None and size is None:
-        output_size = driver_size
-    else:
-        output_size = avatar.size
-    controls = Controls(mode=args.mode)
-    # Live: mediapipe runs in its own process so tracking overlaps with rendering.
-    processor = FrameProcessor(
-        avatar, generators, FaceTracker(isolated=live), controls, Metrics(), output_size
+    return PipelineConfig(
+        mode=Mode(args.mode),
+        generator=args.generator,
+        providers=tuple(args.provider) if args.provider else None,
+        size=args.size,
+        **fields,
     )
-    return processor
 
 
-def _generator_info(processor) -> tuple[str, str]:
-    generator = processor.generators.for_mode(processor.controls.mode)
-    return getattr(generator, "name", "warp"), getattr(generator, "provider", "numpy+opencv")
+def _audio(args: argparse.Namespace):
+    from realtime.session import audio_config
+
+    return audio_config(args.audio_in, args.audio_out, args.audio_offset_ms, args.audio_mute, args.av_sync)
 
 
 def _finish(summary: dict, metrics_json: str | None) -> None:
@@ -355,70 +250,74 @@ def _finish(summary: dict, metrics_json: str | None) -> None:
         print(f"metrics: {metrics_json}")
 
 
-def _live_source(args: argparse.Namespace, size: tuple[int, int]):
-    from realtime.sources import CameraSource, VideoFileSource
+def _print_audio(summary: dict) -> None:
+    if "audio" in summary:
+        from realtime.audio import format_audio_summary
 
-    if args.input:
-        return VideoFileSource(args.input, paced=not args.unpaced, loop=args.loop)
-    return CameraSource(args.camera if args.camera is not None else 0, size[0], size[1], args.fps or 30.0)
+        print(format_audio_summary(summary["audio"]))
 
 
+# -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from realtime.loop import Engine
+    from realtime.frames import Mode
     from realtime.metrics import machine_description
+    from realtime.session import (
+        CAMERA_SIZE,
+        SourceConfig,
+        generator_info,
+        make_processor,
+        make_source,
+        stream,
+    )
     from realtime.sinks import make_sink
 
-    _check_audio_args(args)
-    size = args.size or (1280, 720)
-    source = _live_source(args, size)
-    driver_size = (source.width, source.height) if hasattr(source, "width") else size
-    processor = _processor(
-        args.avatar, args, args.size or (size if args.mode == "reenact" else None), driver_size
+    audio = _audio(args)
+    camera = args.size or CAMERA_SIZE
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        # --fps is the output's rate; it asks a camera for that rate but never re-paces a file.
+        source=SourceConfig(
+            camera=args.camera,
+            input=args.input,
+            loop=args.loop,
+            paced=not args.unpaced,
+            size=camera,
+            fps=None if args.input else args.fps,
+        ),
+        fps=args.fps,
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["virtualcam"]),
+        audio=audio,
+        seconds=args.seconds,
     )
-    audio = None
-    try:  # from here on the tracker process and its shared memory must be released on any error
-        fps = args.fps or getattr(source, "fps", 30.0) or 30.0
-        sinks = [make_sink(spec, processor.controls) for spec in (args.sink or ["virtualcam"])]
-        name, provider = _generator_info(processor)
-        logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-        audio = _start_audio(args)
-        for sink in sinks:
-            if hasattr(sink, "audio"):
-                sink.audio = audio  # the window's level meter and audio hotkeys
-        engine = Engine(
-            source,
-            processor,
-            sinks,
-            fps=fps,
-            budget_ms=args.budget_ms,
-            pipeline=args.pipeline,
-            on_latency=audio.set_video_latency_ms if audio is not None else None,
-            min_latency_ms=audio_hold(audio, args),
-        )
-        summary = engine.run(seconds=args.seconds)
-    finally:
-        processor.close()
-        if audio is not None:
-            audio.close()
+    source = make_source(config.source)
+    # A reenacted avatar fills the camera's size unless --size says otherwise; a swap keeps the
+    # driver's own frame size.
+    output_size = config.size or (camera if config.mode is Mode.REENACT else None)
+    processor = make_processor(config, output_size, (source.width, source.height))
+    fps = config.fps or source.fps or 30.0
+    sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    name, provider = generator_info(processor)
+    logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
+    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
     summary.update(
         generator=name,
         provider=provider,
-        mode=args.mode,
+        mode=str(config.mode),
         size=f"{processor.output_size[0]}x{processor.output_size[1]}",
-        budget_ms=round(engine.budget_s * 1000.0, 2),
+        budget_ms=round(budget_ms, 2),
         machine=machine_description(),
     )
-    if audio is not None:
-        from realtime.audio import format_audio_summary
-
-        summary["audio"] = audio.stats()
-        print(format_audio_summary(summary["audio"]))
+    _print_audio(summary)
     _finish(summary, args.metrics_json)
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from realtime.loop import render_offline
+    from realtime.session import generator_info, make_processor
     from realtime.sinks import FileSink
     from realtime.sources import VideoFileSource
 
@@ -426,21 +325,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
         )
+    config = pipeline_config(args, avatar=args.avatar)
     source = VideoFileSource(args.driver, paced=False)
-    processor = _processor(
-        args.avatar, args, args.size, (source.width // 2 * 2, source.height // 2 * 2), live=False
-    )
+    driver_size = (source.width // 2 * 2, source.height // 2 * 2)
+    processor = make_processor(config, config.size, driver_size, live=False)
     sink = FileSink(args.out, audio_from=args.driver)
     t0 = time.monotonic()
-    try:
-        summary = render_offline(source, processor, [sink], fps=source.fps)
-    finally:
-        processor.close()
-    name, provider = _generator_info(processor)
+    summary = render_offline(source, processor, [sink], fps=source.fps)
+    name, provider = generator_info(processor)
     summary.update(
         generator=name,
         provider=provider,
-        mode=args.mode,
+        mode=str(config.mode),
         driver_fps=source.fps,
         wall_s=round(time.monotonic() - t0, 2),
     )
@@ -451,29 +347,29 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from realtime.avatar import BUILTIN
-    from realtime.loop import Engine
+    from realtime.session import PipelineConfig, SourceConfig, make_processor, make_source, stream
     from realtime.sinks import FileSink, WindowSink, display_available
-    from realtime.sources import BuiltinDriverSource, CameraSource
 
+    camera = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
+    source = make_source(camera)
     try:
-        source = CameraSource(0, 640, 480, 30.0)
+        source.open()
         print("driver: webcam 0")
     except DeviceUnavailable:
-        source = BuiltinDriverSource(640, 480, 30.0)
+        source = make_source(SourceConfig(builtin=True, fps=DEMO_FPS))
         print("driver: no webcam, using the built-in driving sequence")
-    ns = argparse.Namespace(generator=None, provider=None, mode="reenact")
-    processor = _processor(BUILTIN, ns, (640, 640))
-    if display_available():
-        sinks, seconds, out = [WindowSink(processor.controls)], args.seconds, None
+    window = display_available()
+    seconds = args.seconds if window else args.seconds or 10.0
+    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=camera, fps=DEMO_FPS, seconds=seconds)
+    processor = make_processor(config, config.size)
+    out = None
+    if window:
+        sinks = [WindowSink(processor.controls)]
         print("window: n = new neutral pose, m = switch reenact/swap, q = quit")
     else:
         out = os.path.abspath(args.out)
-        sinks, seconds = [FileSink(out)], args.seconds or 10.0
-    engine = Engine(source, processor, sinks, fps=30.0)
-    try:
-        summary = engine.run(seconds=seconds)
-    finally:
-        processor.close()
+        sinks = [FileSink(out)]
+    summary, _ = stream(config, source, processor, sinks, fps=DEMO_FPS)
     _finish(summary, None)
     if out:
         print(f"no display: wrote {out}")
@@ -487,60 +383,47 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_source(args: argparse.Namespace, size: tuple[int, int]):
-    from realtime.sources import BuiltinDriverSource, CameraSource, VideoFileSource
-
-    if args.camera is not None:
-        return CameraSource(args.camera, size[0], size[1], args.fps or 30.0)
-    if args.input:
-        source = VideoFileSource(args.input, paced=not args.unpaced, loop=True)
-        if args.fps:
-            source.fps = args.fps
-        return source
-    return BuiltinDriverSource(640, 480, args.fps or 30.0, paced=not args.unpaced)
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from realtime import bench
-    from realtime.loop import Engine
     from realtime.metrics import write_json
+    from realtime.session import CAMERA_SIZE, SourceConfig, make_processor, make_source, stream
     from realtime.sinks import make_sink
 
-    _check_audio_args(args)
-    size = args.size or (1280, 720)
-    processor = _processor(args.avatar, args, size, size)
+    audio = _audio(args)
+    size = args.size or CAMERA_SIZE
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        source=SourceConfig(
+            camera=args.camera,
+            input=args.input,
+            builtin=args.camera is None and not args.input,
+            loop=True,
+            paced=not args.unpaced,
+            size=size,
+            fps=args.fps,
+        ),
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["null"]),
+        audio=audio,
+        seconds=args.seconds,
+    )
+    processor = make_processor(config, size, size)
     runs: dict[str, tuple[dict, object]] = {}
-    info = bench.bench_info(processor, args)
-    kinds = ["engine", "naive"] if args.compare_naive else ["engine"]
-    for kind in kinds:
+    info = bench.bench_info(processor, config.source.paced)
+    for kind in ["engine", "naive"] if args.compare_naive else ["engine"]:
         proc = processor if kind == "engine" else bench.fresh(processor)
-        source = _bench_source(args, size)
-        fps = getattr(source, "fps", 30.0) or 30.0
-        budget_ms = args.budget_ms or 2000.0 / fps
-        sinks = [make_sink(spec, proc.controls) for spec in (args.sink or ["null"])]
-        audio = _start_audio(args) if kind == "engine" else None
+        source = make_source(config.source)
+        fps = source.fps or 30.0
+        budget_ms = config.budget_ms or 2000.0 / fps
+        sinks = [make_sink(spec, proc.controls) for spec in config.sinks]
         meter = bench.ResourceMeter()
-        try:
-            if kind == "engine":
-                summary = Engine(
-                    source,
-                    proc,
-                    sinks,
-                    fps=fps,
-                    budget_ms=budget_ms,
-                    pipeline=args.pipeline,
-                    on_latency=audio.set_video_latency_ms if audio else None,
-                    min_latency_ms=audio_hold(audio, args),
-                ).run(seconds=args.seconds)
-            else:
-                summary = bench.run_naive(source, proc, sinks, seconds=args.seconds)
-        finally:
-            proc.close()
-            if audio is not None:
-                audio.close()
+        if kind == "engine":
+            summary, _ = stream(config, source, proc, sinks, fps, budget_ms)
+        else:
+            summary = bench.run_naive(source, proc, sinks, seconds=config.seconds)
         runs[kind] = (bench.annotate(summary, proc.metrics, budget_ms, meter.stop()), proc.metrics)
-        if audio is not None:
-            runs[kind][0]["audio"] = audio.stats()
         runs[kind][0].update(
             info,
             input=args.input or ("camera" if args.camera is not None else "builtin"),
@@ -548,20 +431,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
-    if "audio" in summaries["engine"]:
-        from realtime.audio import format_audio_summary
-
-        print(format_audio_summary(summaries["engine"]["audio"]))
+    _print_audio(summaries["engine"])
     result = dict(summaries["engine"])
     if args.compare_naive:
-        engine, naive = summaries["engine"], summaries["naive"]
-        result["naive"] = naive
-        result["engine_vs_naive"] = {
-            "p95_latency_ratio": round(
-                naive["latency_ms"]["p95"] / max(engine["latency_ms"]["p95"], 1e-6), 3
-            ),
-            "throughput_ratio": round(engine["fps"] / max(naive["fps"], 1e-6), 3),
-        }
+        result["naive"] = summaries["naive"]
+        result["engine_vs_naive"] = bench.engine_vs_naive(summaries["engine"], summaries["naive"])
         r = result["engine_vs_naive"]
         print(
             f"engine vs naive: p95 latency {r['p95_latency_ratio']:.2f}x lower, throughput {r['throughput_ratio']:.2f}x"
@@ -581,37 +455,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise UserError("training needs PyTorch: pip install 'realtime[train]'") from None
-    from pathlib import Path
-
     if args.model == "swap":
         return _train_swap(args)
-    from realtime.train.refiner import Config, train
+    from realtime.train.config import RefinerConfig, config_from_args
+    from realtime.train.refiner import train
 
-    cfg = Config(data=list(args.data))
-    for name in (
-        "steps",
-        "max_minutes",
-        "eval_every",
-        "batch",
-        "pairs_per_clip",
-        "workers",
-        "device",
-        "layout",
-        "size",
-        "widths",
-        "lr",
-        "gan_start",
-        "schedule",
-        "init",
-        "mouth_boost",
-        "retargeted",
-        "flow",
-        "driver",
-        "w_motion",
-    ):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    result = train(cfg, Path(args.out), resume=not args.fresh)
+    result = train(config_from_args(RefinerConfig, args), Path(args.out), resume=not args.fresh)
     final = result["final"]
     print(
         f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
@@ -622,34 +471,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_swap(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from realtime.train.config import SwapConfig, config_from_args
+    from realtime.train.cyclegan import train
 
-    from realtime.train.cyclegan import Config, train
-
-    cfg = Config(a=list(args.a), b=list(args.b), recycle=args.recycle, bf16=args.bf16)
-    for name in (
-        "size",
-        "steps",
-        "max_minutes",
-        "batch",
-        "width",
-        "n_res",
-        "holdout",
-        "eval_every",
-        "device",
-    ):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    result = train(cfg, Path(args.out), resume=not args.fresh)
+    config = config_from_args(SwapConfig, args)
+    result = train(config, Path(args.out), resume=not args.fresh)
     final = result["final"]
     print(
         f"trained {result['steps']} steps on {result['device']} in {result['minutes']} min: "
         f"cycle {final.get('cycle')}, validation {final.get('val')}"
     )
-    if "export" in result:
-        print(
-            f"exported {result['export']['onnx']} (parity {result['export']['parity_fp32']['image_max_abs_diff']:.1e})"
-        )
+    if config.export:
+        from realtime.export.translator import export_run
+
+        exported = export_run(Path(args.out), record=True)
+        print(f"exported {exported['onnx']} (parity {exported['parity_fp32']['image_max_abs_diff']:.1e})")
     print(f"run folder: {args.out}")
     return 0
 

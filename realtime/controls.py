@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 
+from realtime.frames import Mode
+
 
 class Controls:
     """Hotkey requests travel from a sink thread to the processing threads through this."""
 
-    def __init__(self, mode: str = "reenact") -> None:
+    def __init__(self, mode: Mode | str = Mode.REENACT) -> None:
         self._lock = threading.Lock()
         self._recalibrate = False
-        self.mode = mode
+        self.mode = Mode(mode)
         self.quit = threading.Event()
 
     def request_recalibrate(self) -> None:
@@ -24,9 +26,9 @@ class Controls:
             wanted, self._recalibrate = self._recalibrate, False
             return wanted
 
-    def toggle_mode(self) -> str:
+    def toggle_mode(self) -> Mode:
         with self._lock:
-            self.mode = "swap" if self.mode == "reenact" else "reenact"
+            self.mode = self.mode.other()
             return self.mode
 
     def request_quit(self) -> None:

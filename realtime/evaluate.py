@@ -21,8 +21,8 @@ from realtime.avatar import make_avatar
 from realtime.controls import Controls
 from realtime.crops import CropSpec, alignment
 from realtime.generators.registry import build_generators
-from realtime.loop import FrameProcessor
 from realtime.metrics import Metrics
+from realtime.pipeline import FrameProcessor
 from realtime.sources import probe_video
 from realtime.tracking import FaceTracker
 

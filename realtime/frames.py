@@ -7,8 +7,22 @@ stage can tell how late it is, the way a GStreamer buffer carries its timestamp.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
+
+
+class Mode(str, Enum):
+    """What the avatar does: animate the portrait (reenact) or replace the user's face (swap)."""
+
+    REENACT = "reenact"
+    SWAP = "swap"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def other(self) -> Mode:
+        return Mode.SWAP if self is Mode.REENACT else Mode.REENACT
 
 
 @dataclass
@@ -33,6 +47,8 @@ class FaceTrack:
     raw_landmarks: np.ndarray | None = None
     faces_seen: int = 0
     lost_for_s: float = 0.0
+    # Milliseconds each stage spent on this frame so far; later stages add theirs.
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -45,7 +61,7 @@ class Target:
 
     frame: Frame
     landmarks: np.ndarray
-    mode: str = "reenact"
+    mode: Mode = Mode.REENACT
     face_found: bool = True
     # Weight of live driving in [0, 1]: 1 while tracking, easing to 0 (neutral) when lost.
     live_weight: float = 1.0

@@ -18,21 +18,36 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from contextlib import ExitStack
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Protocol
 
-import numpy as np
-
-from realtime import mesh
-from realtime.avatar import Avatar
-from realtime.blend import Blender
 from realtime.controls import Controls
-from realtime.frames import FaceTrack, Frame, Output, Target
+from realtime.frames import FaceTrack, Output
 from realtime.metrics import Metrics
-from realtime.retarget import Retargeter, RetargetLimits
-from realtime.tracking import FaceTracker
+from realtime.pipeline import FrameProcessor, OnceLogger
+from realtime.stages import Sink, Source
 
 logger = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Where the engine reads the time and waits; tests may pass a simulated one."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic``, the same clock sources stamp frames with."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class LatestSlot:
@@ -83,173 +98,46 @@ class LatestSlot:
             return self._closed and not self._has
 
 
-class OnceLogger:
-    """Log an error the first time per key, then only count it."""
-
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def error(self, key: str, message: str, *args: object) -> None:
-        if key not in self._seen:
-            self._seen.add(key)
-            logger.error(message + " (further errors of this kind are counted, not logged)", *args)
-
-
-@dataclass
-class Generators:
-    """The generator for each mode, plus the warp used as a fallback for learned ones."""
-
-    by_mode: dict[str, Any]
-    fallback: dict[str, Any] = field(default_factory=dict)
-
-    def for_mode(self, mode: str) -> Any:
-        return self.by_mode[mode]
-
-
-class FrameProcessor:
-    """The per-frame code path, shared by the live engine and offline render."""
-
-    def __init__(
-        self,
-        avatar: Avatar,
-        generators: Generators,
-        tracker: FaceTracker,
-        controls: Controls,
-        metrics: Metrics,
-        output_size: tuple[int, int],
-        limits: RetargetLimits | None = None,
-    ) -> None:
-        self.avatar = avatar
-        self.generators = generators
-        self.tracker = tracker
-        self.controls = controls
-        self.metrics = metrics
-        self.output_size = output_size
-        self.limits = limits or RetargetLimits()
-        self.retargeter = Retargeter(avatar.landmarks, self.limits)
-        self.blender = Blender()
-        self._errors = OnceLogger()
-        self._last_output: np.ndarray | None = None
-        self._last_swap: Target | None = None
-        self._last_swap_seen: float | None = None
-        self._neutral = self._fit(avatar.image)
-
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        import cv2
-
-        if (image.shape[1], image.shape[0]) == self.output_size:
-            return image
-        return cv2.resize(image, self.output_size, interpolation=cv2.INTER_AREA)
-
-    def neutral_image(self) -> np.ndarray:
-        """The avatar in its neutral pose: what the sinks show before the first frame."""
-        return self._neutral
-
-    def _timed(self, name: str, fn: Callable[[], Any]) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        result = fn()
-        ms = (time.perf_counter() - t0) * 1000.0
-        self.metrics.add_stage(name, ms)
-        return result, ms
-
-    def track(self, frame: Frame) -> FaceTrack:
-        if self.controls.mode == "swap" and (frame.image.shape[1], frame.image.shape[0]) != self.output_size:
-            frame = replace(frame, image=self._fit(frame.image))
-        track, _ = self._timed("track", lambda: self.tracker.process(frame))
-        return track
-
-    def _swap_target(self, track: FaceTrack) -> Target | None:
-        t = track.frame.t_capture
-        if track.found:
-            target = Target(
-                frame=track.frame,
-                landmarks=mesh.with_mouth_centre(track.landmarks[:, :2]).astype(np.float32),
-                mode="swap",
-                driver_landmarks=track.landmarks[:, :2].astype(np.float32),
-            )
-            self._last_swap, self._last_swap_seen = target, t
-            return target
-        held_for = t - self._last_swap_seen if self._last_swap_seen is not None else math.inf
-        if self._last_swap is not None and held_for <= self.limits.hold_s + self.limits.ease_s:
-            # Briefly lost (a blink of the tracker, a hand): keep the swapped face where it was.
-            return replace(self._last_swap, frame=track.frame, face_found=False, driver_landmarks=None)
-        return None
-
-    def _generate(self, target: Target, mode: str):
-        generator = self.generators.for_mode(mode)
-        try:
-            return generator.render(target)
-        except Exception as exc:  # a learned generator failing on one frame must not stop the stream
-            self.metrics.add_error("generate")
-            self._errors.error(
-                f"generate:{type(exc).__name__}",
-                "generator %s failed: %s",
-                getattr(generator, "name", "?"),
-                exc,
-            )
-            fallback = self.generators.fallback.get(mode)
-            if fallback is None or fallback is generator:
-                return None
-            return fallback.render(target)
-
-    def render(self, track: FaceTrack) -> Output:
-        stage_ms: dict[str, float] = {}
-        if self.controls.take_recalibrate():
-            self.retargeter.recalibrate()
-        mode = self.controls.mode
-        if mode == "swap":
-            target, stage_ms["retarget"] = self._timed("retarget", lambda: self._swap_target(track))
-        else:
-            target, stage_ms["retarget"] = self._timed("retarget", lambda: self.retargeter.process(track))
-        image: np.ndarray | None = None
-        if target is not None:
-            rendered, stage_ms["generate"] = self._timed("generate", lambda: self._generate(target, mode))
-            if rendered is not None:
-                image, stage_ms["blend"] = self._timed("blend", lambda: self.blender.process(rendered))
-        if image is None:
-            # Swap with no face for a while: the user's own frame (there is no face in it to hide).
-            # A failed generator: the previous output, or the neutral avatar.
-            if mode == "swap" and target is None:
-                image = track.frame.image
-            else:
-                image = self._last_output if self._last_output is not None else self._neutral
-        image = self._fit(image)
-        self._last_output = image
-        return Output(
-            image=image,
-            index=track.frame.index,
-            t_capture=track.frame.t_capture,
-            t_done=time.monotonic(),
-            face_found=track.found,
-            stage_ms={
-                "track": self.metrics.stage_ms["track"][-1] if len(self.metrics.stage_ms["track"]) else 0.0,
-                **stage_ms,
-            },
-        )
-
-    def process(self, frame: Frame) -> Output:
-        return self.render(self.track(frame))
-
-    def close(self) -> None:
-        self.tracker.close()
-
-
 class SinkGuard:
-    """Keeps one failing sink from taking the others down: log once, retry with backoff."""
+    """Keeps one failing sink from taking the others down: log once, retry with backoff.
 
-    def __init__(self, sink: Any, size: tuple[int, int], fps: float) -> None:
-        self.sink, self.size, self.fps = sink, size, fps
+    As a context manager it opens the sink with the engine's format; on leaving it closes the
+    sink, or aborts it if the run never started (another sink failed to open).
+    """
+
+    def __init__(self, sink: Sink, size: tuple[int, int], fps: float, clock: Clock) -> None:
+        self.sink, self.size, self.fps, self.clock = sink, size, fps, clock
         self.is_open = False
+        self.started = False
         self.failures = 0
         self._retry_at = 0.0
-        self._errors = OnceLogger()
+        self._errors = OnceLogger(logger)
 
-    def open(self) -> None:
+    def open(self) -> SinkGuard:
         self.sink.open(self.size[0], self.size[1], self.fps)
         self.is_open = True
+        return self
+
+    def __enter__(self) -> SinkGuard:
+        return self.open()  # the first open fails loudly: a missing device is the user's to fix
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self.started:
+                self.close()
+            else:  # don't leave a half-made output behind (a FileSink's ffmpeg and temp file)
+                self.sink.abort()
+                self.is_open = False
+        except Exception as close_exc:
+            logger.error("closing sink %s failed: %s", self.sink.name, close_exc)
 
     def send(self, out: Output, metrics: Metrics) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         if not self.is_open:
             if now < self._retry_at:
                 return
@@ -294,19 +182,21 @@ class Engine:
 
     def __init__(
         self,
-        source: Any,
+        source: Source,
         processor: FrameProcessor,
-        sinks: list[Any],
+        sinks: list[Sink],
         fps: float,
         budget_ms: float | None = None,
         controls: Controls | None = None,
         on_latency: Callable[[float], None] | None = None,
         pipeline: str = "auto",
         min_latency_ms: Callable[[], float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         self.source = source
+        self.clock = clock or MonotonicClock()
         # parallel: tracking and rendering overlap on different frames (more throughput, but
         # on two cores the stages slow each other and a frame waits in a hand-off).
         # serial: the track thread also renders its frame (least latency while tracking plus
@@ -319,7 +209,7 @@ class Engine:
         # An unpaced file is read as fast as the pipeline takes frames, not faster: decoding
         # frames only to skip them would steal the CPU the pipeline needs. Cameras and paced
         # sources deliver on their own clock, so for them the newest frame wins.
-        self._backpressure = getattr(source, "paced", True) is False
+        self._backpressure = not source.paced
         # Called with each new frame's capture→sink latency in ms (the audio bridge follows it).
         self.on_latency = on_latency
         # When set, a new frame is held until it is this old (the audio path's floor), so a
@@ -334,13 +224,13 @@ class Engine:
         # only slow work; dropping it would throw that work away and starve the output (it
         # still counts as late where latency is measured).
         self._drop_after_s = math.inf if self._backpressure else self.budget_s
-        self.guards = [SinkGuard(sink, processor.output_size, fps) for sink in sinks]
+        self.guards = [SinkGuard(sink, processor.output_size, fps, self.clock) for sink in sinks]
         # A frame replaced in a hand-off never reaches the sink: a deadline miss too.
         self._captured = LatestSlot(lambda: self.metrics.add_drop("skipped_before_track"))
         self._tracked = LatestSlot(lambda: self.metrics.add_drop("skipped_before_render"))
         self._rendered = LatestSlot(lambda: self.metrics.add_drop("skipped_before_sink"))
         self._stop = threading.Event()
-        self._errors = OnceLogger()
+        self._errors = OnceLogger(logger)
 
     # -- threads ---------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -355,14 +245,13 @@ class Engine:
                     if self._stop.wait(backoff):
                         break
                     backoff = min(2.0, backoff * 2)
-                    reopen = getattr(self.source, "reopen", None)
-                    if reopen is not None:
-                        try:
-                            reopen()
-                            logger.info("source reconnected")
-                        except Exception as reopen_exc:
-                            logger.debug("reconnect failed: %s", reopen_exc)
+                    try:
+                        self.source.reopen()
+                    except Exception as reopen_exc:
+                        logger.debug("reconnect failed: %s", reopen_exc)
                     continue
+                if backoff > 0.1:
+                    logger.info("source reconnected")
                 backoff = 0.1
                 if frame is None:
                     break
@@ -374,7 +263,7 @@ class Engine:
             self._captured.close()
 
     def _late(self, t_capture: float, where: str) -> bool:
-        if time.monotonic() - t_capture > self._drop_after_s:
+        if self.clock.now() - t_capture > self._drop_after_s:
             self.metrics.add_drop(where)
             return True
         return False
@@ -458,25 +347,29 @@ class Engine:
 
     # -- output (runs in the caller's thread, so a window sink lives on the main thread) --
     def run(self, seconds: float | None = None) -> dict:
-        opened: list[SinkGuard] = []
-        try:
+        """Open every stage, stream until the source ends, ``seconds`` pass or quit; close all."""
+        with ExitStack() as stack:
+            stack.enter_context(self.source)
+            stack.enter_context(self.processor)
             for guard in self.guards:
-                guard.open()  # the first open fails loudly: a missing device is the user's to fix
-                opened.append(guard)
-        except BaseException:
-            # Don't leave the sinks that did open behind (a FileSink's ffmpeg and temp file).
-            for guard in opened:
-                try:
-                    abort_sink(guard.sink)
-                except Exception as exc:
-                    logger.error("closing sink %s failed: %s", guard.sink.name, exc)
-            close = getattr(self.source, "close", None)
-            if close is not None:
-                close()
-            raise
+                stack.enter_context(guard)
+            for guard in self.guards:
+                guard.started = True
+            self._stream(seconds)
+        return self.metrics.summary(
+            overwritten={
+                "capture": self._captured.overwritten,
+                "track": self._tracked.overwritten,
+                "render": self._rendered.overwritten,
+            },
+            pipeline={"mode": self.pipeline, "frames": dict(self.frames_by_pipeline)},
+        )
+
+    def _stream(self, seconds: float | None) -> None:
+        clock = self.clock
         neutral = self.processor.neutral_image()
-        last = Output(image=neutral, index=-1, t_capture=time.monotonic(), face_found=False)
-        self.metrics.t_start = time.monotonic()
+        last = Output(image=neutral, index=-1, t_capture=clock.now(), face_found=False)
+        self.metrics.t_start = clock.now()
         threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
             threading.Thread(target=self._track_loop, name="track", daemon=True),
@@ -490,11 +383,11 @@ class Engine:
         # A new frame that is merely a little late must not cause a repeat as well
         # (that would emit two frames in one interval): the first repeat waits 1.5
         # intervals, later ones keep the plain interval.
-        repeat_at = time.monotonic() + interval
+        repeat_at = clock.now() + interval
         try:
-            while not self.controls.quit.is_set() and time.monotonic() < deadline:
-                out = self._rendered.get(timeout=max(0.0, repeat_at - time.monotonic()))
-                now = time.monotonic()
+            while not self.controls.quit.is_set() and clock.now() < deadline:
+                out = self._rendered.get(timeout=max(0.0, repeat_at - clock.now()))
+                now = clock.now()
                 if out is not None and out.t_capture < last.t_capture:
                     # An older frame finishing after a newer one (the pipeline just switched
                     # between serial and parallel) is never shown: time only moves forward.
@@ -515,35 +408,23 @@ class Engine:
                     repeat_at = now + interval
                 else:
                     self._emit(out, now)
-                    self.metrics.add_output((now - out.t_capture) * 1000.0, now, out.face_found)
-                    if self.on_latency is not None:
-                        try:
-                            self.on_latency((now - out.t_capture) * 1000.0)
-                        except Exception as exc:  # audio never stops the video
-                            self._errors.error("on_latency", "latency listener failed: %s", exc)
+                    self._delivered(out, now)
                     last = out
                     repeat_at = now + 1.5 * interval
         finally:
             self._stop.set()
-            self.metrics.t_end = time.monotonic()
+            self.metrics.t_end = clock.now()
             for thread in threads:
                 thread.join(timeout=2.0)
-            for guard in self.guards:
-                try:
-                    guard.close()
-                except Exception as exc:
-                    logger.error("closing sink %s failed: %s", guard.sink.name, exc)
-            close = getattr(self.source, "close", None)
-            if close is not None:
-                close()
-        return self.metrics.summary(
-            overwritten={
-                "capture": self._captured.overwritten,
-                "track": self._tracked.overwritten,
-                "render": self._rendered.overwritten,
-            },
-            pipeline={"mode": self.pipeline, "frames": dict(self.frames_by_pipeline)},
-        )
+
+    def _delivered(self, out: Output, now: float) -> None:
+        latency_ms = (now - out.t_capture) * 1000.0
+        self.metrics.add_output(latency_ms, now, out.face_found)
+        if self.on_latency is not None:
+            try:
+                self.on_latency(latency_ms)
+            except Exception as exc:  # audio never stops the video
+                self._errors.error("on_latency", "latency listener failed: %s", exc)
 
     def _hold(self, t_capture: float, now: float) -> float:
         """Wait until the frame is ``min_latency_ms`` old (capped below the budget)."""
@@ -554,8 +435,8 @@ class Engine:
             return now
         hold = min(t_capture + wanted_s, t_capture + 0.95 * self.budget_s) - now
         if hold > 0:
-            time.sleep(hold)
-            return time.monotonic()
+            self.clock.sleep(hold)
+            return self.clock.now()
         return now
 
     def _emit(self, out: Output, now: float) -> None:
@@ -565,50 +446,44 @@ class Engine:
         self.metrics.add_stage("sink", (time.perf_counter() - t0) * 1000.0)
 
 
-def abort_sink(sink: Any) -> None:
-    """Stop a sink without finishing its output (``abort`` where it has one)."""
-    abort = getattr(sink, "abort", None)
-    (abort or sink.close)()
-
-
 def render_offline(
-    source: Any, processor: FrameProcessor, sinks: list[Any], fps: float, progress: bool = True
+    source: Source, processor: FrameProcessor, sinks: list[Sink], fps: float, progress: bool = True
 ) -> dict:
     """Every source frame, in order, no drops, through the same per-frame code path.
 
     Time inside the pipeline is the video's own (index / fps), so hold-and-ease after a
-    lost face lasts as long in the output as it would live.
+    lost face lasts as long in the output as it would live. An interrupted render aborts
+    its sinks, so it leaves no half-written output behind.
     """
     from tqdm import tqdm
 
     metrics = processor.metrics
-    for sink in sinks:
-        sink.open(processor.output_size[0], processor.output_size[1], fps)
-    metrics.t_start = time.monotonic()
-    total = getattr(source, "frame_count", None) or None
-    # disable=None: a bar only on a terminal; piped or logged, it would bury the one-line error.
-    bar = tqdm(total=total, unit="frame", disable=None if progress else True, leave=False)
-    try:
-        while True:
-            frame = source.read()
-            if frame is None:
-                break
-            metrics.add_captured()
-            t0 = time.monotonic()
-            out = processor.process(replace(frame, t_capture=frame.index / fps))
-            for sink in sinks:
-                sink.send(out)
-            now = time.monotonic()
-            metrics.add_output((now - t0) * 1000.0, now, out.face_found)
-            bar.update(1)
-    except BaseException:
-        for sink in sinks:  # an interrupted render leaves no half-written output behind
-            abort_sink(sink)
-        raise
-    finally:
-        bar.close()
-        metrics.t_end = time.monotonic()
-        source.close()
-    for sink in sinks:
-        sink.close()
+    with ExitStack() as stack:
+        for sink in sinks:
+            sink.open(processor.output_size[0], processor.output_size[1], fps)
+            stack.push(sink)
+        stack.enter_context(source)
+        stack.enter_context(processor)
+        metrics.t_start = time.monotonic()
+        # disable=None: a bar only on a terminal; piped or logged, it would bury the one-line error.
+        bar = stack.enter_context(
+            tqdm(
+                total=source.frame_count or None,
+                unit="frame",
+                disable=None if progress else True,
+                leave=False,
+            )
+        )
+        try:
+            while (frame := source.read()) is not None:
+                metrics.add_captured()
+                t0 = time.monotonic()
+                out = processor.process(replace(frame, t_capture=frame.index / fps))
+                for sink in sinks:
+                    sink.send(out)
+                now = time.monotonic()
+                metrics.add_output((now - t0) * 1000.0, now, out.face_found)
+                bar.update(1)
+        finally:
+            metrics.t_end = time.monotonic()
     return metrics.summary()

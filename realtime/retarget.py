@@ -4,19 +4,20 @@ The driver's change from its *neutral reference* is split into head pose (a 3-D
 similarity fitted on rigid points) and expression (what is left, in the neutral
 frame). Both are normalised by face size and orientation, then applied to the
 avatar's own landmarks, so a big face driving a small painting works and nobody's
-face shape leaks into the avatar.
+face shape leaks into the avatar. In swap mode ``SwapTargeter`` puts the avatar's face
+where the user's is instead.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from realtime import mesh
-from realtime.frames import FaceTrack, Target
+from realtime.frames import FaceTrack, Mode, Target
 
 
 @dataclass
@@ -158,3 +159,33 @@ class Retargeter:
             live_weight=weight,
             driver_landmarks=track.landmarks[:, :2].astype(np.float32) if track.found else None,
         )
+
+
+class SwapTargeter:
+    """``process(track) -> Target | None`` for swap mode: the avatar's face goes where the
+    user's is, with the user's own landmarks; None once the face has been gone for a while."""
+
+    def __init__(self, limits: RetargetLimits | None = None) -> None:
+        self.limits = limits or RetargetLimits()
+        self._last: Target | None = None
+        self._last_seen: float | None = None
+
+    def recalibrate(self) -> None:
+        """Swap mode follows the user's own landmarks: there is no neutral to re-take."""
+
+    def process(self, track: FaceTrack) -> Target | None:
+        t = track.frame.t_capture
+        if track.found:
+            target = Target(
+                frame=track.frame,
+                landmarks=mesh.with_mouth_centre(track.landmarks[:, :2]).astype(np.float32),
+                mode=Mode.SWAP,
+                driver_landmarks=track.landmarks[:, :2].astype(np.float32),
+            )
+            self._last, self._last_seen = target, t
+            return target
+        held_for = t - self._last_seen if self._last_seen is not None else math.inf
+        if self._last is not None and held_for <= self.limits.hold_s + self.limits.ease_s:
+            # Briefly lost (a blink of the tracker, a hand): keep the swapped face where it was.
+            return replace(self._last, frame=track.frame, face_found=False, driver_landmarks=None)
+        return None

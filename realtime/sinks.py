@@ -1,10 +1,10 @@
 """Output sinks: virtual camera, preview window, H.264 file, null.
 
-Every sink has the same small, pyvirtualcam-like interface::
+Every sink has the same small, pyvirtualcam-like interface (``realtime.stages.Sink``)::
 
     sink.open(width, height, fps)
     sink.send(out)      # out.image is BGR uint8 (H, W, 3)
-    sink.close()
+    sink.close()        # finish; abort() stops without finishing
 
 ``make_sink(spec)`` builds one from a command-line string.
 """
@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ import numpy as np
 from realtime.controls import Controls
 from realtime.errors import DeviceUnavailable, UserError
 from realtime.frames import Output
+from realtime.stages import Sink, SinkBase
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ LINUX_VIRTUALCAM_FIX = (
     'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 video_nr=10 card_label="realtime"'
 )
 OTHER_VIRTUALCAM_FIX = "install OBS Studio (>= 26) and start its Virtual Camera once"
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Where finished frames go."""
-
-    name: str
-
-    def open(self, width: int, height: int, fps: float) -> None: ...
-
-    def send(self, out: Output) -> None: ...
-
-    def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- helpers
@@ -102,7 +90,7 @@ def as_bgr(image: np.ndarray, width: int, height: int) -> np.ndarray:
 # --------------------------------------------------------------------------- virtual camera
 
 
-class VirtualCamSink:
+class VirtualCamSink(SinkBase):
     """Sends frames to a virtual camera through ``pyvirtualcam`` (BGR in, correct colours out)."""
 
     def __init__(self, backend: str | None = None, device: str | None = None) -> None:
@@ -237,7 +225,7 @@ def overlay_lines(
     return lines
 
 
-class WindowSink:
+class WindowSink(SinkBase):
     """A preview window (cv2.imshow) with fps, latency, stage timings and hotkeys."""
 
     def __init__(self, controls: Controls | None = None, title: str = "realtime") -> None:
@@ -338,7 +326,7 @@ def fps_rational(fps: float) -> str:
     return f"{frac.numerator}/{frac.denominator}"
 
 
-class FileSink:
+class FileSink(SinkBase):
     """H.264 MP4 through the bundled ffmpeg; written to a temp name, renamed on success.
 
     ``audio_from`` muxes that file's audio track (if it has one) in the same ffmpeg run.
@@ -562,7 +550,7 @@ class FileSink:
 # --------------------------------------------------------------------------- null
 
 
-class NullSink:
+class NullSink(SinkBase):
     """Discards frames; counts them (benchmarks, tests)."""
 
     def __init__(self) -> None:

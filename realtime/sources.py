@@ -17,6 +17,7 @@ import numpy as np
 
 from realtime.errors import DeviceUnavailable, UserError
 from realtime.frames import Frame
+from realtime.stages import SourceBase
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class SourceError(RuntimeError):
     """A live source failed to deliver; the engine retries with backoff."""
 
 
-class CameraSource:
+class CameraSource(SourceBase):
     """A webcam through OpenCV: requested size and fps, MJPG where the camera offers it."""
 
     live = True
@@ -34,9 +35,10 @@ class CameraSource:
         self.index, self.width, self.height, self.fps = index, width, height, fps
         self._cap: cv2.VideoCapture | None = None
         self._count = 0
-        self.open()
 
-    def open(self) -> None:
+    def open(self) -> CameraSource:
+        if self._cap is not None:
+            return self
         if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{self.index}"):
             raise DeviceUnavailable(
                 f"camera {self.index} does not exist (no /dev/video{self.index}); see `realtime devices`"
@@ -61,6 +63,7 @@ class CameraSource:
         if reported and reported > 1:
             self.fps = float(reported)
         self._cap = cap
+        return self
 
     def reopen(self) -> None:
         self.close()
@@ -106,7 +109,7 @@ def probe_video(path: str) -> tuple[float, int, int, int]:
         cap.release()
 
 
-class VideoFileSource:
+class VideoFileSource(SourceBase):
     """Frames of a video file, paced at its own fps (a stand-in for a camera) or unpaced."""
 
     live = False
@@ -115,12 +118,19 @@ class VideoFileSource:
         self.path = path
         self.fps, self.frame_count, self.width, self.height = probe_video(path)
         self.paced, self.loop = paced, loop
-        self._cap = cv2.VideoCapture(path)
+        self._cap: cv2.VideoCapture | None = None
         self._index = 0
         self._start: float | None = None
         self.decode_errors = 0
 
+    def open(self) -> VideoFileSource:
+        if self._cap is None:
+            self._cap = cv2.VideoCapture(self.path)
+        return self
+
     def read(self) -> Frame | None:
+        if self._cap is None:
+            self.open()
         t_capture = time.monotonic()
         if self.paced:
             if self._start is None:
@@ -145,16 +155,19 @@ class VideoFileSource:
         return frame
 
     def close(self) -> None:
-        self._cap.release()
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
 
 
-class ImageSource:
+class ImageSource(SourceBase):
     """A still image repeated at ``fps``."""
 
     live = False
 
     def __init__(self, image: np.ndarray, fps: float = 30.0, frames: int | None = None) -> None:
         self.image, self.fps, self.frames = image, fps, frames
+        self.frame_count = frames
         self._index = 0
         self._start: float | None = None
 
@@ -170,11 +183,8 @@ class ImageSource:
         self._index += 1
         return frame
 
-    def close(self) -> None:
-        """Nothing to release: the image lives in memory."""
 
-
-class BuiltinDriverSource:
+class BuiltinDriverSource(SourceBase):
     """A built-in driving face so the whole loop runs without a webcam.
 
     A public-domain portrait (scikit-image's astronaut, mirrored and in greyscale so it

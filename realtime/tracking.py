@@ -12,17 +12,15 @@ import numpy as np
 from realtime import mesh
 from realtime.frames import FaceTrack, Frame
 from realtime.native import quiet_native_stderr
+from realtime.stages import Stage
 from realtime.worker import ChildWorker, WorkerChannel
 
 logger = logging.getLogger(__name__)
 
 
-# Speed gains (OneEuroFilter's beta, default 3) of the two filters of PoseExpressionSmoother.
-# A still face is smoothed at the same 1.2 Hz minimum cutoff either way; motion opens the
-# cutoff sooner. Chosen on tracked footage (the issue note of #3 has the numbers): on a
-# still, noisy portrait the points move 1.35x as much per frame as with one beta-3 filter
-# (7x less than unsmoothed), and in self-reenactment of 8 held-out clips the mouth follows
-# the real one better (correlation 0.88 -> 0.94) with no more flicker.
+# Speed gains (OneEuroFilter's beta, default 3) of the two filters of PoseExpressionSmoother:
+# a still face keeps the 1.2 Hz minimum cutoff, motion opens the cutoff sooner, so lips keep
+# up with speech without a still face jittering (benchmarks/RESULTS.md, "Tracker smoothing").
 POSE_BETA = 10.0
 EXPRESSION_BETA = 20.0
 
@@ -250,7 +248,7 @@ class FaceMeshProcess:
             self._shm = None
 
 
-class FaceTracker:
+class FaceTracker(Stage):
     """``process(frame) -> FaceTrack``, like a mediapipe solution.
 
     - tracking mode (detector only when the face is lost), 478 points incl. iris;
@@ -264,9 +262,9 @@ class FaceTracker:
     def __init__(
         self,
         # One face: mediapipe then follows it from frame to frame by its own landmarks and
-        # runs the detector only when it is lost (about 5 ms a frame less than with two,
-        # where it re-detects every frame looking for the second). That tracking is itself
-        # the lock; ``_choose`` adds the relock delay when only another face is found.
+        # runs the detector only when it is lost (with two it re-detects every frame, looking
+        # for the second). That tracking is itself the lock; ``_choose`` adds the relock delay
+        # when only another face is found.
         max_faces: int = 1,
         track_width: int = 960,
         smoothing: bool = True,
@@ -277,7 +275,7 @@ class FaceTracker:
     ) -> None:
         kind = FaceMeshProcess if isolated else FaceMeshDetector
         self._detector = kind(max_faces, static_images, min_detection_confidence)
-        self._detector.open()
+        self._open = False
         self.track_width = track_width
         self.relock_after_s = relock_after_s
         self._filter = PoseExpressionSmoother() if smoothing else None
@@ -285,15 +283,26 @@ class FaceTracker:
         self._locked_size = 0.0
         self._last_seen_t: float | None = None
 
+    def open(self) -> FaceTracker:
+        """Start the detector (the child process, when isolated); idempotent.
+
+        A tracker used without ``open`` (a script, an evaluation) opens on its first frame.
+        """
+        if not self._open:
+            self._detector.open()
+            self._open = True
+        return self
+
     def close(self) -> None:
         self._detector.close()
+        self._open = False
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         """All faces in the image as (478, 3) pixel arrays, largest first."""
         width = image_bgr.shape[1]
         scale = min(1.0, self.track_width / float(width)) if self.track_width else 1.0
-        # Area averaging is only cheap for whole-number factors (2.3 ms vs 0.4 ms bilinear
-        # for 1280x720 -> 960x540 here); mediapipe resamples its face crop again anyway.
+        # Area averaging is cheap only for whole-number factors; mediapipe resamples its
+        # face crop again anyway.
         whole = (1.0 / scale).is_integer()
         small = (
             image_bgr
@@ -306,7 +315,7 @@ class FaceTracker:
                 interpolation=cv2.INTER_AREA if whole else cv2.INTER_LINEAR,
             )
         )
-        faces = self._detector.detect(small)
+        faces = self.open()._detector.detect(small)
         if scale != 1.0:
             for pts in faces:
                 pts /= scale

@@ -254,10 +254,12 @@ def test_engine_reports_each_new_frames_latency_and_survives_a_failing_listener(
     from realtime.controls import Controls
     from realtime.frames import Frame
     from realtime.generators.registry import build_generators
-    from realtime.loop import Engine, FrameProcessor
+    from realtime.loop import Engine
     from realtime.metrics import Metrics
+    from realtime.pipeline import FrameProcessor
     from realtime.sinks import NullSink
     from realtime.sources import BuiltinDriverSource
+    from realtime.stages import SourceBase
     from realtime.tracking import FaceTracker
 
     driver = BuiltinDriverSource(320, 240, 25.0, seconds=1.0, paced=False, loop=False)
@@ -265,7 +267,7 @@ def test_engine_reports_each_new_frames_latency_and_survives_a_failing_listener(
     while (frame := driver.read()) is not None:
         images.append(frame.image)
 
-    class Paced:
+    class Paced(SourceBase):
         def __init__(self) -> None:
             self.index, self.t0 = 0, time.monotonic()
 

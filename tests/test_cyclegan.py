@@ -159,8 +159,8 @@ def test_swap_mode_runs_the_exported_translator_end_to_end(cyclegan_run, builtin
     from realtime.generators.registry import build_generators
     from realtime.generators.translator import TranslatorGenerator
     from realtime.generators.warp import WarpGenerator
-    from realtime.loop import FrameProcessor
     from realtime.metrics import Metrics
+    from realtime.pipeline import FrameProcessor
     from realtime.sources import BuiltinDriverSource
     from realtime.tracking import FaceTracker
 

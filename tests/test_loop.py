@@ -21,11 +21,13 @@ import pytest
 from realtime.blend import Blender
 from realtime.controls import Controls
 from realtime.frames import Frame, Output
-from realtime.generators.registry import build_generators
-from realtime.loop import Engine, FrameProcessor, Generators, LatestSlot, render_offline
+from realtime.generators.registry import Generators, build_generators
+from realtime.loop import Engine, LatestSlot, render_offline
 from realtime.metrics import Metrics
+from realtime.pipeline import FrameProcessor
 from realtime.sinks import FileSink
 from realtime.sources import BuiltinDriverSource, VideoFileSource
+from realtime.stages import SinkBase, SourceBase, Stage
 from realtime.tracking import FaceTracker
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
@@ -41,7 +43,7 @@ LOOSE_BUDGET_MS = 500.0
 # --------------------------------------------------------------------------- helpers
 
 
-class FramesSource:
+class FramesSource(SourceBase):
     """Pre-rendered driver frames, delivered like a camera: paced at ``fps``, stamped on read."""
 
     def __init__(self, images: list[np.ndarray], fps: float = FPS, paced: bool = True, loop: bool = True):
@@ -122,7 +124,7 @@ class ReopenableSource(FailingSource):
         self._start = time.monotonic() - self.index / self.fps
 
 
-class RecordingSink:
+class RecordingSink(SinkBase):
     """Stores (monotonic time at send, out.t_capture, out.index) for every frame sent."""
 
     def __init__(self, name: str = "rec", keep_images: bool = False):
@@ -177,7 +179,7 @@ class FlakySink(RecordingSink):
         super().send(out)
 
 
-class SlowGenerator:
+class SlowGenerator(Stage):
     """The real warp, but every ``every``-th frame takes ``delay_s`` longer."""
 
     name = "slow"
@@ -193,7 +195,7 @@ class SlowGenerator:
         return self.warp.render(target)
 
 
-class FlakyGenerator:
+class FlakyGenerator(Stage):
     """A 'learned' generator (the warp, inverted, so its output is recognisable) that raises on some frames."""
 
     name = "flaky"

@@ -39,6 +39,7 @@ from realtime.crops import (
 )
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
+from realtime.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
-class OnnxRefinerGenerator:
+class OnnxRefinerGenerator(Stage):
     """Warp first, then an ONNX model refines aligned crops; the correction is pasted back.
 
     Model contract (names, NCHW float32, RGB in [0, 1]; N crops of the card's layout, 1 for

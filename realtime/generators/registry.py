@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from realtime.avatar import Avatar
 from realtime.errors import UserError
+from realtime.frames import Mode
 from realtime.generators.warp import WarpGenerator
-from realtime.loop import Generators
+from realtime.stages import Generator
+
+
+@dataclass
+class Generators:
+    """The generator for each mode, plus the warp used as a fallback for learned ones."""
+
+    by_mode: dict[Mode, Generator]
+    fallback: dict[Mode, Generator] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_mode = {Mode(mode): g for mode, g in self.by_mode.items()}
+        self.fallback = {Mode(mode): g for mode, g in self.fallback.items()}
+
+    def for_mode(self, mode: Mode | str) -> Generator:
+        return self.by_mode[Mode(mode)]
+
+    def _distinct(self) -> list[Generator]:
+        unique: dict[int, Generator] = {}
+        for generator in [*self.by_mode.values(), *self.fallback.values()]:
+            unique.setdefault(id(generator), generator)
+        return list(unique.values())
+
+    def open(self) -> Generators:
+        for generator in self._distinct():
+            generator.open()
+        return self
+
+    def close(self) -> None:
+        for generator in reversed(self._distinct()):
+            generator.close()
 
 
 def weights_dir() -> Path:
@@ -43,7 +75,7 @@ def default_generator(directory: Path | None = None) -> str:
 def build_generators(name: str | None, avatar: Avatar, providers: list[str] | None = None) -> Generators:
     """Generators for both modes (the mode can be switched live)."""
     name = name or default_generator()
-    warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in ("reenact", "swap")}
+    warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in Mode}
     if name == "warp":
         return Generators(by_mode=dict(warps), fallback=dict(warps))
     path = name
@@ -58,10 +90,10 @@ def build_generators(name: str | None, avatar: Avatar, providers: list[str] | No
     if is_translator(path):
         # An identity translator (`realtime train swap`) draws swap mode; reenact keeps the warp.
         return Generators(
-            by_mode={"reenact": warps["reenact"], "swap": TranslatorGenerator(path, providers)},
+            by_mode={Mode.REENACT: warps[Mode.REENACT], Mode.SWAP: TranslatorGenerator(path, providers)},
             fallback=dict(warps),
         )
     from realtime.generators.onnx import OnnxRefinerGenerator
 
-    learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in ("reenact", "swap")}
+    learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in Mode}
     return Generators(by_mode=learned, fallback=dict(warps))

@@ -24,6 +24,7 @@ from realtime.errors import UserError
 from realtime.frames import Rendered, Target
 from realtime.generators.onnx import OnnxRunner
 from realtime.generators.piecewise import bounding_roi
+from realtime.stages import Stage
 
 KIND = "translator"
 
@@ -48,7 +49,7 @@ def aligned_crop(image: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> tu
     return antialiased_warp(image, matrix, spec.size), matrix
 
 
-class TranslatorGenerator:
+class TranslatorGenerator(Stage):
     """``render(target) -> Rendered`` for swap mode: the user's face translated to the model's identity."""
 
     def __init__(self, path: str, providers: list[str] | None = None, feather: float = 0.05) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from realtime import mesh
-from realtime.frames import Rendered, Target
+from realtime.frames import Mode, Rendered, Target
 from realtime.generators.piecewise import bounding_roi, rasterise_map
+from realtime.stages import Stage
 
 INNER_RING_SCALE = 1.35  # inner anchor ring: this many times the face oval, from its centre
 OUTER_RING_SCALE = 2.3
@@ -36,15 +37,18 @@ def _auto_stride(roi: tuple[int, int, int, int], target_cells: int = 220) -> int
     return max(1, round(max(roi[2] - roi[0], roi[3] - roi[1]) / target_cells))
 
 
-class WarpGenerator:
+class WarpGenerator(Stage):
     """``render(target) -> Rendered``: the avatar warped to the target landmarks."""
 
     name = "warp"
+    provider = "numpy+opencv (CPU)"
 
-    def __init__(self, avatar_image: np.ndarray, avatar_landmarks: np.ndarray, mode: str = "reenact") -> None:
-        if mode not in ("reenact", "swap"):
+    def __init__(
+        self, avatar_image: np.ndarray, avatar_landmarks: np.ndarray, mode: Mode | str = Mode.REENACT
+    ) -> None:
+        if mode not in tuple(Mode):
             raise ValueError(f"unknown mode {mode!r}")
-        self.mode = mode
+        self.mode = Mode(mode)
         self.avatar_image = avatar_image
         landmarks = avatar_landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64)
         self.avatar_points = mesh.with_mouth_centre(landmarks)
@@ -53,7 +57,7 @@ class WarpGenerator:
         self._avatar_mouth = mesh.mouth_opening(landmarks)
         self._mouth_colours = self._sample_mouth_colours(avatar_image, landmarks)
         oval = landmarks[mesh.face_oval()]
-        if mode == "reenact":
+        if self.mode is Mode.REENACT:
             self._inner_ring = _ring(oval, INNER_RING_SCALE)
             height, width = avatar_image.shape[:2]
             outer = _ring(oval, OUTER_RING_SCALE)
@@ -108,7 +112,7 @@ class WarpGenerator:
     # -- per frame -----------------------------------------------------------------
     def render(self, target: Target) -> Rendered:
         dest = target.landmarks[:, :2].astype(np.float64)
-        if self.mode == "reenact":
+        if self.mode is Mode.REENACT:
             return self._render_reenact(target, dest)
         return self._render_swap(target, dest)
 

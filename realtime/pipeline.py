@@ -1,0 +1,159 @@
+"""The per-frame path, shared by the live engine and offline render: track, target, generate, blend.
+
+It knows nothing of threads or time; ``realtime.loop`` decides when each call happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from realtime.avatar import Avatar
+from realtime.blend import Blender
+from realtime.controls import Controls
+from realtime.frames import FaceTrack, Frame, Mode, Output, Rendered, Target
+from realtime.generators.registry import Generators
+from realtime.metrics import Metrics
+from realtime.retarget import Retargeter, RetargetLimits, SwapTargeter
+from realtime.stages import Stage, Targeter, Tracker
+
+logger = logging.getLogger(__name__)
+
+
+class OnceLogger:
+    """Log an error the first time per key, then only count it."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._seen: set[str] = set()
+
+    def error(self, key: str, message: str, *args: object) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            self._log.error(message + " (further errors of this kind are counted, not logged)", *args)
+
+
+class FrameProcessor(Stage):
+    """``process(frame) -> Output``; ``track`` and ``render`` are its two halves."""
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        generators: Generators,
+        tracker: Tracker,
+        controls: Controls,
+        metrics: Metrics,
+        output_size: tuple[int, int],
+        limits: RetargetLimits | None = None,
+    ) -> None:
+        self.avatar = avatar
+        self.generators = generators
+        self.tracker = tracker
+        self.controls = controls
+        self.metrics = metrics
+        self.output_size = output_size
+        self.limits = limits or RetargetLimits()
+        self.retargeter = Retargeter(avatar.landmarks, self.limits)
+        self.targeters: dict[Mode, Targeter] = {
+            Mode.REENACT: self.retargeter,
+            Mode.SWAP: SwapTargeter(self.limits),
+        }
+        self.blender = Blender()
+        self._errors = OnceLogger(logger)
+        self._last_output: np.ndarray | None = None
+        self._neutral = self._fit(avatar.image)
+
+    def open(self) -> FrameProcessor:
+        with ExitStack() as opened:  # a generator that fails to open must not leave the tracker running
+            opened.enter_context(self.tracker)
+            self.generators.open()
+            opened.pop_all()
+        return self
+
+    def close(self) -> None:
+        self.generators.close()
+        self.tracker.close()
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        if (image.shape[1], image.shape[0]) == self.output_size:
+            return image
+        return cv2.resize(image, self.output_size, interpolation=cv2.INTER_AREA)
+
+    def neutral_image(self) -> np.ndarray:
+        """The avatar in its neutral pose: what the sinks show before the first frame."""
+        return self._neutral
+
+    def generator(self) -> Any:
+        """The generator drawing the current mode."""
+        return self.generators.for_mode(self.controls.mode)
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        result = fn()
+        ms = (time.perf_counter() - t0) * 1000.0
+        self.metrics.add_stage(name, ms)
+        return result, ms
+
+    def track(self, frame: Frame) -> FaceTrack:
+        if (
+            self.controls.mode is Mode.SWAP
+            and (frame.image.shape[1], frame.image.shape[0]) != self.output_size
+        ):
+            frame = replace(frame, image=self._fit(frame.image))
+        track, ms = self._timed("track", lambda: self.tracker.process(frame))
+        track.stage_ms["track"] = ms
+        return track
+
+    def _generate(self, target: Target, mode: Mode) -> Rendered | None:
+        generator = self.generators.for_mode(mode)
+        try:
+            return generator.render(target)
+        except Exception as exc:  # a learned generator failing on one frame must not stop the stream
+            self.metrics.add_error("generate")
+            self._errors.error(
+                f"generate:{type(exc).__name__}", "generator %s failed: %s", generator.name, exc
+            )
+            fallback = self.generators.fallback.get(mode)
+            if fallback is None or fallback is generator:
+                return None
+            return fallback.render(target)
+
+    def render(self, track: FaceTrack) -> Output:
+        stage_ms = dict(track.stage_ms)
+        if self.controls.take_recalibrate():
+            self.retargeter.recalibrate()
+        mode = self.controls.mode
+        targeter = self.targeters[mode]
+        target, stage_ms["retarget"] = self._timed("retarget", lambda: targeter.process(track))
+        image: np.ndarray | None = None
+        if target is not None:
+            rendered, stage_ms["generate"] = self._timed("generate", lambda: self._generate(target, mode))
+            if rendered is not None:
+                image, stage_ms["blend"] = self._timed("blend", lambda: self.blender.process(rendered))
+        if image is None:
+            # Swap with no face for a while: the user's own frame (there is no face in it to hide).
+            # A failed generator: the previous output, or the neutral avatar.
+            if mode is Mode.SWAP and target is None:
+                image = track.frame.image
+            else:
+                image = self._last_output if self._last_output is not None else self._neutral
+        image = self._fit(image)
+        self._last_output = image
+        return Output(
+            image=image,
+            index=track.frame.index,
+            t_capture=track.frame.t_capture,
+            t_done=time.monotonic(),
+            face_found=track.found,
+            stage_ms=stage_ms,
+        )
+
+    def process(self, frame: Frame) -> Output:
+        return self.render(self.track(frame))

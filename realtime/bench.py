@@ -18,6 +18,7 @@ import numpy as np
 
 from realtime.metrics import Metrics, machine_description
 from realtime.pipeline import FrameProcessor
+from realtime.session import CAMERA_SIZE, PipelineConfig, make_processor, make_source, stream
 from realtime.stages import Sink, Source
 
 logger = logging.getLogger(__name__)
@@ -168,3 +169,33 @@ def fresh(processor: FrameProcessor) -> FrameProcessor:
         processor.output_size,
         processor.limits,
     )
+
+
+def run_bench(
+    config: PipelineConfig, compare_naive: bool = False
+) -> tuple[dict[str, tuple[dict, Metrics]], dict]:
+    """The live engine on the config (and a naive loop on a fresh processor after it).
+
+    Returns each run's annotated summary with its metrics, and what was measured.
+    """
+    from realtime.sinks import make_sink
+
+    size = config.size or CAMERA_SIZE
+    processor = make_processor(config, size, size)
+    info = bench_info(processor, config.source.paced)
+    source_name = config.source.input or ("camera" if config.source.camera is not None else "builtin")
+    runs: dict[str, tuple[dict, Metrics]] = {}
+    for kind in ["engine", "naive"] if compare_naive else ["engine"]:
+        proc = processor if kind == "engine" else fresh(processor)
+        source = make_source(config.source)
+        fps = source.fps or 30.0
+        budget_ms = config.budget_ms or 2000.0 / fps
+        sinks = [make_sink(spec, proc.controls) for spec in config.sinks]
+        meter = ResourceMeter()
+        if kind == "engine":
+            summary, _ = stream(config, source, proc, sinks, fps, budget_ms)
+        else:
+            summary = run_naive(source, proc, sinks, seconds=config.seconds)
+        runs[kind] = (annotate(summary, proc.metrics, budget_ms, meter.stop()), proc.metrics)
+        runs[kind][0].update(info, input=source_name, input_fps=round(fps, 3))
+    return runs, info

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, Protocol
 
 from realtime.controls import Controls
@@ -121,12 +120,7 @@ class SinkGuard:
     def __enter__(self) -> SinkGuard:
         return self.open()  # the first open fails loudly: a missing device is the user's to fix
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             if self.started:
                 self.close()

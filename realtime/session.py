@@ -18,7 +18,6 @@ from realtime.stages import Sink, Source
 
 logger = logging.getLogger(__name__)
 
-PIPELINES = ("auto", "serial", "parallel")
 CAMERA_SIZE = (1280, 720)
 
 

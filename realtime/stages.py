@@ -13,7 +13,6 @@ engine once the output size is known, as GStreamer negotiates caps.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -36,12 +35,7 @@ class Stage:
     def __enter__(self: StageT) -> StageT:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -138,12 +132,7 @@ class SinkBase:
     def __enter__(self: SinkT) -> SinkT:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -105,7 +105,7 @@ def _landmarks_array(face, width: int, height: int) -> np.ndarray:
     return pts
 
 
-class FaceMeshDetector:
+class FaceMeshDetector(Stage):
     """mediapipe's face mesh in this process: ``detect(bgr) -> [(478, 3) pixels]``.
 
     The constructor only configures; ``open()`` builds the mesh, ``close()`` releases it.
@@ -135,12 +135,6 @@ class FaceMeshDetector:
             self._mesh.process(np.zeros((64, 64, 3), np.uint8))
         self._quiet_calls = 2
         return self
-
-    def __enter__(self) -> FaceMeshDetector:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
@@ -179,7 +173,7 @@ def _serve_face_mesh(
         shm.close()
 
 
-class FaceMeshProcess:
+class FaceMeshProcess(Stage):
     """The same detector in a child process.
 
     mediapipe holds the GIL for the whole of ``process()``, so in-process tracking can't
@@ -219,12 +213,6 @@ class FaceMeshProcess:
             self.close()  # unlinks the shared memory too
             raise
         return self
-
-    def __enter__(self) -> FaceMeshProcess:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         if image_bgr.nbytes > self._capacity:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from realtime.stages import Stage
+
 logger = logging.getLogger(__name__)
 
 IDLE = None  # what ``WorkerChannel.requests`` yields when no request came within ``idle_s``
@@ -143,7 +145,7 @@ def _child_main(conn: Any, target: Callable[..., Any], args: tuple[Any, ...], le
 # --------------------------------------------------------------------------- the parent's side
 
 
-class ChildWorker:
+class ChildWorker(Stage):
     """``target(channel, *args)`` in a spawned child process, owned by this object.
 
     The constructor only configures; ``open()`` spawns the child and waits up to
@@ -244,12 +246,6 @@ class ChildWorker:
                     break
                 stop()
                 process.join(timeout=1.0)
-
-    def __enter__(self) -> ChildWorker:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def alive(self) -> bool:

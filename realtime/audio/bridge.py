@@ -25,6 +25,7 @@ from realtime.audio.devices import (
     resolve_device,
 )
 from realtime.audio.report import AvOffsets, status_line
+from realtime.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class _Flow:
     counters: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
 
-class AudioBridge:
+class AudioBridge(Stage):
     """Microphone → delay (video latency + offset) → virtual microphone.
 
     The constructor only configures; ``open()`` opens the streams (``AudioUnavailable`` on
@@ -264,12 +265,6 @@ class AudioBridge:
                 stream.close()
             except Exception as exc:
                 logger.debug("audio stream close: %s", exc)
-
-    def __enter__(self) -> AudioBridge:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _finished(self, which: str) -> None:
         streams = self._streams

@@ -20,6 +20,7 @@ from realtime.audio.clock import LatencyTracker
 from realtime.audio.delay import SILENCE_DB
 from realtime.audio.devices import AUDIO_NICE, AudioUnavailable, first_line
 from realtime.audio.report import AvOffsets, status_line
+from realtime.stages import Stage
 from realtime.worker import IDLE, ChildWorker, WorkerChannel, WorkerError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _serve_bridge(channel: WorkerChannel, controls: Any, reports: Any, settings:
     return bridge.stats()
 
 
-class AudioBridgeProcess:
+class AudioBridgeProcess(Stage):
     """``AudioBridge`` in a child process, with the same controls and reports.
 
     Built, opened and closed as ``AudioBridge`` is (the constructor takes the same
@@ -191,12 +192,6 @@ class AudioBridgeProcess:
     def close(self) -> None:
         self._open = False
         self._worker.close()
-
-    def __enter__(self) -> AudioBridgeProcess:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the engine's side -------------------------------------------------------------
     def set_video_latency_ms(self, ms: float) -> None:

@@ -1,0 +1,282 @@
+"""The commands: flags become a ``PipelineConfig``, ``realtime.session`` runs it, the result is printed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+from realtime.errors import DeviceUnavailable, UserError
+
+logger = logging.getLogger("realtime")
+
+DEMO_SIZE = (640, 640)
+DEMO_CAMERA = (640, 480)
+DEMO_FPS = 30.0
+
+
+# -- flags -> config ---------------------------------------------------------------------------
+def pipeline_config(args: argparse.Namespace, **fields):
+    """The ``PipelineConfig`` of a command line: the shared pipeline options plus ``fields``."""
+    from realtime.frames import Mode
+    from realtime.session import PipelineConfig
+
+    return PipelineConfig(
+        mode=Mode(args.mode),
+        generator=args.generator,
+        providers=tuple(args.provider) if args.provider else None,
+        size=args.size,
+        **fields,
+    )
+
+
+def _source_config(args: argparse.Namespace, **fields):
+    """Where a ``run``/``bench`` reads frames: ``--camera`` (at ``--size``) or ``--input``."""
+    from realtime.session import CAMERA_SIZE, SourceConfig
+
+    return SourceConfig(
+        camera=args.camera, input=args.input, paced=not args.unpaced, size=args.size or CAMERA_SIZE, **fields
+    )
+
+
+def _audio(args: argparse.Namespace):
+    from realtime.session import audio_config
+
+    return audio_config(args.audio_in, args.audio_out, args.audio_offset_ms, args.audio_mute, args.av_sync)
+
+
+def _finish(summary: dict, metrics_json: str | None) -> None:
+    from realtime.metrics import format_summary, write_json
+
+    print(format_summary(summary))
+    if metrics_json:
+        write_json(metrics_json, summary)
+        print(f"metrics: {metrics_json}")
+
+
+def _print_audio(summary: dict) -> None:
+    if "audio" in summary:
+        from realtime.audio import format_audio_summary
+
+        print(format_audio_summary(summary["audio"]))
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from realtime.frames import Mode
+    from realtime.metrics import machine_description
+    from realtime.session import (
+        CAMERA_SIZE,
+        generator_info,
+        make_processor,
+        make_source,
+        stream,
+    )
+    from realtime.sinks import make_sink
+
+    audio = _audio(args)
+    camera = args.size or CAMERA_SIZE
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        # --fps is the output's rate; it asks a camera for that rate but never re-paces a file.
+        source=_source_config(args, loop=args.loop, fps=None if args.input else args.fps),
+        fps=args.fps,
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["virtualcam"]),
+        audio=audio,
+        seconds=args.seconds,
+    )
+    source = make_source(config.source)
+    # A reenacted avatar fills the camera's size unless --size says otherwise; a swap keeps the
+    # driver's own frame size.
+    output_size = config.size or (camera if config.mode is Mode.REENACT else None)
+    processor = make_processor(config, output_size, (source.width, source.height))
+    fps = config.fps or source.fps or 30.0
+    sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    name, provider = generator_info(processor)
+    logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
+    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    summary.update(
+        generator=name,
+        provider=provider,
+        mode=str(config.mode),
+        size=f"{processor.output_size[0]}x{processor.output_size[1]}",
+        budget_ms=round(budget_ms, 2),
+        machine=machine_description(),
+    )
+    _print_audio(summary)
+    _finish(summary, args.metrics_json)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from realtime.loop import render_offline
+    from realtime.session import generator_info, make_processor
+    from realtime.sinks import FileSink
+    from realtime.sources import VideoFileSource
+
+    if os.path.isdir(args.out):  # found only at the final rename, after the whole render
+        raise UserError(
+            f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
+        )
+    config = pipeline_config(args, avatar=args.avatar)
+    source = VideoFileSource(args.driver, paced=False)
+    driver_size = (source.width // 2 * 2, source.height // 2 * 2)
+    processor = make_processor(config, config.size, driver_size, live=False)
+    sink = FileSink(args.out, audio_from=args.driver)
+    t0 = time.monotonic()
+    summary = render_offline(source, processor, [sink], fps=source.fps)
+    name, provider = generator_info(processor)
+    summary.update(
+        generator=name,
+        provider=provider,
+        mode=str(config.mode),
+        driver_fps=source.fps,
+        wall_s=round(time.monotonic() - t0, 2),
+    )
+    _finish(summary, args.metrics_json)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from realtime.avatar import BUILTIN
+    from realtime.session import PipelineConfig, SourceConfig, make_processor, make_source, stream
+    from realtime.sinks import FileSink, WindowSink, display_available
+
+    camera = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
+    source = make_source(camera)
+    try:
+        source.open()
+        print("driver: webcam 0")
+    except DeviceUnavailable:
+        source = make_source(SourceConfig(builtin=True, fps=DEMO_FPS))
+        print("driver: no webcam, using the built-in driving sequence")
+    window = display_available()
+    seconds = args.seconds if window else args.seconds or 10.0
+    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=camera, fps=DEMO_FPS, seconds=seconds)
+    processor = make_processor(config, config.size)
+    out = None
+    if window:
+        sinks = [WindowSink(processor.controls)]
+        print("window: n = new neutral pose, m = switch reenact/swap, q = quit")
+    else:
+        out = os.path.abspath(args.out)
+        sinks = [FileSink(out)]
+    summary, _ = stream(config, source, processor, sinks, fps=DEMO_FPS)
+    _finish(summary, None)
+    if out:
+        print(f"no display: wrote {out}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from realtime.devices import format_report, probe_devices
+
+    print(format_report(probe_devices()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from realtime import bench
+    from realtime.metrics import write_json
+
+    audio = _audio(args)
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        source=_source_config(args, builtin=args.camera is None and not args.input, loop=True, fps=args.fps),
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["null"]),
+        audio=audio,
+        seconds=args.seconds,
+    )
+    runs, info = bench.run_bench(config, compare_naive=args.compare_naive)
+    summaries = {k: v[0] for k, v in runs.items()}
+    print(bench.format_table(summaries))
+    _print_audio(summaries["engine"])
+    result = dict(summaries["engine"])
+    if args.compare_naive:
+        result["naive"] = summaries["naive"]
+        result["engine_vs_naive"] = bench.engine_vs_naive(summaries["engine"], summaries["naive"])
+        r = result["engine_vs_naive"]
+        print(
+            f"engine vs naive: p95 latency {r['p95_latency_ratio']:.2f}x lower, throughput {r['throughput_ratio']:.2f}x"
+        )
+    if args.json:
+        write_json(args.json, result)
+        print(f"json: {args.json}")
+    if args.plot:
+        title = f"{info['generator']} {info['size']} {'paced' if info['paced'] else 'unpaced'} — {info['machine']}"
+        bench.plot(runs, args.plot, title)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("training needs PyTorch: pip install 'realtime[train]'") from None
+    if args.model == "swap":
+        return _train_swap(args)
+    from realtime.train.config import RefinerConfig, config_from_args
+    from realtime.train.refiner import train
+
+    result = train(config_from_args(RefinerConfig, args), Path(args.out), resume=not args.fresh)
+    final = result["final"]
+    print(
+        f"trained {result['steps']} steps on {result['device']}: final loss {final.get('loss')}, "
+        f"validation {final.get('val')}"
+    )
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def _train_swap(args: argparse.Namespace) -> int:
+    from realtime.train.config import SwapConfig, config_from_args
+    from realtime.train.cyclegan import train
+
+    config = config_from_args(SwapConfig, args)
+    result = train(config, Path(args.out), resume=not args.fresh)
+    final = result["final"]
+    print(
+        f"trained {result['steps']} steps on {result['device']} in {result['minutes']} min: "
+        f"cycle {final.get('cycle')}, validation {final.get('val')}"
+    )
+    if config.export:
+        from realtime.export.translator import export_run
+
+        exported = export_run(Path(args.out), record=True)
+        print(f"exported {exported['onnx']} (parity {exported['parity_fp32']['image_max_abs_diff']:.1e})")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from realtime.evaluate import contact_sheet, evaluate_clip, format_table, summarise
+    from realtime.metrics import machine_description, write_json
+
+    scores = {name: [] for name in args.generator}
+    for clip in tqdm(args.data, unit="clip"):
+        for name in args.generator:
+            scores[name].append(evaluate_clip(clip, name, args.max_frames, args.provider))
+    summary = {name: summarise(s) for name, s in scores.items()}
+    print(format_table(summary))
+    if args.json:
+        write_json(
+            args.json,
+            {"generators": summary, "max_frames": args.max_frames, "machine": machine_description()},
+        )
+        print(f"scores: {args.json}")
+    if args.sheet:
+        contact_sheet(scores, args.sheet)
+        print(f"contact sheet: {args.sheet}")
+    return 0

@@ -13,11 +13,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.runtime-$(ORT): pyproject.toml | $(VENV)/bin/python
+$(VENV)/.runtime-$(ORT): pyproject.toml setup.py | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[$(ORT)]'
 	touch $@
 
-$(VENV)/.test-$(ORT): pyproject.toml | $(VENV)/bin/python
+$(VENV)/.test-$(ORT): pyproject.toml setup.py | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[$(ORT),train,dev]'
 	touch $@ $(VENV)/.runtime-$(ORT)
 

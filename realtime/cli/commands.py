@@ -148,17 +148,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from realtime.session import PipelineConfig, SourceConfig, make_processor, make_source, stream
     from realtime.sinks import FileSink, WindowSink, display_available
 
-    camera = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
-    source = make_source(camera)
+    driver = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
+    source = make_source(driver)
     try:
         source.open()
         print("driver: webcam 0")
     except DeviceUnavailable:
-        source = make_source(SourceConfig(builtin=True, fps=DEMO_FPS))
+        driver = SourceConfig(builtin=True, fps=DEMO_FPS)
+        source = make_source(driver)
         print("driver: no webcam, using the built-in driving sequence")
     window = display_available()
     seconds = args.seconds if window else args.seconds or 10.0
-    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=camera, fps=DEMO_FPS, seconds=seconds)
+    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds)
     processor = make_processor(config, config.size)
     out = None
     if window:

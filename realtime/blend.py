@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from realtime.frames import Rendered
+from realtime.stages import Stage
 
 
 def match_colour(patch: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -27,7 +28,7 @@ def match_colour(patch: np.ndarray, reference: np.ndarray, weight: np.ndarray) -
     return cv2.cvtColor(out, cv2.COLOR_LAB2BGR)
 
 
-class Blender:
+class Blender(Stage):
     """``process(rendered) -> image``: the rendered patch pasted onto its background."""
 
     def process(self, rendered: Rendered) -> np.ndarray:

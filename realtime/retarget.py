@@ -18,6 +18,7 @@ import numpy as np
 
 from realtime import mesh
 from realtime.frames import FaceTrack, Mode, Target
+from realtime.stages import Stage
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _clamp_rotation(rotation: np.ndarray, max_deg: float, gain: float) -> np.nda
 OPEN_FROM = 0.03
 
 
-class Retargeter:
+class Retargeter(Stage):
     """``process(track) -> Target`` in the avatar's canvas coordinates."""
 
     def __init__(
@@ -161,7 +162,7 @@ class Retargeter:
         )
 
 
-class SwapTargeter:
+class SwapTargeter(Stage):
     """``process(track) -> Target | None`` for swap mode: the avatar's face goes where the
     user's is, with the user's own landmarks; None once the face has been gone for a while."""
 

@@ -71,7 +71,7 @@ class Tracker(Closeable, Protocol):
 
 
 @runtime_checkable
-class Targeter(Protocol):
+class Targeter(Closeable, Protocol):
     """Where the avatar's face should be drawn for this track; None: draw nothing."""
 
     def process(self, track: FaceTrack) -> Target | None: ...
@@ -86,7 +86,7 @@ class Generator(Closeable, Protocol):
 
 
 @runtime_checkable
-class Blender(Protocol):
+class Blender(Closeable, Protocol):
     def process(self, rendered: Rendered) -> np.ndarray: ...
 
 

@@ -15,7 +15,7 @@ from realtime.loop import Engine, MonotonicClock, render_offline
 from realtime.metrics import Metrics
 from realtime.pipeline import FrameProcessor
 from realtime.retarget import SwapTargeter
-from realtime.stages import Generator, Sink, SinkBase, Source, SourceBase, Stage, Tracker
+from realtime.stages import Blender, Generator, Sink, SinkBase, Source, SourceBase, Stage, Targeter, Tracker
 
 FPS = 30.0
 
@@ -90,6 +90,8 @@ def processor_with(avatar, tracker: Tracker) -> FrameProcessor:
 
 
 def test_every_shipped_stage_follows_its_protocol(builtin_avatar, tmp_path):
+    from realtime.blend import Blender as BlendStage
+    from realtime.retarget import Retargeter
     from realtime.sinks import FileSink, NullSink, VirtualCamSink, WindowSink
     from realtime.sources import BuiltinDriverSource, ImageSource
     from realtime.tracking import FaceTracker
@@ -97,6 +99,8 @@ def test_every_shipped_stage_follows_its_protocol(builtin_avatar, tmp_path):
     assert isinstance(ImageSource(builtin_avatar.image, frames=1), Source)
     assert isinstance(BuiltinDriverSource(160, 120, seconds=0.1), Source)
     assert isinstance(FaceTracker(), Tracker)
+    assert isinstance(Retargeter(builtin_avatar.landmarks), Targeter) and isinstance(SwapTargeter(), Targeter)
+    assert isinstance(BlendStage(), Blender)
     for generator in build_generators("warp", builtin_avatar).by_mode.values():
         assert isinstance(generator, Generator)
     for sink in (NullSink(), FileSink(tmp_path / "x.mp4"), VirtualCamSink(), WindowSink()):

@@ -1,5 +1,5 @@
 """The refiner generator, a multi-scale patch discriminator, and losses that need no
-downloaded weights. Sized for the live budget (about 1 GFLOP at 128x128), not a leaderboard.
+downloaded weights. Sized for the live frame budget on a CPU (the model card has its cost), not a leaderboard.
 """
 
 from __future__ import annotations

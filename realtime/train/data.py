@@ -30,6 +30,7 @@ from realtime import mesh
 from realtime.crops import (
     CropSpec,
     antialiased_warp,
+    crop_count,
     crop_matrices,
     displace,
     driver_map,
@@ -329,8 +330,10 @@ def make_dataset(
     workers: int = 1,
     retargeted: float = 0.0,
     motion: bool = False,
+    driver_swap: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Pairs from many clips, in parallel processes when ``workers`` > 1."""
+    """Pairs from many clips, in parallel processes when ``workers`` > 1; a ``driver_swap``
+    share of them with another clip's openings (``swap_drivers``)."""
     jobs = [(str(path), per_clip, spec, seed + k, retargeted, motion) for k, path in enumerate(caches)]
     if workers > 1:
         import multiprocessing as mp
@@ -340,4 +343,38 @@ def make_dataset(
     else:
         parts = [make_pairs(*job) for job in jobs]
     parts = [p for p in parts if p]
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    data = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if driver_swap > 0 and "driver0" in data:
+        clip_of_row = np.repeat(np.arange(len(parts)), [len(p["warped0"]) for p in parts])
+        swap_drivers(data, clip_of_row, crop_count(spec.layout), driver_swap, seed)
+    return data
+
+
+def swap_drivers(
+    data: dict[str, np.ndarray],
+    clip_of_row: np.ndarray,
+    crops: int,
+    share: float,
+    seed: int,
+    candidates: int = 256,
+) -> int:
+    """Give a ``share`` of the examples the driver openings of another clip's example of the same
+    crop (mouth or eye) whose target is about as open (the area of the fill mask), as live,
+    where the user's openings are cut from somebody else's face. Returns how many changed."""
+    rng = np.random.default_rng(seed)
+    rows = len(clip_of_row)
+    kind = np.arange(rows) % crops
+    opening = data["fill0"].reshape(rows, -1).mean(axis=1)
+    chosen = np.flatnonzero(rng.random(rows) < share)
+    donors = {key: data[key].copy() for key in ("driver0", "driver1") if key in data}
+    swapped = 0
+    for row in chosen:
+        pool = rng.integers(0, rows, candidates)
+        pool = pool[(kind[pool] == kind[row]) & (clip_of_row[pool] != clip_of_row[row])]
+        if pool.size == 0:
+            continue
+        donor = pool[np.argmin(np.abs(opening[pool] - opening[row]))]
+        for key, maps in donors.items():
+            data[key][row] = maps[donor]
+        swapped += 1
+    return swapped

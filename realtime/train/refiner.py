@@ -74,8 +74,11 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
     return out
 
 
-def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The same random flip and colour change for every image of a sample."""
+def augment(
+    b: dict[str, torch.Tensor], generator: torch.Generator, grey: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """The same random flip and colour change for every image of a sample; a ``grey`` share of
+    the samples made black and white."""
     n = b["warped0"].shape[0]
     device = b["warped0"].device
     flip = torch.rand(n, generator=generator, device="cpu").to(device) < 0.5
@@ -90,6 +93,12 @@ def augment(b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str,
         if key.startswith(("warped", "target", "source")):
             t = torch.clamp(t * gain + bias, 0.0, 1.0)
         out[key] = t
+    if grey > 0:  # drawn only when asked, so runs without it keep their random sequence
+        made_grey = (torch.rand(n, generator=generator) < grey).to(device)[:, None, None, None]
+        luma = torch.tensor([0.299, 0.587, 0.114], device=device)[None, :, None, None]  # RGB
+        for key, t in out.items():
+            if key.startswith(("warped", "target", "source")):
+                out[key] = torch.where(made_grey, (t * luma).sum(1, keepdim=True).expand_as(t), t)
     return out
 
 
@@ -229,7 +238,16 @@ def load_data(cfg: Config, out: Path) -> Data:
     train, selection, val = split_clips(cfg, collect_caches(cfg.data, out / "cache", cfg.cache_pairs))
     t0 = time.time()
     motion = cfg.flow and cfg.w_motion > 0
-    pairs = make_dataset(train, cfg.pairs_per_clip, spec, cfg.seed, cfg.workers, cfg.retargeted, motion)
+    pairs = make_dataset(
+        train,
+        cfg.pairs_per_clip,
+        spec,
+        cfg.seed,
+        cfg.workers,
+        cfg.retargeted,
+        motion,
+        cfg.driver_swap if cfg.driver else 0.0,
+    )
     val_pairs = make_dataset(
         val, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted
     )
@@ -296,7 +314,7 @@ def sample_batch(
 ) -> dict[str, torch.Tensor]:
     """A random, augmented batch; with ``cfg.driver``, some samples' driver input blanked."""
     idx = torch.randint(0, len(data["warped0"]), (cfg.batch,), generator=gen).numpy()
-    b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen)
+    b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen, cfg.grey)
     if cfg.driver and cfg.driver_dropout > 0:
         kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
         for key in ("driver0", "driver1"):

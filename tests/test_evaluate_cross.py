@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import cli, media, write_astronaut_clip
 
 
-def tinting_refiner(path, size: int = 48) -> str:
+def tinting_refiner(path, size: int = 48, correction: str = "rgb") -> str:
     """A refiner-shaped model (three 48 px crops) that paints the warp's crops pink."""
     torch = pytest.importorskip("torch")
     from export.common import write_onnx
@@ -22,7 +22,7 @@ def tinting_refiner(path, size: int = 48) -> str:
             return (warped + tint).clamp(0, 1), torch.ones_like(warped[:, :1])
 
     write_onnx(Tint(), (torch.rand(3, 3, size, size),), path, [IN_WARPED], REFINER_OUTPUTS)
-    card = {"crop": {"size": size, "face_scale": 0.32, "layout": "regions"}}
+    card = {"crop": {"size": size, "face_scale": 0.32, "layout": "regions"}, "correction": correction}
     path.with_suffix(".json").write_text(json.dumps(card))
     return str(path)
 
@@ -43,6 +43,11 @@ def test_the_colour_check_catches_a_model_that_tints_a_grey_avatar(tmp_path, ast
     from export.promote import CHROMA_TOLERANCE
 
     assert tint.chroma_features - warp.chroma_features > CHROMA_TOLERANCE
+    # The same model with brightness-only corrections keeps the avatar's colours: grey stays grey.
+    luma = tinting_refiner(tmp_path / "tint_luma.onnx", correction="luma")
+    kept = pair.score(luma, pair.render(luma))
+    assert kept.chroma_features <= warp.chroma_features + CHROMA_TOLERANCE
+    assert abs(kept.chroma_face - warp.chroma_face) < 0.2
 
 
 def cross_summary(**overrides) -> dict:

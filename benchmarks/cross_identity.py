@@ -33,11 +33,8 @@ import numpy as np
 from realtime import mesh
 from realtime.analysis import read_frames
 from realtime.avatar import load_avatar
-from realtime.controls import Controls
 from realtime.frames import Frame
-from realtime.generators.registry import build_generators
-from realtime.metrics import Metrics
-from realtime.pipeline import FrameProcessor
+from realtime.pipeline import offline_processor
 from realtime.tracking import FaceTracker
 
 TILE = 200  # px per sheet tile
@@ -48,9 +45,7 @@ def render(avatar_path: str, driver: list[np.ndarray], generator: str) -> np.nda
     """(T, H, W, 3) uint8: the avatar driven by every driver frame, in order."""
     height, width = driver[0].shape[:2]
     avatar = load_avatar(avatar_path, (width, height))
-    processor = FrameProcessor(
-        avatar, build_generators(generator, avatar), FaceTracker(), Controls(), Metrics(), avatar.size
-    )
+    processor = offline_processor(avatar, generator)
     return np.stack([processor.process(Frame(image, i, i / 30.0)).image for i, image in enumerate(driver)])
 
 

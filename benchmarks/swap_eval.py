@@ -36,13 +36,11 @@ import numpy as np
 from realtime import mesh
 from realtime.analysis import pearson, read_frames
 from realtime.avatar import make_avatar
-from realtime.controls import Controls
 from realtime.crops import CropSpec, alignment
-from realtime.frames import Frame
-from realtime.generators.registry import build_generators
+from realtime.frames import Frame, Mode
 from realtime.identity import FaceEmbedder
-from realtime.metrics import Metrics, machine_description, percentiles
-from realtime.pipeline import FrameProcessor
+from realtime.metrics import machine_description, percentiles
+from realtime.pipeline import offline_processor
 from realtime.sources import probe_video
 from realtime.tracking import FaceTracker
 
@@ -67,11 +65,8 @@ def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
 
 
 def run_method(name: str, generator: str, avatar, frames: list[np.ndarray], fps: float) -> tuple[list, dict]:
-    controls = Controls(mode="swap")
     size = (frames[0].shape[1], frames[0].shape[0])
-    processor = FrameProcessor(
-        avatar, build_generators(generator, avatar), FaceTracker(), controls, Metrics(), size
-    )
+    processor = offline_processor(avatar, generator, mode=Mode.SWAP, size=size)
     outputs = []
     try:
         for index, image in enumerate(frames):

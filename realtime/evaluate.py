@@ -18,11 +18,8 @@ from skimage.metrics import structural_similarity
 from realtime import mesh
 from realtime.analysis import pearson, read_frames
 from realtime.avatar import make_avatar
-from realtime.controls import Controls
 from realtime.crops import CropSpec, alignment
-from realtime.generators.registry import build_generators
-from realtime.metrics import Metrics
-from realtime.pipeline import FrameProcessor
+from realtime.pipeline import offline_processor
 from realtime.sources import probe_video
 from realtime.tracking import FaceTracker
 
@@ -60,14 +57,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
     fps, _, _, _ = probe_video(path)
     frames = list(read_frames(path, max_frames))
     avatar = make_avatar(frames[0], (frames[0].shape[1], frames[0].shape[0]), path)
-    processor = FrameProcessor(
-        avatar,
-        build_generators(generator, avatar, providers),
-        FaceTracker(),
-        Controls(),
-        Metrics(),
-        avatar.size,
-    )
+    processor = offline_processor(avatar, generator, providers)
     judge = FaceTracker(smoothing=False, track_width=0)
     rows: dict[str, list[float]] = {
         k: [] for k in ("l1", "psnr", "ssim", "mouth", "lips", "eyes", "lm", "flicker")
@@ -119,7 +109,7 @@ def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, pro
         if index % max(1, len(frames) // 4) == len(frames) // 8:
             samples.append((crop_real, crop_out))
     judge.close()
-    processor.tracker.close()
+    processor.close()
     n = len(rows["l1"])
     return ClipScore(
         clip=os.path.basename(path),

@@ -27,13 +27,10 @@ import numpy as np
 from realtime import mesh
 from realtime.analysis import pearson, read_frames
 from realtime.avatar import Avatar, make_avatar
-from realtime.controls import Controls
 from realtime.errors import UserError
 from realtime.frames import Frame
-from realtime.generators.registry import build_generators
 from realtime.media import read_image
-from realtime.metrics import Metrics
-from realtime.pipeline import FrameProcessor
+from realtime.pipeline import offline_processor
 from realtime.sources import probe_video
 from realtime.tracking import FaceTracker
 
@@ -153,16 +150,7 @@ class CrossIdentityPair:
 
     def render(self, generator: str, providers: list[str] | None = None) -> list[np.ndarray]:
         """The avatar driven by every driver frame in order, through the live per-frame path."""
-        avatar = self.avatar
-        processor = FrameProcessor(
-            avatar,
-            build_generators(generator, avatar, providers),
-            FaceTracker(),
-            Controls(),
-            Metrics(),
-            avatar.size,
-        )
-        with processor:
+        with offline_processor(self.avatar, generator, providers) as processor:
             return [
                 processor.process(Frame(image, i, i / self.fps)).image for i, image in enumerate(self.frames)
             ]

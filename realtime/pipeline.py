@@ -19,7 +19,7 @@ from realtime.avatar import Avatar
 from realtime.blend import Blender
 from realtime.controls import Controls
 from realtime.frames import FaceTrack, Frame, Mode, Output, Rendered, Target
-from realtime.generators.registry import Generators
+from realtime.generators.registry import Generators, build_generators
 from realtime.metrics import Metrics
 from realtime.retarget import Retargeter, RetargetLimits, SwapTargeter
 from realtime.stages import Stage, Targeter, Tracker
@@ -157,3 +157,17 @@ class FrameProcessor(Stage):
 
     def process(self, frame: Frame) -> Output:
         return self.render(self.track(frame))
+
+
+def offline_processor(
+    avatar: Avatar,
+    generator: str | None,
+    providers: list[str] | None = None,
+    mode: Mode = Mode.REENACT,
+    size: tuple[int, int] | None = None,
+) -> FrameProcessor:
+    """The per-frame path with mediapipe in this process: for evaluations and scripts."""
+    from realtime.tracking import FaceTracker
+
+    generators = build_generators(generator, avatar, providers)
+    return FrameProcessor(avatar, generators, FaceTracker(), Controls(mode), Metrics(), size or avatar.size)

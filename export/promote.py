@@ -64,8 +64,12 @@ def cross_verdict(warp: dict, model: dict) -> dict:
         drift = None
         if m["identity_to_avatar"] is not None and w["identity_to_avatar"] is not None:
             drift = round(m["identity_to_avatar"] - w["identity_to_avatar"], 4)
+        at_rest = None  # informational: the same distance where the driver's face is at rest
+        if m.get("identity_at_rest") is not None and w.get("identity_at_rest") is not None:
+            at_rest = round(m["identity_at_rest"] - w["identity_at_rest"], 4)
         checks = {
             "identity_drift": drift,
+            "identity_drift_at_rest": at_rest,
             "identity_ok": drift is not None and drift <= IDENTITY_DRIFT_MAX,
             "colour_ok": m["chroma_face"] <= w["chroma_face"] + CHROMA_TOLERANCE
             and m["chroma_features"] <= w["chroma_features"] + CHROMA_TOLERANCE,

@@ -103,6 +103,7 @@ class PairScore:
     frames: int
     identity_to_avatar: float | None  # mean dlib distance, output to avatar (lower: still the avatar)
     identity_to_driver: float | None  # mean dlib distance, output to driver (higher: not the driver)
+    identity_at_rest: float | None  # to the avatar, where the driver's eyes are open and mouth closed
     chroma_face: float  # mean chroma inside the face, output minus avatar
     chroma_features: float  # the same over lips and eyes
     mouth_r: float
@@ -163,9 +164,9 @@ class CrossIdentityPair:
         chromas = [chroma(image) for image in outputs]
         frames = np.stack(outputs).astype(np.float32)
         change = np.abs(np.diff(frames, axis=0)).mean(axis=-1)[:, self.masks["mouth"]]
-        to_avatar = to_driver = None
+        to_avatar = to_driver = at_rest = None
         if embedder is not None:
-            to_avatar, to_driver = self._identity(outputs, embedder)
+            to_avatar, to_driver, at_rest = self._identity(outputs, embedder)
         return PairScore(
             avatar=self.avatar_spec,
             driver=self.driver_path,
@@ -173,6 +174,7 @@ class CrossIdentityPair:
             frames=len(outputs),
             identity_to_avatar=to_avatar,
             identity_to_driver=to_driver,
+            identity_at_rest=at_rest,
             chroma_face=float(
                 np.mean([c[self.masks["face"]].mean() for c in chromas]) - self.avatar_chroma["face"]
             ),
@@ -187,18 +189,37 @@ class CrossIdentityPair:
             face_found=float(np.isfinite(mouth).mean()),
         )
 
-    def _identity(self, outputs: list[np.ndarray], embedder) -> tuple[float | None, float | None]:
+    def _identity(
+        self, outputs: list[np.ndarray], embedder
+    ) -> tuple[float | None, float | None, float | None]:
+        """Mean distances from the output to the avatar and to the driver over every tenth
+        frame, and to the avatar over the frames where the driver's eyes are open and its
+        mouth closed (at least as much as in half its frames): a face that blinks or opens its
+        mouth is further from a portrait with open eyes and a closed mouth, whoever it is."""
         reference = embedder(self.avatar.image, self.avatar.landmarks)
-        picked = range(0, len(outputs), EMBED_EVERY)
-        out = [e for i in picked if (e := embedder(outputs[i], self.avatar.landmarks)) is not None]
-        drv = [e for i in picked if (e := embedder(self.frames[i])) is not None]
-        to_avatar = (
-            float(np.mean([np.linalg.norm(e - reference) for e in out]))
-            if reference is not None and out
-            else None
+        if reference is None:
+            return None, None, None
+        picked = set(range(0, len(outputs), EMBED_EVERY))
+        eyes, mouth = self.driver_eyes, self.driver_mouth
+        if np.isfinite(eyes).any():
+            at_rest = (eyes >= np.nanmedian(eyes)) & (mouth <= np.nanmedian(mouth))
+            picked |= set(np.flatnonzero(at_rest)[::3].tolist())
+        embedded = {
+            i: e for i in sorted(picked) if (e := embedder(outputs[i], self.avatar.landmarks)) is not None
+        }
+        every = [np.linalg.norm(e - reference) for i, e in embedded.items() if i % EMBED_EVERY == 0]
+        resting = [
+            np.linalg.norm(e - reference)
+            for i, e in embedded.items()
+            if np.isfinite(eyes).any() and at_rest[i]
+        ]
+        drv = [e for i in range(0, len(outputs), EMBED_EVERY) if (e := embedder(self.frames[i])) is not None]
+        to_driver = [np.linalg.norm(embedded[i] - d) for i in embedded if i % EMBED_EVERY == 0 for d in drv]
+        return (
+            float(np.mean(every)) if every else None,
+            float(np.mean(to_driver)) if to_driver else None,
+            float(np.mean(resting)) if resting else None,
         )
-        to_driver = float(np.mean([np.linalg.norm(e - d) for e in out for d in drv])) if out and drv else None
-        return to_avatar, to_driver
 
     def sheet_row(self, outputs: dict[str, list[np.ndarray]]) -> np.ndarray:
         """The avatar, then at the driver's widest mouth and at its deepest blink: the driver and each output."""
@@ -293,13 +314,24 @@ def format_table(summary: dict[str, dict]) -> str:
         ok = isinstance(value, float) and np.isfinite(value)
         return f"{value:>{width}.{digits}f}" if ok else f"{'-':>{width}}"
 
-    columns = ("id->avatar", "id->driver", "chroma", "features", "mouth r", "amp", "blink r", "steady")
+    columns = (
+        "id->avatar",
+        "id@rest",
+        "id->driver",
+        "chroma",
+        "features",
+        "mouth r",
+        "amp",
+        "blink r",
+        "steady",
+    )
     lines = [f"{'generator':<12}{'avatar : driver':<52}" + "".join(f"{c:>11}" for c in columns)]
     for name, result in summary.items():
         for p in [*result["pairs"], {"avatar": "mean", "driver": "", **result["mean"]}]:
             pair = f"{Path(p['avatar']).name} : {Path(p['driver']).name}" if p["driver"] else "mean"
             values = (
                 p["identity_to_avatar"],
+                p["identity_at_rest"],
                 p["identity_to_driver"],
                 p["chroma_face"],
                 p["chroma_features"],

@@ -7,9 +7,10 @@ export PYTHONUNBUFFERED=1
 RUN=/tmp/refiner_run
 nvidia-smi -L
 python3 -c "import torch, cv2, scipy, onnxruntime; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__, 'ort', onnxruntime.__version__)"
-# The shipped model's shape by default (mouth and eye crops, the user's openings as an input);
-# override MODEL for another.
-MODEL=${MODEL:---layout regions --size 48 --widths 16,24,32,48 --driver --lr 5e-4 --gan-start 3000}
+# By default it continues the shipped model (weights/refiner.pt) with its recipe: mouth and eye
+# crops, the user's openings as an input, half of them another person's, some samples black and
+# white; override MODEL for another.
+MODEL=${MODEL:---layout regions --size 48 --widths 16,24,32,48 --driver --driver-swap 0.5 --grey 0.15 --init weights/refiner.pt --lr 1.5e-4 --schedule cosine --gan-start 1000000}
 # shellcheck disable=SC2086
 python3 -m realtime.cli -v train refiner --data .train_cache --out "$RUN" --steps 40000 --max-minutes "${MINUTES:-5.5}" \
     $MODEL --batch 64 --pairs-per-clip "${PAIRS:-300}" --eval-every 500 --workers 14 --fresh 2>&1 \

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -161,9 +162,10 @@ class CrossIdentityPair:
             mouth, eyes = _openings(judge, outputs)
         mouth_r, mouth_amp = _following(self.driver_mouth, mouth)
         blink_r, blink_amp = _following(self.driver_eyes, eyes)
-        chromas = [chroma(image) for image in outputs]
-        frames = np.stack(outputs).astype(np.float32)
-        change = np.abs(np.diff(frames, axis=0)).mean(axis=-1)[:, self.masks["mouth"]]
+        face, features, around_mouth = self.masks["face"], self.masks["features"], self.masks["mouth"]
+        chroma_means = np.array([(c[face].mean(), c[features].mean()) for c in map(chroma, outputs)])
+        mouths = [image[around_mouth].astype(np.float32) for image in outputs]
+        change = [np.abs(b - a).mean() for a, b in pairwise(mouths)]
         to_avatar = to_driver = at_rest = None
         if embedder is not None:
             to_avatar, to_driver, at_rest = self._identity(outputs, embedder)
@@ -175,17 +177,13 @@ class CrossIdentityPair:
             identity_to_avatar=to_avatar,
             identity_to_driver=to_driver,
             identity_at_rest=at_rest,
-            chroma_face=float(
-                np.mean([c[self.masks["face"]].mean() for c in chromas]) - self.avatar_chroma["face"]
-            ),
-            chroma_features=float(
-                np.mean([c[self.masks["features"]].mean() for c in chromas]) - self.avatar_chroma["features"]
-            ),
+            chroma_face=float(chroma_means[:, 0].mean() - self.avatar_chroma["face"]),
+            chroma_features=float(chroma_means[:, 1].mean() - self.avatar_chroma["features"]),
             mouth_r=mouth_r,
             mouth_amplitude=mouth_amp,
             blink_r=blink_r,
             blink_amplitude=blink_amp,
-            mouth_change=float(change.mean()) if change.size else 0.0,
+            mouth_change=float(np.mean(change)) if change and around_mouth.any() else 0.0,
             face_found=float(np.isfinite(mouth).mean()),
         )
 

@@ -149,7 +149,7 @@ def stream(
             for sink in sinks:
                 if isinstance(sink, WindowSink):
                     sink.audio = audio  # the window's level meter and audio hotkeys
-        hold = audio is not None and config.audio is not None and config.audio.av_sync == "both"
+        hold = audio is not None and config.audio.av_sync == "both"
         engine = Engine(
             source,
             processor,

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from realtime.errors import one_line
 from realtime.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ IDLE = None  # what ``WorkerChannel.requests`` yields when no request came withi
 
 class WorkerError(RuntimeError):
     """The child could not start, has gone, or failed a call; ``str()`` is one line."""
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text[:157] + "..." if len(text) > 160 else text
 
 
 # --------------------------------------------------------------------------- the child's side
@@ -127,7 +123,7 @@ def _child_main(conn: Any, target: Callable[..., Any], args: tuple[Any, ...], le
     try:
         result = target(channel, *args)
     except Exception as exc:  # before ``ready`` the parent's open() raises it; after, it is logged
-        why = f"{type(exc).__name__}: {_one_line(str(exc))}"
+        why = f"{type(exc).__name__}: {one_line(str(exc), 160)}"
         try:
             if channel.is_ready:
                 logger.error("the worker failed: %s", why)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from realtime.errors import DeviceUnavailable
+from realtime.errors import DeviceUnavailable, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -248,5 +248,4 @@ def device_names(sd: Any, channels_key: str) -> str:
 
 def first_line(exc: BaseException) -> str:
     """``exc`` as one short line, for a one-line error."""
-    text = " ".join(str(exc).split())
-    return text[:157] + "..." if len(text) > 160 else text
+    return one_line(str(exc), 160)

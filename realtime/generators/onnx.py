@@ -313,7 +313,7 @@ class OnnxRefinerGenerator(Stage):
             refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._luma_only:
-                delta = np.repeat(delta @ LUMA_BGR, 3).reshape(delta.shape)
+                delta[:] = (delta @ LUMA_BGR)[..., None]
             if self._gate_face:
                 delta *= self._region_gate(points[k], size)[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(

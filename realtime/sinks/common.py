@@ -5,11 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from realtime.errors import one_line
 
-def one_line(text: str, limit: int = 200) -> str:
-    """Collapse ``text`` to one line of at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+__all__ = ["as_bgr", "one_line"]
 
 
 def as_bgr(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -123,6 +123,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
         )
+    if args.audio:
+        return _render_voice(args)
+    if not args.driver:
+        raise UserError("render needs --driver VIDEO, --audio SPEECH, or both")
     config = pipeline_config(args, avatar=args.avatar)
     source = VideoFileSource(args.driver, paced=False)
     driver_size = (source.width // 2 * 2, source.height // 2 * 2)
@@ -137,6 +141,28 @@ def cmd_render(args: argparse.Namespace) -> int:
         mode=str(config.mode),
         driver_fps=source.fps,
         wall_s=round(time.monotonic() - t0, 2),
+    )
+    _finish(summary, args.metrics_json)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _render_voice(args: argparse.Namespace) -> int:
+    from realtime.voice.render import DEFAULT_FPS, render_voice
+
+    if args.mode != "reenact":
+        raise UserError("--audio drives the avatar's mouth: use it with --mode reenact")
+    summary = render_voice(
+        args.avatar,
+        args.audio,
+        args.out,
+        size=args.size,
+        fps=args.fps or DEFAULT_FPS,
+        driver=args.driver,
+        generator=args.generator,
+        providers=list(args.provider) if args.provider else None,
+        model_path=args.voice_model,
+        seed=args.seed,
     )
     _finish(summary, args.metrics_json)
     print(f"wrote {args.out}")

@@ -136,7 +136,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _add_render(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
     render.add_argument("--avatar", required=True)
-    render.add_argument("--driver", required=True, help="driving video")
+    render.add_argument(
+        "--driver",
+        default=None,
+        help="driving video (with --audio: the head only, the voice drives the mouth)",
+    )
+    render.add_argument(
+        "--audio",
+        default=None,
+        metavar="SPEECH",
+        help="a voice (wav, mp3, m4a, or a video's sound) that drives the mouth; without --driver the head "
+        "moves idly and blinks; the output lasts as long as the audio",
+    )
+    render.add_argument(
+        "--fps", type=_positive, default=None, help="with --audio and no --driver (default 25)"
+    )
+    render.add_argument(
+        "--voice-model", default=None, help="audio-to-mouth ONNX (default weights/voice.onnx)"
+    )
+    render.add_argument("--seed", type=int, default=0, help="idle head motion and blinks (with --audio)")
     render.add_argument("--out", required=True, help="output .mp4")
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)

@@ -110,7 +110,7 @@ def test_export_round_trip_matches_through_the_runtime(tmp_path):
     pytest.importorskip("onnx")
     from export.voice import export_onnx, parity
     from realtime.train.voice import VoiceToMouth
-    from realtime.voice.model import VoiceMouthModel
+    from realtime.voice.model import SpeechGate, VoiceMouthModel
 
     torch.manual_seed(0)
     net = VoiceToMouth(tiny_config(tmp_path)).eval()
@@ -124,9 +124,9 @@ def test_export_round_trip_matches_through_the_runtime(tmp_path):
     assert offsets.shape == (len(times), len(mouth.MOUTH_POINTS), 2)
     with torch.no_grad():
         expected = net(torch.from_numpy(features.log_mel(audio))[None])[0].numpy()
-    loud = features.frame_level_db(audio) >= -55.0
-    np.testing.assert_allclose(offsets[loud], expected[loud], atol=1e-4)
-    assert np.all(offsets[~loud] == 0)  # silence is closed whatever the model says
+    weights = SpeechGate()(features.frame_level_db(audio))
+    np.testing.assert_allclose(offsets, expected * weights[:, None, None], atol=1e-4)
+    assert weights.max() == 1.0 and np.all(weights[features.frame_level_db(audio) < -55.0] == 0)
 
 
 # ----------------------------------------------------------------------------- render --audio
@@ -203,3 +203,49 @@ def test_bad_audio_gives_one_line(tmp_path, audio, message):
 def test_render_needs_a_driver_or_audio(tmp_path):
     proc = cli("render", "--avatar", "builtin", "--out", tmp_path / "out.mp4")
     assert_one_line_error(proc, "--driver", "--audio")
+
+
+def test_the_speech_gate_closes_on_steady_noise_and_opens_on_speech():
+    from realtime.voice.model import SpeechGate
+
+    rng = np.random.default_rng(0)
+    hiss = features.frame_level_db(0.03 * rng.standard_normal(3 * RATE))  # -30 dBFS, steady
+    assert SpeechGate()(hiss)[50:].max() < 0.1
+    speech, envelope = syllables(4.0, 1)
+    weights = SpeechGate()(features.frame_level_db(speech + 0.003 * rng.standard_normal(len(speech))))
+    on = envelope[features.WINDOW :: features.HOP][: len(weights)] > 0
+    assert weights[on].mean() > 0.8 and weights[~on].mean() < 0.2
+
+
+def test_the_stream_gives_the_whole_recordings_mouth_block_by_block(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from scipy.signal import resample_poly
+
+    from export.voice import export_onnx
+    from realtime.train.voice import VoiceToMouth, receptive_field
+    from realtime.voice.model import VoiceMouthModel
+    from realtime.voice.stream import VoiceStream
+
+    torch.manual_seed(1)
+    cfg = tiny_config(tmp_path)
+    net = VoiceToMouth(cfg).eval()
+    with torch.no_grad():
+        net.basis.normal_(0, 0.05)
+    path = export_onnx(net, tmp_path / "voice.onnx")
+    (tmp_path / "voice.json").write_text(
+        '{"lookahead_s": 0.08, "receptive_field": %d}'
+        % receptive_field(cfg.dilations, cfg.running_mean_frames)
+    )
+    model = VoiceMouthModel(path)
+    audio16, _ = syllables(3.0, 5)
+    mic = resample_poly(audio16, 3, 1)  # a 48 kHz microphone
+    stream = VoiceStream(model, 48000)
+    streamed = [out for i in range(0, len(mic), 960) if (out := stream.push(mic[i : i + 960])) is not None]
+    times, offline = model.offsets(stream.resample.__class__(48000)(mic))
+    t_last, mouth_last = streamed[-1]
+    j = int(np.argmin(np.abs(times - t_last)))
+    assert times[j] == pytest.approx(t_last, abs=1e-6)
+    np.testing.assert_allclose(mouth_last, offline[j], atol=1e-4)
+    # Every 20 ms block gives the newest mouth, two feature frames later than the last.
+    assert len(streamed) >= len(mic) // 960 - 2

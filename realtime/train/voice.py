@@ -57,6 +57,7 @@ class VoiceConfig:
     opening_weight: float = 4.0  # extra loss on the inner-lip gap, the motion viewers judge
     correlation_weight: float = 0.5  # 1 - Pearson r of the gap per crop: its shape over time
     eq_db: float = 12.0  # random spectral tilt (± dB across the band) and ripple: other microphones
+    warp: float = 0.0  # stretch the mel axis by up to ± this (vocal tract length): other speakers
     noise_only_p: float = 0.15  # crops of noise alone (target: closed mouth)
     noise_p: float = 0.6  # crops with noise added under the speech
     snr_db: tuple[float, float] = (0.0, 30.0)
@@ -205,6 +206,14 @@ class Batches:
             eq_db = rng.uniform(-1, 1) * cfg.eq_db * bins + rng.uniform(-1, 1) * cfg.eq_db / 4 * np.cos(
                 2 * np.pi * rng.uniform(0.5, 2.0) * bins + rng.uniform(0, 2 * np.pi)
             )
+            if cfg.warp:
+                # Formants move together with vocal tract length: resample the mel axis.
+                source = np.clip(
+                    np.arange(features.N_MELS) * (1 + rng.uniform(-cfg.warp, cfg.warp)),
+                    0,
+                    features.N_MELS - 1,
+                )
+                mel = np.stack([np.interp(source, np.arange(features.N_MELS), row) for row in mel])
             speech = np.exp(mel + (rng.uniform(*cfg.gain_db) + eq_db) / 10 * math.log(10))
             draw = rng.random()
             if draw < cfg.noise_only_p + cfg.noise_p:

@@ -28,6 +28,35 @@ IN_MEL, OUT_MOUTH = "mel", "mouth"
 SILENCE_DBFS = -55.0
 
 
+class SpeechGate:
+    """How much of the model's mouth to show per feature frame, from its level (causal).
+
+    A room's steady noise (a fan, a hiss, a quiet hum) is not speech: the gate follows the
+    noise floor (down at once, up by ``rise_db_per_s``) and opens over ``open_db`` above
+    ``margin_db`` above it; under SILENCE_DBFS it is shut. State carries across calls, so a
+    stream fed block by block gets the same weights as the whole recording.
+    """
+
+    def __init__(self, margin_db: float = 8.0, open_db: float = 12.0, rise_db_per_s: float = 3.0) -> None:
+        self.margin_db, self.open_db = margin_db, open_db
+        self.rise = rise_db_per_s * features.HOP_S
+        self._floor: float | None = None
+
+    def __call__(self, level_db: np.ndarray) -> np.ndarray:
+        weights = np.zeros(len(level_db), np.float32)
+        floor = self._floor
+        for i, level in enumerate(level_db):
+            level = float(level)
+            floor = level if floor is None or level < floor else floor + self.rise
+            weights[i] = (
+                0.0
+                if level < SILENCE_DBFS
+                else np.clip((level - floor - self.margin_db) / self.open_db, 0, 1)
+            )
+        self._floor = floor
+        return weights
+
+
 def default_model_path() -> Path:
     return weights_dir() / f"{MODEL_NAME}.onnx"
 
@@ -66,21 +95,18 @@ class VoiceMouthModel(Stage):
     def provider(self) -> str:
         return self.open()._runner.provider
 
-    def run(self, mel: np.ndarray, level_db: np.ndarray | None = None) -> np.ndarray:
-        """(frames, K, 2) offsets for (frames, N_MELS) log-mel; frames whose ``level_db``
-        (``features.frame_level_db``) is under SILENCE_DBFS are closed."""
+    def run(self, mel: np.ndarray) -> np.ndarray:
+        """(frames, K, 2) offsets for (frames, N_MELS) log-mel, as the model gives them."""
         if len(mel) == 0:
             return np.zeros((0, len(mouth.MOUTH_POINTS), 2), np.float32)
-        out = self.open()._runner.run({IN_MEL: mel[None].astype(np.float32)})[OUT_MOUTH][0]
-        if level_db is not None:
-            out[level_db[: len(out)] < SILENCE_DBFS] = 0.0
-        return out
+        return self.open()._runner.run({IN_MEL: mel[None].astype(np.float32)})[OUT_MOUTH][0]
 
     def offsets(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(target times in s, offsets) for mono ``features.RATE`` audio."""
+        """(target times in s, offsets) for mono ``features.RATE`` audio, gated by ``SpeechGate``."""
         mel = features.log_mel(samples)
         times = features.frame_end_s(np.arange(len(mel))) - self.lookahead_s
-        return times, self.run(mel, features.frame_level_db(samples))
+        weights = SpeechGate()(features.frame_level_db(samples))
+        return times, self.run(mel) * weights[:, None, None]
 
     def at(self, frame_times: np.ndarray, times: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Offsets at ``frame_times`` (s), linearly interpolated; closed before the first output."""

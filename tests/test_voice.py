@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -233,10 +234,8 @@ def test_the_stream_gives_the_whole_recordings_mouth_block_by_block(tmp_path):
     with torch.no_grad():
         net.basis.normal_(0, 0.05)
     path = export_onnx(net, tmp_path / "voice.onnx")
-    (tmp_path / "voice.json").write_text(
-        '{"lookahead_s": 0.08, "receptive_field": %d}'
-        % receptive_field(cfg.dilations, cfg.running_mean_frames)
-    )
+    field = receptive_field(cfg.dilations, cfg.running_mean_frames)
+    (tmp_path / "voice.json").write_text(json.dumps({"lookahead_s": 0.08, "receptive_field": field}))
     model = VoiceMouthModel(path)
     audio16, _ = syllables(3.0, 5)
     mic = resample_poly(audio16, 3, 1)  # a 48 kHz microphone

@@ -14,8 +14,9 @@ renders of its first frame, each tracked back with mediapipe (no smoothing):
 Scores per clip: mouth-opening Pearson r against the real video (inner-lip gap over face
 size, both tracked); lip-landmark error against the video-driven render (40 lip points, head
 pose undone on the rigid points, mean distance in face sizes); silence closed: share of the
-frames where the audio is silent (25 dB under the clip's loud frames, or under -55 dBFS) whose
-rendered mouth is closed (gap < 0.03 face sizes, the retargeter's OPEN_FROM). Also the voice
+frames inside silence segments (quiet for 0.3 s or more: 25 dB under the clip's loud frames, or
+under -55 dBFS; 0.1 s trimmed at both ends) whose rendered mouth is closed (tracked gap < 0.03 face sizes, the retargeter's OPEN_FROM), and
+whose commanded mouth is closed (the model's gated offsets open the lips < 0.01 face sizes). Also the voice
 render with pink noise mixed in at 10 dB SNR, and recordings of noise alone and silence.
 """
 
@@ -42,6 +43,7 @@ from realtime.voice.render import render_voice
 logger = logging.getLogger("voice_eval")
 LIPS = mesh.INNER_LIP + mesh.OUTER_LIP
 SILENT_BELOW_LOUD_DB = 25.0
+COMMANDED_CLOSED = 0.01  # face sizes of inner-lip gap over the avatar's rest
 
 
 def frame_db(samples: np.ndarray, count: int, fps: float) -> np.ndarray:
@@ -55,8 +57,22 @@ def frame_db(samples: np.ndarray, count: int, fps: float) -> np.ndarray:
     return out
 
 
-def silent(levels: np.ndarray) -> np.ndarray:
-    return (levels < np.percentile(levels, 90) - SILENT_BELOW_LOUD_DB) | (levels < SILENCE_DBFS)
+def silent(levels: np.ndarray, fps: float, min_s: float = 0.3, edge_s: float = 0.1) -> np.ndarray:
+    """Frames inside silence segments: quiet (25 dB under the clip's loud frames, or under
+    -55 dBFS) for at least ``min_s``, less ``edge_s`` at both ends (lips close and open
+    around the sound)."""
+    quiet = (levels < np.percentile(levels, 90) - SILENT_BELOW_LOUD_DB) | (levels < SILENCE_DBFS)
+    out = np.zeros_like(quiet)
+    edge = int(round(edge_s * fps))
+    start = None
+    for i, q in enumerate([*quiet, False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if i - start >= min_s * fps:
+                out[start + (edge if start > 0 else 0) : i - (edge if i < len(quiet) else 0)] = True
+            start = None
+    return out
 
 
 def opening_direction(cache_clips: list[dict]) -> np.ndarray:
@@ -162,7 +178,7 @@ def evaluate_clip(clip: dict, media: Path, work: Path, direction: np.ndarray, ma
     render_offline(FirstFrames(driver, count), processor, [FileSink(outs["video"])], fps=fps, progress=False)
     tracked = {k: track_video(str(v)).landmarks[:count] for k, v in outs.items()}
     real_open = np.array([mesh.mouth_opening(f) if f is not None else np.nan for f in real[:count]])
-    mask = silent(frame_db(speech, count, fps))
+    mask = silent(frame_db(speech, count, fps), fps)
     result = {
         "clip": name,
         "person": clip["person"],
@@ -185,6 +201,13 @@ def evaluate_clip(clip: dict, media: Path, work: Path, direction: np.ndarray, ma
                 faces, tracked["video"], avatar.landmarks.astype(np.float64)
             )
     result["real_closed_in_silence"] = closed_share(real_open, mask)
+    # What the voice commands: the gap the model's offsets ask for (0 = the avatar's rest).
+    model = VoiceMouthModel()
+    times, offsets = model.offsets(speech)
+    commanded = mouth.opening(model.at(np.arange(count) / fps, times, offsets))
+    result["voice"]["commanded_closed_in_silence"] = (
+        float(np.mean(commanded[mask] < COMMANDED_CLOSED)) if mask.any() else float("nan")
+    )
     return result, series, outs
 
 
@@ -270,6 +293,12 @@ def summarise(results: list[dict]) -> dict:
         }
         if kind != "video":
             out[kind]["lip_error"] = float(np.nanmean([r[kind]["lip_error"] for r in results]))
+    out["voice"]["commanded_closed_in_silence"] = float(
+        np.nanmean([r["voice"]["commanded_closed_in_silence"] for r in results if r["silent_frames"]])
+    )
+    out["real_closed_in_silence"] = float(
+        np.nanmean([r["real_closed_in_silence"] for r in results if r["silent_frames"]])
+    )
     return out
 
 

@@ -125,7 +125,7 @@ def test_export_round_trip_matches_through_the_runtime(tmp_path):
     assert offsets.shape == (len(times), len(mouth.MOUTH_POINTS), 2)
     with torch.no_grad():
         expected = net(torch.from_numpy(features.log_mel(audio))[None])[0].numpy()
-    weights = SpeechGate()(features.frame_level_db(audio))
+    weights = SpeechGate()(audio)
     np.testing.assert_allclose(offsets, expected * weights[:, None, None], atol=1e-4)
     assert weights.max() == 1.0 and np.all(weights[features.frame_level_db(audio) < -55.0] == 0)
 
@@ -210,10 +210,10 @@ def test_the_speech_gate_closes_on_steady_noise_and_opens_on_speech():
     from realtime.voice.model import SpeechGate
 
     rng = np.random.default_rng(0)
-    hiss = features.frame_level_db(0.03 * rng.standard_normal(3 * RATE))  # -30 dBFS, steady
+    hiss = 0.03 * rng.standard_normal(3 * RATE)  # -30 dBFS, steady
     assert SpeechGate()(hiss)[50:].max() < 0.1
     speech, envelope = syllables(4.0, 1)
-    weights = SpeechGate()(features.frame_level_db(speech + 0.003 * rng.standard_normal(len(speech))))
+    weights = SpeechGate()(speech + 0.003 * rng.standard_normal(len(speech)))
     on = envelope[features.WINDOW :: features.HOP][: len(weights)] > 0
     assert weights[on].mean() > 0.8 and weights[~on].mean() < 0.2
 

@@ -29,31 +29,52 @@ SILENCE_DBFS = -55.0
 
 
 class SpeechGate:
-    """How much of the model's mouth to show per feature frame, from its level (causal).
+    """How much of the model's mouth to show per feature frame (causal): speech, not silence
+    or noise.
 
-    A room's steady noise (a fan, a hiss, a quiet hum) is not speech: the gate follows the
-    noise floor (down at once, up by ``rise_db_per_s``) and opens over ``open_db`` above
-    ``margin_db`` above it; under SILENCE_DBFS it is shut. State carries across calls, so a
-    stream fed block by block gets the same weights as the whole recording.
+    Two tests, both needed: WebRTC's voice activity detector (aggressive mode) on the last
+    10 ms of each frame, held open for a moment (``release`` per frame), rejects breaths,
+    clicks and hum; the level over the noise floor (the lowest of the last ``floor_s``,
+    minimum statistics), opening over ``open_db`` from ``margin_db``, rejects steady noise
+    the detector takes for a voice (a loud hiss). Under SILENCE_DBFS it is shut. State carries
+    across calls, so a stream fed block by block gets the whole recording's weights.
     """
 
-    def __init__(self, margin_db: float = 8.0, open_db: float = 12.0, rise_db_per_s: float = 3.0) -> None:
-        self.margin_db, self.open_db = margin_db, open_db
-        self.rise = rise_db_per_s * features.HOP_S
-        self._floor: float | None = None
+    def __init__(
+        self,
+        margin_db: float = 3.0,
+        open_db: float = 12.0,
+        floor_s: float = 1.5,
+        vad_mode: int = 3,
+        attack: float = 0.5,
+        release: float = 0.1,
+    ) -> None:
+        from collections import deque
 
-    def __call__(self, level_db: np.ndarray) -> np.ndarray:
-        weights = np.zeros(len(level_db), np.float32)
-        floor = self._floor
-        for i, level in enumerate(level_db):
+        import webrtcvad
+
+        self.margin_db, self.open_db = margin_db, open_db
+        self.attack, self.release = attack, release
+        self._vad = webrtcvad.Vad(vad_mode)
+        self._recent: deque[float] = deque(maxlen=max(1, int(floor_s / features.HOP_S)))
+        self._voice = 0.0
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Weights of the feature frames of ``samples`` (framed as ``features.log_mel``)."""
+        samples = np.asarray(samples, dtype=np.float64)
+        if len(samples) < features.WINDOW:
+            return np.zeros(0, np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(samples, features.WINDOW)[:: features.HOP]
+        levels = 10 * np.log10(np.mean(windows**2, axis=1) + 1e-12)
+        pcm = (np.clip(windows[:, -features.HOP :], -1, 1) * 32767).astype(np.int16)
+        weights = np.zeros(len(windows), np.float32)
+        for i, level in enumerate(levels):
             level = float(level)
-            floor = level if floor is None or level < floor else floor + self.rise
-            weights[i] = (
-                0.0
-                if level < SILENCE_DBFS
-                else np.clip((level - floor - self.margin_db) / self.open_db, 0, 1)
-            )
-        self._floor = floor
+            self._recent.append(max(level, SILENCE_DBFS - 10.0))
+            loud = np.clip((level - min(self._recent) - self.margin_db) / self.open_db, 0, 1)
+            speech = 1.0 if self._vad.is_speech(pcm[i].tobytes(), features.RATE) else 0.0
+            self._voice += (speech - self._voice) * (self.attack if speech > self._voice else self.release)
+            weights[i] = 0.0 if level < SILENCE_DBFS else min(float(loud), self._voice)
         return weights
 
 
@@ -105,7 +126,7 @@ class VoiceMouthModel(Stage):
         """(target times in s, offsets) for mono ``features.RATE`` audio, gated by ``SpeechGate``."""
         mel = features.log_mel(samples)
         times = features.frame_end_s(np.arange(len(mel))) - self.lookahead_s
-        weights = SpeechGate()(features.frame_level_db(samples))
+        weights = SpeechGate()(samples)
         return times, self.run(mel) * weights[:, None, None]
 
     def at(self, frame_times: np.ndarray, times: np.ndarray, offsets: np.ndarray) -> np.ndarray:

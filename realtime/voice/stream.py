@@ -84,7 +84,7 @@ class VoiceStream:
         used = self._samples[first - before : first + (count - 1) * features.HOP + features.WINDOW]
         skip = 1 if before else 0
         self._mel = np.concatenate([self._mel, features.log_mel(used)[skip:]])[-self.window :]
-        self._weight = float(self.gate(features.frame_level_db(used)[skip:])[-1])
+        self._weight = float(self.gate(used[skip * features.HOP :])[-1])
         self._frames += count
         drop = self._frames * features.HOP - features.HOP - self._offset
         self._samples, self._offset = self._samples[drop:], self._offset + drop

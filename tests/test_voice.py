@@ -248,3 +248,30 @@ def test_the_stream_gives_the_whole_recordings_mouth_block_by_block(tmp_path):
     np.testing.assert_allclose(mouth_last, offline[j], atol=1e-4)
     # Every 20 ms block gives the newest mouth, two feature frames later than the last.
     assert len(streamed) >= len(mic) // 960 - 2
+
+
+@pytest.mark.slow
+def test_render_audio_over_a_driver_keeps_the_head_and_lasts_as_long_as_the_audio(tmp_path):
+    from realtime.voice.model import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no shipped voice model in weights/")
+    speech = media("clips/LipNet_grid_bbaf2n.mpg")  # 3.0 s of sound
+    driver = media("clips/liveportrait_d0.mp4")  # 3.1 s of another person's head, no sound
+    out = tmp_path / "driven.mp4"
+    proc = cli(
+        "render",
+        "--avatar",
+        "builtin",
+        "--driver",
+        driver,
+        "--audio",
+        speech,
+        "--out",
+        out,
+        "--size",
+        "320x320",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert duration_s(out, "Audio: aac") == pytest.approx(3.0, abs=0.05)

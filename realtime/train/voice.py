@@ -39,16 +39,17 @@ logger = logging.getLogger(__name__)
 # -- configuration --------------------------------------------------------------------------------
 @dataclass
 class VoiceConfig:
+    # The defaults are the shipped model's run (weights/voice.json).
     cache: str = ".train_cache_voice"  # realtime.train.voice_data output
     out: str = "runs/voice"
-    channels: int = 64
+    channels: int = 48
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1)
     components: int = 16  # PCA basis of the mouth displacement
-    dropout: float = 0.2
+    dropout: float = 0.3
     # The features also enter relative to their causal running mean over this many frames:
     # microphones and rooms differ in colour, the motion of speech does not.
     running_mean_frames: int = 150
-    steps: int = 2000
+    steps: int = 1200
     batch: int = 32
     crop_frames: int = 200  # 2 s of audio per sample
     lr: float = 1e-3
@@ -57,14 +58,14 @@ class VoiceConfig:
     opening_weight: float = 4.0  # extra loss on the inner-lip gap, the motion viewers judge
     correlation_weight: float = 0.5  # 1 - Pearson r of the gap per crop: its shape over time
     eq_db: float = 12.0  # random spectral tilt (± dB across the band) and ripple: other microphones
-    warp: float = 0.0  # stretch the mel axis by up to ± this (vocal tract length): other speakers
+    warp: float = 0.12  # stretch the mel axis by up to ± this (vocal tract length): other speakers
     noise_only_p: float = 0.15  # crops of noise alone (target: closed mouth)
     noise_p: float = 0.6  # crops with noise added under the speech
     snr_db: tuple[float, float] = (0.0, 30.0)
     gain_db: tuple[float, float] = (-24.0, 12.0)
-    eval_every: int = 200
+    eval_every: int = 100
     noise_seconds: float = 120.0  # of each kind of noise in the augmentation bank
-    max_minutes: float = 15.0
+    max_minutes: float = 12.0
     seed: int = 0
     threads: int = 1
     # Training clips whose loudness and mouth opening never agree (best correlation within

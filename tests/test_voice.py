@@ -11,10 +11,13 @@ import pytest
 
 from realtime import mesh
 from realtime.voice import features, mouth
+from tests import test_audio_pulse
 from tests.conftest import cli, media
 from tests.test_cli import assert_one_line_error
 
 RATE = features.RATE
+# A real PulseAudio server and a fresh null sink per test (tests/test_audio_pulse.py).
+pulse, null_sink = test_audio_pulse.pulse, test_audio_pulse.null_sink
 
 
 def syllables(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,3 +278,64 @@ def test_render_audio_over_a_driver_keeps_the_head_and_lasts_as_long_as_the_audi
     )
     assert proc.returncode == 0, proc.stderr
     assert duration_s(out, "Audio: aac") == pytest.approx(3.0, abs=0.05)
+
+
+# ----------------------------------------------------------------------------- live: --lips voice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("speaking", [True, False])
+def test_run_lips_voice_without_a_camera_talks_with_the_microphone(tmp_path, null_sink, speaking):
+    """A real PulseAudio path: a recording played into a null sink, its monitor as the microphone."""
+    import shutil
+
+    from realtime.analysis import track_video
+    from realtime.voice.model import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no shipped voice model in weights/")
+    if shutil.which("paplay") is None:
+        pytest.skip("paplay not installed (pulseaudio-utils)")
+    speech = media("audio/dreamtalk_out_of_domain_narrative.wav")
+    player = subprocess.Popen(["paplay", f"--device={null_sink}", str(speech)]) if speaking else None
+    try:
+        out, metrics = tmp_path / "live.mp4", tmp_path / "m.json"
+        proc = cli(
+            "run",
+            "--avatar",
+            media("avatars/liveportrait_s0.jpg"),
+            "--camera",
+            "none",
+            "--lips",
+            "voice",
+            "--audio-in",
+            f"pulse:{null_sink}.monitor",
+            "--sink",
+            f"file:{out}",
+            "--seconds",
+            "6",
+            "--size",
+            "320x384",
+            "--metrics-json",
+            metrics,
+            timeout=180,
+        )
+    finally:
+        if player is not None:
+            player.terminate()
+            player.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(metrics.read_text())
+    assert report["lips"] == "voice" and report["voice_blocks"] > 50 and report["voice_errors"] == 0
+    opening = track_video(str(out)).mouth
+    if speaking:
+        assert np.nanmax(opening) > 0.05 and np.nanstd(opening) > 0.01, opening
+    else:
+        assert np.nanmax(opening) < 0.03, opening  # a silent microphone: the mouth stays closed
+
+
+def test_lips_voice_needs_a_microphone_and_no_camera(tmp_path):
+    proc = cli("run", "--avatar", "builtin", "--camera", "none", "--sink", "null", "--seconds", "1")
+    assert_one_line_error(proc, "--lips voice")
+    proc = cli("run", "--avatar", "builtin", "--camera", "none", "--lips", "voice", "--sink", "null")
+    assert_one_line_error(proc, "--audio-in")

@@ -102,6 +102,12 @@ class Retargeter(Stage):
         """Take the driver's next tracked face as its neutral reference."""
         self._recalibrate = True
 
+    def set_neutral(self, face: np.ndarray) -> None:
+        """Use ``face`` (478, 3) as the driver's neutral from now on (a synthetic driver, such
+        as the voice's face, knows its own rest pose)."""
+        self.neutral = face[: mesh.NUM_LANDMARKS].astype(np.float64).copy()
+        self._recalibrate = False
+
     def settle_neutral(self, driver: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Let a driver face refine the neutral (see ``_adapt_neutral``), as every
         ``transfer`` does. Returns the driver's head scale and rotation relative to the

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from realtime.cli.parser import NO_CAMERA
 from realtime.errors import DeviceUnavailable, UserError
 
 logger = logging.getLogger("realtime")
@@ -76,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from realtime.sinks import make_sink
 
+    if args.lips == "voice" or args.camera == NO_CAMERA:
+        return _run_voice(args)
     audio = _audio(args)
     camera = args.size or CAMERA_SIZE
     config = pipeline_config(
@@ -113,6 +116,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_voice(args: argparse.Namespace) -> int:
+    """``run --lips voice --camera none``: the avatar speaks the microphone, no camera."""
+    import numpy as np
+
+    from realtime.metrics import machine_description
+    from realtime.session import SourceConfig, generator_info, make_processor, stream
+    from realtime.sinks import make_sink
+    from realtime.sources import ImageSource
+    from realtime.voice.live import use_voice
+
+    if args.lips != "voice" or args.camera != NO_CAMERA:
+        raise UserError("--camera none needs --lips voice, and --lips voice runs with --camera none for now")
+    if not args.audio_in:
+        raise UserError("--lips voice needs the microphone: --audio-in DEVICE (see `realtime devices`)")
+    if args.mode != "reenact":
+        raise UserError("--lips voice drives the avatar's mouth: use it with --mode reenact")
+    # The voice is the driver: --audio-out (the delayed voice to a call) is optional here.
+    audio = _audio(args) if args.audio_out else None
+    if audio is not None:
+        from dataclasses import replace
+
+        from realtime.voice.live import voice_lag_ms
+
+        # The mouth shows the voice of the model's look-ahead ago: the delayed voice waits that much more.
+        audio = replace(audio, offset_ms=audio.offset_ms + voice_lag_ms())
+    fps = args.fps or 30.0
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        source=SourceConfig(camera=None, fps=fps),
+        fps=fps,
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["virtualcam"]),
+        audio=audio,
+        seconds=args.seconds,
+    )
+    processor = make_processor(config, config.size)  # the avatar's own canvas unless --size
+    voice = use_voice(processor, args.audio_in)
+    source = ImageSource(np.zeros((64, 64, 3), np.uint8), fps=fps)  # the clock; nothing to track
+    sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    name, provider = generator_info(processor)
+    summary.update(
+        generator=name,
+        provider=provider,
+        lips="voice",
+        microphone=voice.microphone.name,
+        voice_blocks=voice.microphone.blocks,
+        voice_errors=voice.microphone.errors,
+        size=f"{processor.output_size[0]}x{processor.output_size[1]}",
+        budget_ms=round(budget_ms, 2),
+        machine=machine_description(),
+    )
+    _print_audio(summary)
+    _finish(summary, args.metrics_json)
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from realtime.loop import render_offline
     from realtime.session import generator_info, make_processor
@@ -123,6 +185,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
         )
+    if args.audio:
+        return _render_voice(args)
+    if not args.driver:
+        raise UserError("render needs --driver VIDEO, --audio SPEECH, or both")
     config = pipeline_config(args, avatar=args.avatar)
     source = VideoFileSource(args.driver, paced=False)
     driver_size = (source.width // 2 * 2, source.height // 2 * 2)
@@ -137,6 +203,28 @@ def cmd_render(args: argparse.Namespace) -> int:
         mode=str(config.mode),
         driver_fps=source.fps,
         wall_s=round(time.monotonic() - t0, 2),
+    )
+    _finish(summary, args.metrics_json)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _render_voice(args: argparse.Namespace) -> int:
+    from realtime.voice.render import DEFAULT_FPS, render_voice
+
+    if args.mode != "reenact":
+        raise UserError("--audio drives the avatar's mouth: use it with --mode reenact")
+    summary = render_voice(
+        args.avatar,
+        args.audio,
+        args.out,
+        size=args.size,
+        fps=args.fps or DEFAULT_FPS,
+        driver=args.driver,
+        generator=args.generator,
+        providers=list(args.provider) if args.provider else None,
+        model_path=args.voice_model,
+        seed=args.seed,
     )
     _finish(summary, args.metrics_json)
     print(f"wrote {args.out}")

@@ -6,6 +6,7 @@ import argparse
 
 DEFAULT_DEMO_OUT = "realtime-demo.mp4"
 DEFAULT_PIPELINE = "auto"
+NO_CAMERA = -1  # --camera none
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -16,6 +17,16 @@ def _size(text: str) -> tuple[int, int]:
     if not (16 <= w <= 7680 and 16 <= h <= 4320):
         raise argparse.ArgumentTypeError(f"size {text} is out of range (16x16 .. 7680x4320)")
     return w // 2 * 2, h // 2 * 2
+
+
+def _camera(text: str) -> int:
+    """A webcam index, or ``none`` (NO_CAMERA)."""
+    if text.strip().lower() == "none":
+        return NO_CAMERA
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"camera must be an index or none, got {text!r}") from None
 
 
 def _positive(text: str) -> float:
@@ -109,9 +120,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="the live loop")
     run.add_argument("--avatar", required=True, help="portrait image, or 'builtin'")
     src = run.add_mutually_exclusive_group()
-    src.add_argument("--camera", type=int, default=None, help="webcam index (default 0)")
+    src.add_argument(
+        "--camera", type=_camera, default=None, help="webcam index (default 0), or none (with --lips voice)"
+    )
     src.add_argument("--input", default=None, help="video file played as if it were a camera")
     run.add_argument("--loop", action="store_true", help="loop --input")
+    run.add_argument(
+        "--lips",
+        choices=["video", "voice"],
+        default="video",
+        help="video (default): the mouth follows the camera; voice: it follows --audio-in (with --camera "
+        "none: no camera, idle head motion and blinks)",
+    )
     run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
     run.add_argument(
         "--sink",
@@ -136,7 +156,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _add_render(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
     render.add_argument("--avatar", required=True)
-    render.add_argument("--driver", required=True, help="driving video")
+    render.add_argument(
+        "--driver",
+        default=None,
+        help="driving video (with --audio: the head only, the voice drives the mouth)",
+    )
+    render.add_argument(
+        "--audio",
+        default=None,
+        metavar="SPEECH",
+        help="a voice (wav, mp3, m4a, or a video's sound) that drives the mouth; without --driver the head "
+        "moves idly and blinks; the output lasts as long as the audio",
+    )
+    render.add_argument(
+        "--fps", type=_positive, default=None, help="with --audio and no --driver (default 25)"
+    )
+    render.add_argument(
+        "--voice-model", default=None, help="audio-to-mouth ONNX (default weights/voice.onnx)"
+    )
+    render.add_argument("--seed", type=int, default=0, help="idle head motion and blinks (with --audio)")
     render.add_argument("--out", required=True, help="output .mp4")
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)

@@ -44,6 +44,10 @@ class Generators:
             generator.close()
 
 
+# Models in weights/ that draw no image (the voice's audio-to-mouth model, realtime.voice).
+NOT_GENERATORS = ("audio_to_mouth",)
+
+
 def weights_dir() -> Path:
     override = os.environ.get("REALTIME_WEIGHTS")
     return Path(override) if override else Path(__file__).resolve().parents[2] / "weights"
@@ -58,6 +62,8 @@ def shipped_models(directory: Path | None = None) -> dict[str, dict]:
     for onnx_path in sorted(directory.glob("*.onnx")):
         card_path = onnx_path.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        if card.get("kind") in NOT_GENERATORS:
+            continue
         card["path"] = str(onnx_path)
         models[onnx_path.stem] = card
     return models

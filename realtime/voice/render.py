@@ -140,9 +140,10 @@ def render_voice(
     avatar = load_avatar(avatar_path, size)
     processor = voice_processor(avatar, frame_offsets, fps, generator, providers, seed, driver)
     source = FirstFrames(loop, count) if driver else StillFrames(avatar.image, count, fps)
-    summary = render_offline(
-        source, processor, [FileSink(out, audio_from=audio_path)], fps=fps, progress=progress
-    )
+    # The frames cover the audio to within one frame; ffmpeg's -shortest would let the audio
+    # overrun the last frame by a varying amount on a busy host.
+    sink = FileSink(out, audio_from=audio_path, trim_audio=False)
+    summary = render_offline(source, processor, [sink], fps=fps, progress=progress)
     summary.update(
         audio_s=round(duration, 3),
         frames=count,

@@ -51,6 +51,10 @@ def _finish(summary: dict, metrics_json: str | None) -> None:
     from realtime.metrics import format_summary, write_json
 
     print(format_summary(summary))
+    if "remote" in summary:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summary["remote"]))
     if metrics_json:
         write_json(metrics_json, summary)
         print(f"metrics: {metrics_json}")
@@ -100,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
     summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    name, provider = generator_info(processor)  # a remote generator knows its provider once opened
     summary.update(
         generator=name,
         provider=provider,
@@ -131,6 +136,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     summary = render_offline(source, processor, [sink], fps=source.fps)
     name, provider = generator_info(processor)
+    from realtime.generators.remote import remote_summary
+
+    if (remote := remote_summary(processor.generators)) is not None:
+        summary["remote"] = remote
     summary.update(
         generator=name,
         provider=provider,
@@ -290,4 +299,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"scores: {args.json}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from realtime.serve import ServeConfig, TritonService
+
+    config = ServeConfig(
+        models=tuple(args.model or ()),
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        batching=args.batching,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        providers=tuple(args.provider) if args.provider else None,
+        expose=args.expose,
+    )
+    with TritonService(config) as service:
+        print(service.ready_line(), flush=True)
+        deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
+        try:
+            while time.monotonic() < deadline:
+                if not service.alive():
+                    raise UserError(f"the Triton server stopped; its log: {service.log_path}")
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
     return 0

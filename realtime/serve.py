@@ -269,6 +269,7 @@ class TritonService(Stage):
             metrics_port=metrics_port,
             log_file=Path(self.log_path),
             exit_on_error=True,
+            exit_timeout_secs=5,  # in-flight frames are worthless after a few seconds anyway
         )
         providers = list(self.config.providers) if self.config.providers else None
         server = triton.Triton(config=server_config)

@@ -209,6 +209,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runs, info = bench.run_bench(config, compare_naive=args.compare_naive)
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
+    if "remote" in summaries["engine"]:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summaries["engine"]["remote"]))
     _print_audio(summaries["engine"])
     result = dict(summaries["engine"])
     if args.compare_naive:
@@ -317,6 +321,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         providers=tuple(args.provider) if args.provider else None,
         expose=args.expose,
     )
+    import signal
+
+    def stop(signum, frame):  # SIGTERM (systemd, docker, kill) stops cleanly, as ctrl-c does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell ignores it
     with TritonService(config) as service:
         print(service.ready_line(), flush=True)
         deadline = time.monotonic() + args.seconds if args.seconds else float("inf")

@@ -206,6 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         audio=audio,
         seconds=args.seconds,
     )
+    if args.clients:
+        return _bench_clients(args, config)
     runs, info = bench.run_bench(config, compare_naive=args.compare_naive)
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
@@ -229,6 +231,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         title = f"{info['generator']} {info['size']} {'paced' if info['paced'] else 'unpaced'} — {info['machine']}"
         bench.plot(runs, args.plot, title)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _bench_clients(args: argparse.Namespace, config) -> int:
+    from realtime import bench_clients
+    from realtime.metrics import machine_description, write_json
+
+    counts = bench_clients.parse_clients(args.clients)
+    rows = bench_clients.run_load(config, counts, args.compare_unbatched, args.metrics_url)
+    print(bench_clients.format_load_table(rows))
+    if args.json:
+        write_json(args.json, {"machine": machine_description(), "seconds": config.seconds, "rounds": rows})
+        print(f"json: {args.json}")
     return 0
 
 

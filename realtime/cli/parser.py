@@ -163,6 +163,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+    bench.add_argument(
+        "--clients",
+        default=None,
+        metavar="N[,N...]",
+        help="load test: N concurrent paced streams against --generator triton://..., e.g. 1,2,4,8,16",
+    )
+    bench.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="with --clients: also load NAME-nobatch on the same server (`realtime serve --batching both`)",
+    )
+    bench.add_argument(
+        "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
+    )
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 

@@ -1,0 +1,105 @@
+"""Load test: one `realtime serve` (batching on and off, same server) against 1-16 paced clients.
+
+    python benchmarks/triton_load.py [--clients 1,2,4,8,16] [--seconds 10] [--size 640x480]
+
+Starts `realtime serve --batching both` on free loopback ports, runs
+`realtime bench --clients ... --compare-unbatched` against it, writes
+benchmarks/results/triton_load.json and prints the table. On one machine the server and
+every client share the CPU: say so wherever the numbers are quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def free_port() -> int:
+    """A port with both neighbours free (Triton's HTTP below, metrics above)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            for candidate in (port - 1, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def start_server(port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--batching", "both", *extra]
+    print("$", " ".join(cmd[2:]), flush=True)
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        if "ready at" in line:
+            print(line.strip(), flush=True)
+            return server
+        if not line and server.poll() is not None:
+            break
+    os.killpg(server.pid, signal.SIGKILL)
+    raise RuntimeError("the server did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,2,4,8,16")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--out", default=str(HERE / "results" / "triton_load.json"))
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `realtime serve` flag")
+    args = parser.parse_args()
+    port = free_port()
+    server = start_server(port, args.serve_arg)
+    try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "realtime.cli",
+            "bench",
+            "--generator",
+            f"triton://127.0.0.1:{port}/refiner",
+            "--clients",
+            args.clients,
+            "--compare-unbatched",
+            "--seconds",
+            str(args.seconds),
+            "--size",
+            args.size,
+            "--json",
+            args.out,
+        ]
+        print("$", " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        print(proc.stdout, flush=True)
+        if proc.returncode != 0:
+            return proc.returncode
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    result = json.loads(Path(args.out).read_text())
+    result["server"] = {"batching": "both", "port": port, "extra": args.serve_arg}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ The server is started once for the module (about 5 s); the kill-and-restart test
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -273,3 +274,42 @@ def test_bad_serve_and_address_flags_are_one_line_errors(argv, message, tmp_path
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_load_test_reads_the_servers_batches(server, tmp_path):
+    from realtime.bench_clients import metrics_url_for, read_counters
+
+    before = read_counters(metrics_url_for(server.url), "refiner")
+    out = tmp_path / "load.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "realtime.cli",
+            "bench",
+            "--generator",
+            server.url,
+            "--clients",
+            "2",
+            "--compare-unbatched",
+            "--seconds",
+            "2",
+            "--size",
+            "320x240",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rounds = {r["model"]: r for r in json.loads(out.read_text())["rounds"]}
+    assert set(rounds) == {"refiner", "refiner-nobatch"}
+    for row in rounds.values():
+        assert row["clients"] == 2 and row["remote_frames"] > 0 and row["frames"] > 0
+        assert row["server_executions"] > 0 and row["server_mean_batch"] >= 1.0
+    assert rounds["refiner-nobatch"]["server_mean_batch"] == 1.0  # no dynamic batcher: one frame a run
+    after = read_counters(metrics_url_for(server.url), "refiner")
+    assert after["nv_inference_count"] - before["nv_inference_count"] >= rounds["refiner"]["remote_frames"]

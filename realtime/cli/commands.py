@@ -168,7 +168,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("driver: no webcam, using the built-in driving sequence")
     window = display_available()
     seconds = args.seconds if window else args.seconds or 10.0
-    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds)
+    config = PipelineConfig(
+        avatar=BUILTIN, generator=args.generator, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds
+    )
     processor = make_processor(config, config.size)
     out = None
     if window:

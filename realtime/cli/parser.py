@@ -104,6 +104,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="stop after this long (default: until q with a window, else 10 s)",
     )
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
+    demo.add_argument(
+        "--generator",
+        default=None,
+        help="as for run, e.g. triton://HOST:PORT/NAME (default: the best shipped)",
+    )
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

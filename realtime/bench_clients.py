@@ -18,14 +18,20 @@ from dataclasses import replace
 import numpy as np
 
 from realtime.errors import UserError
-from realtime.generators.remote import is_remote, parse_address
+from realtime.generators.remote import TritonConnection, is_remote, parse_address
 from realtime.metrics import percentiles
 from realtime.serve import UNBATCHED_SUFFIX
 from realtime.session import CAMERA_SIZE, PipelineConfig, make_processor, make_source, stream
 
 logger = logging.getLogger(__name__)
 
-COUNTERS = ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success")
+COUNTERS = (
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_success",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
 
 
 def parse_clients(text: str) -> list[int]:
@@ -128,11 +134,7 @@ def _round(config: PipelineConfig, clients: int, metrics_url: str | None) -> dic
         "wall_s": round(wall, 1),
     }
     result["remote_fps"] = round(result["remote_frames"] / duration, 1) if duration else 0.0
-    if before and after and "nv_inference_exec_count" in after:
-        executions = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0.0)
-        inferences = after["nv_inference_count"] - before.get("nv_inference_count", 0.0)
-        result["server_executions"] = int(executions)
-        result["server_mean_batch"] = round(inferences / executions, 2) if executions else 0.0
+    _add_batches(result, before, after)
     return result
 
 
@@ -156,8 +158,98 @@ def _null_sink():
     return make_sink("null")
 
 
+def _server_round(config: PipelineConfig, clients: int, metrics_url: str | None, fps: float) -> dict:
+    """N paced request streams with the model's input shapes and nothing else: the server's
+    capacity apart from the clients' CPU (no tracking, warp, crops or blend here). A conv net
+    takes as long on random crops as on real ones."""
+    address = parse_address(config.generator)
+    connections = [TritonConnection(address) for _ in range(clients)]
+    with ExitStack() as stack:
+        for connection in connections:
+            stack.enter_context(connection)
+            if not connection.up:
+                raise UserError(f"{address} does not answer; start `realtime serve` first")
+        info = connections[0].info
+        rng = np.random.default_rng(0)
+        feeds = {name: rng.random(dims).astype(np.float32) for name, dims in info.inputs.items()}
+        frames = max(1, int(round((config.seconds or 10.0) * fps)))
+        start = threading.Barrier(clients)
+
+        def client(connection: TritonConnection) -> None:
+            start.wait(timeout=60)
+            t0 = time.monotonic()
+            for k in range(frames):
+                delay = t0 + k / fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                connection.infer(feeds)
+
+        before = read_counters(metrics_url, address.model) if metrics_url else None
+        t0 = time.monotonic()
+        threads = [
+            threading.Thread(target=client, args=(c,), name=f"requests{i}") for i, c in enumerate(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        duration = time.monotonic() - t0
+        after = read_counters(metrics_url, address.model) if metrics_url else None
+        stats = [c.stats.summary() for c in connections]
+        rtt = np.concatenate([np.asarray(c.stats.rtt_ms) for c in connections])
+        deadline_ms = connections[0].summary()["deadline_ms"]
+    remote = sum(s["remote_frames"] for s in stats)
+    warp = sum(s["warp_frames"] for s in stats)
+    result = {
+        "model": address.model,
+        "clients": clients,
+        "server_only": True,
+        "deadline_ms": deadline_ms,
+        "seconds": round(duration, 2),
+        "frames": clients * frames,
+        "fps_per_client": round(remote / duration / clients, 2),
+        "throughput_fps": round(remote / duration, 1),
+        "rtt_ms": percentiles(rtt),
+        "latency_ms": percentiles([]),
+        "deadline_misses": warp,
+        "remote_frames": remote,
+        "warp_frames": warp,
+        "warp_frames_by_reason": {
+            reason: int(sum(s["warp_frames_by_reason"][reason] for s in stats))
+            for reason in stats[0]["warp_frames_by_reason"]
+        },
+        "provider": info.provider,
+        "remote_fps": round(remote / duration, 1),
+    }
+    _add_batches(result, before, after)
+    return result
+
+
+def _add_batches(result: dict, before: dict | None, after: dict | None) -> None:
+    if before and after and "nv_inference_exec_count" in after:
+        executions = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0.0)
+        inferences = after["nv_inference_count"] - before.get("nv_inference_count", 0.0)
+        result["server_executions"] = int(executions)
+        result["server_mean_batch"] = round(inferences / executions, 2) if executions else 0.0
+        delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in COUNTERS}
+        requests = delta["nv_inference_request_success"]
+        # Triton's cumulative durations: queue time per answered request, model time per run.
+        result["server_queue_ms"] = (
+            round(delta["nv_inference_queue_duration_us"] / requests / 1000, 2) if requests else 0.0
+        )
+        result["server_compute_ms"] = (
+            round(delta["nv_inference_compute_infer_duration_us"] / executions / 1000, 2)
+            if executions
+            else 0.0
+        )
+
+
 def run_load(
-    config: PipelineConfig, counts: list[int], compare_unbatched: bool, metrics_url: str | None
+    config: PipelineConfig,
+    counts: list[int],
+    compare_unbatched: bool,
+    metrics_url: str | None,
+    server_only: bool = False,
 ) -> list[dict]:
     """Every client count against the model, then (``compare_unbatched``) against NAME-nobatch."""
     if not is_remote(config.generator):
@@ -170,7 +262,11 @@ def run_load(
     for generator in generators:
         for clients in counts:
             logger.info("load test: %d clients on %s", clients, generator)
-            rows.append(_round(replace(config, generator=generator), clients, metrics_url))
+            if server_only:
+                fps = config.source.fps or 30.0
+                rows.append(_server_round(replace(config, generator=generator), clients, metrics_url, fps))
+            else:
+                rows.append(_round(replace(config, generator=generator), clients, metrics_url))
     return rows
 
 
@@ -182,13 +278,15 @@ def _unbatched(generator: str) -> str:
 def format_load_table(rows: list[dict]) -> str:
     lines = [
         f"{'model':<18}{'clients':>8}{'rtt p50':>9}{'rtt p95':>9}{'lat p95':>9}{'misses':>8}{'warp':>7}"
-        f"{'batch':>7}{'fps/cl':>8}{'total fps':>10}{'remote fps':>11}"
+        f"{'batch':>7}{'run ms':>8}{'queue ms':>9}{'fps/cl':>8}{'total fps':>10}{'remote fps':>11}"
     ]
     for r in rows:
         lines.append(
             f"{r['model']:<18}{r['clients']:>8}{r['rtt_ms']['p50']:>9.1f}{r['rtt_ms']['p95']:>9.1f}"
-            f"{r['latency_ms']['p95']:>9.1f}{r['deadline_misses']:>8}{r['warp_frames']:>7}"
-            f"{r.get('server_mean_batch', float('nan')):>7.2f}{r['fps_per_client']:>8.1f}"
+            f"{'-' if r.get('server_only') else format(r['latency_ms']['p95'], '.1f'):>9}"
+            f"{r['deadline_misses']:>8}{r['warp_frames']:>7}"
+            f"{r.get('server_mean_batch', float('nan')):>7.2f}{r.get('server_compute_ms', float('nan')):>8.1f}"
+            f"{r.get('server_queue_ms', float('nan')):>9.1f}{r['fps_per_client']:>8.1f}"
             f"{r['throughput_fps']:>10.1f}{r['remote_fps']:>11.1f}"
         )
     return "\n".join(lines)

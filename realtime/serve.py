@@ -38,6 +38,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 BATCHING_CHOICES = ("on", "off", "both")
 # What a client needs from the model card to cut and paste crops (the rest stays on the server).
 CARD_FIELDS = ("name", "kind", "crop", "apply_regions", "correction", "default")
+# A request still queued after this long is rejected (clients ask for less: their frame deadline).
+QUEUE_TIMEOUT_US = 500_000
 # Crops a batched call may differ from one frame at a time (float32 reassociation).
 STACKED_PARITY = 1e-4
 
@@ -254,10 +256,11 @@ class TritonService(Stage):
         if self._triton is not None:
             return self
         triton = import_pytriton()
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
 
         os.environ.update(server_environment())
         grpc_port, http_port, metrics_port = self.config.ports
+        check_ports_free(self.config.host, (grpc_port, http_port, metrics_port))
         log_dir = tempfile.mkdtemp(prefix="realtime-triton-")
         self.log_path = os.path.join(log_dir, "tritonserver.log")
         server_config = triton.TritonConfig(
@@ -291,18 +294,26 @@ class TritonService(Stage):
                     "both": [(name, True), (name + UNBATCHED_SUFFIX, False)],
                 }[self.config.batching]
                 for served_name, dynamic in variants:
-                    batcher = DynamicBatcher(max_queue_delay_microseconds=self.config.queue_delay_us)
-                    # Without the dynamic batcher Triton runs each request on its own (batch 1).
+                    # Unbatched is the same scheduler with batches of one, so a comparison
+                    # isolates batching. Requests that waited longer than their sender's
+                    # deadline (or QUEUE_TIMEOUT_US) are rejected, not run for nobody.
+                    batcher = DynamicBatcher(
+                        max_queue_delay_microseconds=self.config.queue_delay_us if dynamic else 0,
+                        default_queue_policy=QueuePolicy(
+                            timeout_action=TimeoutAction.REJECT,
+                            default_timeout_microseconds=QUEUE_TIMEOUT_US,
+                            allow_timeout_override=True,
+                        ),
+                    )
                     config = ModelConfig(
-                        max_batch_size=self.config.max_batch if dynamic else 1,
-                        batcher=batcher if dynamic else None,
+                        max_batch_size=self.config.max_batch if dynamic else 1, batcher=batcher
                     )
                     server.bind(
                         served_name, _infer_function(runner), inputs, outputs, config=config, strict=True
                     )
                     self._publish(server, served_name, path, runner.provider)
                     self.served.append(served_name)
-            server.run()
+            quiet_server_output(triton, server.run)
         except UserError:
             server.stop()
             raise
@@ -345,6 +356,40 @@ class TritonService(Stage):
             f"realtime serve: ready at {self.url} (models {names} on {providers}; batching "
             f"{self.config.batching}); clients: --generator {self.url}/{first}; metrics {self.metrics_url}"
         )
+
+
+def check_ports_free(host: str, ports: tuple[int, ...]) -> None:
+    """Fail at once on a busy port (Triton itself would exit, and PyTriton wait minutes for it)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise UserError(
+                    f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
+                    "(Triton also uses the ports just below and above it for HTTP and metrics, "
+                    "or set --http-port/--metrics-port)"
+                ) from None
+
+
+def quiet_server_output(triton, run) -> None:
+    """``run()`` with the server's console output kept out of ours (it goes to the log file;
+    what it prints besides, such as "Failed to initialize NVML" on a machine without a GPU, is noise).
+    PyTriton 0.7.0 echoes it unless its TritonServer is made with verbose=False."""
+    original = triton.TritonServer
+
+    def quiet(*args, **kwargs):
+        return original(*args, **{**kwargs, "verbose": False})
+
+    triton.TritonServer = quiet
+    try:
+        run()
+    finally:
+        triton.TritonServer = original
 
 
 def _infer_function(runner: StackedRunner):

@@ -313,3 +313,20 @@ def test_load_test_reads_the_servers_batches(server, tmp_path):
     assert rounds["refiner-nobatch"]["server_mean_batch"] == 1.0  # no dynamic batcher: one frame a run
     after = read_counters(metrics_url_for(server.url), "refiner")
     assert after["nv_inference_count"] - before["nv_inference_count"] >= rounds["refiner"]["remote_frames"]
+
+
+def test_serve_on_a_busy_port_is_a_quick_one_line_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--http-port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], result.stderr

@@ -241,7 +241,7 @@ def _bench_clients(args: argparse.Namespace, config) -> int:
     from realtime.metrics import machine_description, write_json
 
     counts = bench_clients.parse_clients(args.clients)
-    rows = bench_clients.run_load(config, counts, args.compare_unbatched, args.metrics_url)
+    rows = bench_clients.run_load(config, counts, args.compare_unbatched, args.metrics_url, args.server_only)
     print(bench_clients.format_load_table(rows))
     if args.json:
         write_json(args.json, {"machine": machine_description(), "seconds": config.seconds, "rounds": rows})

@@ -180,6 +180,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="with --clients: also load NAME-nobatch on the same server (`realtime serve --batching both`)",
     )
     bench.add_argument(
+        "--server-only",
+        action="store_true",
+        help="with --clients: send only the model's inputs at the stream's fps (no tracking, warp or "
+        "blend), to measure the server apart from the clients' CPU",
+    )
+    bench.add_argument(
         "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
     )
     _add_pipeline_choice(bench)

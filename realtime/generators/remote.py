@@ -349,8 +349,15 @@ class TritonConnection(Stage):
                     self.stats.late_answers += 1
 
         try:
-            client.async_infer(
-                self.address.model, inputs, on_answer, outputs=outputs, client_timeout=self.request_timeout_s
+            call = client.async_infer(
+                self.address.model,
+                inputs,
+                on_answer,
+                outputs=outputs,
+                # The server drops the request if it has waited in its queue longer than the
+                # frame would (`realtime serve` allows this override): no work on stale frames.
+                timeout=int(self.deadline_s * 1e6),
+                client_timeout=self.request_timeout_s,
             )
         except Exception as exc:
             with self._lock:
@@ -362,11 +369,15 @@ class TritonConnection(Stage):
         if not answered.wait(self.deadline_s):
             box["abandoned"] = True
             self.stats.add_warp("late")
+            if call is not None:
+                call.cancel()  # a request still queued on the server is dropped there
             return None
         error = box["error"]
         if error is not None:
             if _unavailable(error):
                 self.stats.add_warp("down")
+            elif _deadline(error) or "timeout" in str(error).lower():
+                self.stats.add_warp("late")
             else:
                 self.stats.add_warp("error")
                 self._log_once(

@@ -2,10 +2,11 @@
 
     python benchmarks/triton_load.py [--clients 1,2,4,8,16] [--seconds 10] [--size 640x480]
 
-Starts `realtime serve --batching both` on free loopback ports, runs
-`realtime bench --clients ... --compare-unbatched` against it, writes
-benchmarks/results/triton_load.json and prints the table. On one machine the server and
-every client share the CPU: say so wherever the numbers are quoted.
+Starts `realtime serve --batching both` on free loopback ports and runs against it, twice:
+`realtime bench --clients ... --compare-unbatched` (whole live streams: tracker, warp, crops,
+blend) and the same with `--server-only` (only the model's inputs, paced: the server apart
+from the clients' CPU). Writes benchmarks/results/triton_load.json and prints both tables.
+On one machine the server and every client share the CPU: say so wherever the numbers are quoted.
 """
 
 from __future__ import annotations
@@ -66,38 +67,45 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     server = start_server(port, args.serve_arg)
+    result: dict = {"server": {"batching": "both", "extra": args.serve_arg}}
     try:
-        cmd = [
-            sys.executable,
-            "-m",
-            "realtime.cli",
-            "bench",
-            "--generator",
-            f"triton://127.0.0.1:{port}/refiner",
-            "--clients",
-            args.clients,
-            "--compare-unbatched",
-            "--seconds",
-            str(args.seconds),
-            "--size",
-            args.size,
-            "--json",
-            args.out,
-        ]
-        print("$", " ".join(cmd[2:]), flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        print(proc.stdout, flush=True)
-        if proc.returncode != 0:
-            return proc.returncode
+        for kind, extra in (("streams", []), ("server_only", ["--server-only"])):
+            part = Path(args.out).with_suffix(f".{kind}.json")
+            cmd = [
+                sys.executable,
+                "-m",
+                "realtime.cli",
+                "bench",
+                "--generator",
+                f"triton://127.0.0.1:{port}/refiner",
+                "--clients",
+                args.clients,
+                "--compare-unbatched",
+                "--seconds",
+                str(args.seconds),
+                "--size",
+                args.size,
+                *extra,
+                "--json",
+                str(part),
+            ]
+            print("$", " ".join(cmd[2:]), flush=True)
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            print(proc.stdout, flush=True)
+            if proc.returncode != 0:
+                return proc.returncode
+            result[kind] = json.loads(part.read_text())
+            part.unlink()
+            with open("/proc/loadavg") as f:
+                result[kind]["loadavg_after"] = f.read().split()[:3]
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-    result = json.loads(Path(args.out).read_text())
-    result["server"] = {"batching": "both", "port": port, "extra": args.serve_arg}
     Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"json: {args.out}")
     return 0
 
 

@@ -139,7 +139,7 @@ def stream(
     The engine opens and closes the source, the processor and the sinks; the audio bridge,
     when asked for, runs around it and never stops the video if it fails.
     """
-    from realtime.generators.remote import remote_summary
+    from realtime.generators.remote import remote_summary, set_remote_budget
     from realtime.loop import Engine
     from realtime.sinks import WindowSink
 
@@ -167,6 +167,7 @@ def stream(
             # delay (read live from the bridge), so lips and voice meet.
             min_latency_ms=(lambda: audio.min_delay_ms) if hold else None,
         )
+        set_remote_budget(processor.generators, engine.budget_s * 1000.0)
         summary = engine.run(seconds=config.seconds)
         remote = remote_summary(processor.generators)
         if remote is not None:

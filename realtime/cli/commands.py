@@ -336,6 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         queue_delay_us=args.queue_delay_us,
         providers=tuple(args.provider) if args.provider else None,
+        threads=args.threads,
         expose=args.expose,
     )
     import signal

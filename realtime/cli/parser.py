@@ -279,6 +279,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--provider", action="append", default=None, help="onnxruntime provider to prefer")
     serve.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads per run (default: one per core)"
+    )
+    serve.add_argument(
         "--seconds", type=_positive, default=None, help="stop after this long (default: ctrl-c)"
     )
 

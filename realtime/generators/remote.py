@@ -27,9 +27,10 @@ from realtime.stages import Stage
 logger = logging.getLogger(__name__)
 
 SCHEME = "triton://"
-# A live frame waits this long for its answer before it is drawn with the warp: about one
-# frame interval at 30 fps, a share of the default two-interval budget that leaves the
-# tracker and the blend theirs. An offline render has no clock and waits much longer.
+# A live frame waits this share of the engine's frame budget for its answer before it is
+# drawn with the warp (30 ms at 30 fps with the default two-interval budget), leaving the
+# tracker, the warp and the blend theirs. An offline render has no clock and waits much longer.
+BUDGET_SHARE = 0.45
 LIVE_DEADLINE_MS = 30.0
 OFFLINE_DEADLINE_MS = 5000.0
 CONNECT_TIMEOUT_S = 2.0
@@ -223,6 +224,12 @@ class TritonConnection(Stage):
             self._client = None
         self._opened = False
         self._up = False
+
+    def set_budget(self, budget_ms: float) -> None:
+        """Wait for answers this frame budget's share (unless the URL sets ``deadline_ms``)."""
+        if self.address.deadline_ms is None:
+            self.deadline_s = BUDGET_SHARE * budget_ms / 1000.0
+            self.request_timeout_s = max(1.0, 4 * self.deadline_s)
 
     @property
     def up(self) -> bool:
@@ -479,6 +486,13 @@ def build_remote(address: TritonAddress, warps: dict, live: bool = True) -> dict
     """mode -> TritonGenerator, all on one connection."""
     connection = TritonConnection(address, LIVE_DEADLINE_MS if live else OFFLINE_DEADLINE_MS)
     return {mode: TritonGenerator(connection, warp) for mode, warp in warps.items()}
+
+
+def set_remote_budget(generators, budget_ms: float) -> None:
+    """Give a remote generator's connection its share of the live engine's frame budget."""
+    for generator in generators.by_mode.values():
+        if isinstance(generator, TritonGenerator):
+            generator.connection.set_budget(budget_ms)
 
 
 def remote_summary(generators) -> dict | None:

@@ -54,7 +54,7 @@ def metrics_url_for(generator: str) -> str:
 def read_counters(url: str, model: str) -> dict[str, float] | None:
     """The model's inference counters from Triton's metrics endpoint; None if unreachable."""
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with urllib.request.urlopen(url, timeout=10.0) as response:
             text = response.read().decode()
     except OSError as exc:
         logger.warning("Triton metrics %s unreachable (%s): no batch sizes", url, exc)

@@ -276,43 +276,41 @@ def test_bad_serve_and_address_flags_are_one_line_errors(argv, message, tmp_path
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_load_test_reads_the_servers_batches(server, tmp_path):
-    from realtime.bench_clients import metrics_url_for, read_counters
-
-    before = read_counters(metrics_url_for(server.url), "refiner")
+def _bench_clients(server, tmp_path, *extra: str) -> dict[str, dict]:
     out = tmp_path / "load.json"
+    argv = ["bench", "--generator", server.url, "--seconds", "2", "--size", "320x240", "--json", str(out)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "realtime.cli",
-            "bench",
-            "--generator",
-            server.url,
-            "--clients",
-            "2",
-            "--compare-unbatched",
-            "--seconds",
-            "2",
-            "--size",
-            "320x240",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "realtime.cli", *argv, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rounds = {r["model"]: r for r in json.loads(out.read_text())["rounds"]}
+    return {r["model"]: r for r in json.loads(out.read_text())["rounds"]}
+
+
+def test_load_test_streams_report_rtt_latency_and_the_servers_batches(server, tmp_path):
+    from realtime.bench_clients import metrics_url_for, read_counters
+
+    before = read_counters(metrics_url_for(server.url), "refiner")
+    row = _bench_clients(server, tmp_path, "--clients", "2")["refiner"]
+    assert row["clients"] == 2 and row["failed_clients"] == []
+    assert row["frames"] > 0 and row["remote_frames"] > 0 and row["latency_ms"]["p95"] > 0
+    assert row["rtt_ms"]["p50"] > 0 and row["server_executions"] > 0 and row["server_mean_batch"] >= 1.0
+    after = read_counters(metrics_url_for(server.url), "refiner")
+    assert after["nv_inference_count"] - before["nv_inference_count"] >= row["remote_frames"]
+
+
+def test_load_test_compares_batching_on_and_off_on_one_server(server, tmp_path):
+    rounds = _bench_clients(server, tmp_path, "--clients", "4", "--server-only", "--compare-unbatched")
     assert set(rounds) == {"refiner", "refiner-nobatch"}
     for row in rounds.values():
-        assert row["clients"] == 2 and row["remote_frames"] > 0 and row["frames"] > 0
-        assert row["server_executions"] > 0 and row["server_mean_batch"] >= 1.0
-    assert rounds["refiner-nobatch"]["server_mean_batch"] == 1.0  # no dynamic batcher: one frame a run
-    after = read_counters(metrics_url_for(server.url), "refiner")
-    assert after["nv_inference_count"] - before["nv_inference_count"] >= rounds["refiner"]["remote_frames"]
+        assert row["server_only"] and row["frames"] == 4 * 60
+        assert row["remote_frames"] + row["warp_frames"] == row["frames"]  # every request accounted for
+        assert row["server_executions"] > 0
+    assert rounds["refiner-nobatch"]["server_mean_batch"] == 1.0  # batches of one
+    assert rounds["refiner"]["server_mean_batch"] >= 1.0
 
 
 def test_serve_on_a_busy_port_is_a_quick_one_line_error():

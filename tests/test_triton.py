@@ -5,6 +5,7 @@ The server is started once for the module (about 5 s); the kill-and-restart test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -98,6 +99,12 @@ class Server:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+            time.sleep(0.3)  # a backend stub being started as the group died
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            # PyTriton names its shared memory after the serving process; a killed one leaves it.
+            for region in Path("/dev/shm").glob(f"pytrtion{self.process.pid}-*"):
+                region.unlink(missing_ok=True)
         self.process = None
 
     @property

@@ -111,8 +111,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def _unavailable(exc: BaseException) -> bool:
+    """The server is gone (not merely busy: Triton answers UNAVAILABLE to a request it dropped
+    from its queue after the request's own timeout, too)."""
+    if _queue_timeout(exc):
+        return False
     status = str(getattr(exc, "status", lambda: "")() or "")
     return "UNAVAILABLE" in status or "failed to connect" in str(exc).lower()
+
+
+def _queue_timeout(exc: BaseException) -> bool:
+    return "timeout expired" in str(exc).lower()
 
 
 def _deadline(exc: BaseException) -> bool:
@@ -282,12 +290,10 @@ class TritonConnection(Stage):
     # -- failure and reconnection --------------------------------------------------------
     def _went_down(self, exc: BaseException, announce: bool = True) -> None:
         with self._lock:
-            if not self._up and self._reconnector is not None:
-                return
+            if self._stop.is_set() or (not self._up and self._reconnector is not None):
+                return  # closing (the channel's own errors), or already reconnecting
             self._up = False
             self.stats.outages += 1
-            if self._stop.is_set():
-                return
             self._reconnector = threading.Thread(target=self._reconnect, name="triton-reconnect", daemon=True)
             self._reconnector.start()
         if announce:
@@ -383,7 +389,7 @@ class TritonConnection(Stage):
         if error is not None:
             if _unavailable(error):
                 self.stats.add_warp("down")
-            elif _deadline(error) or "timeout" in str(error).lower():
+            elif _deadline(error) or _queue_timeout(error):
                 self.stats.add_warp("late")
             else:
                 self.stats.add_warp("error")

@@ -57,6 +57,33 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
+def calibrate() -> dict:
+    """The model's own time on this host right now (in-process, no server): a busy host's
+    numbers can be read against it. Medians of 10 runs after one warm-up."""
+    import numpy as np
+
+    from realtime.generators.registry import shipped_models
+    from realtime.serve import StackedRunner
+
+    runner = StackedRunner(shipped_models()["refiner"]["path"])
+    rng = np.random.default_rng(0)
+    result = {}
+    for batch in (1, 4, 8):
+        frames = {n: rng.random((batch, *s)).astype(np.float32) for n, s in runner.inputs.items()}
+        runner(frames)
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            runner(frames)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        result[f"batch{batch}_ms"] = round(float(np.median(times)), 1)
+    runner.close()
+    with open("/proc/loadavg") as f:
+        result["loadavg"] = f.read().split()[:3]
+    print(f"calibration (model alone, in-process): {result}", flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,2,4,8,16")
@@ -67,7 +94,10 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     server = start_server(port, args.serve_arg)
-    result: dict = {"server": {"batching": "both", "extra": args.serve_arg}}
+    result: dict = {
+        "server": {"batching": "both", "extra": args.serve_arg},
+        "calibration_before": calibrate(),
+    }
     try:
         for kind, extra in (("streams", []), ("server_only", ["--server-only"])):
             part = Path(args.out).with_suffix(f".{kind}.json")
@@ -104,6 +134,7 @@ def main() -> int:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+    result["calibration_after"] = calibrate()
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"json: {args.out}")
     return 0

@@ -233,13 +233,14 @@ def _add_batches(result: dict, before: dict | None, after: dict | None) -> None:
         result["server_mean_batch"] = round(inferences / executions, 2) if executions else 0.0
         delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in COUNTERS}
         requests = delta["nv_inference_request_success"]
-        # Triton's cumulative durations: queue time per answered request, model time per run.
+        # Triton's durations are cumulative per request (each request of a batch is charged the
+        # whole run), so per request they give the queue wait and the time of the run it was in.
         result["server_queue_ms"] = (
             round(delta["nv_inference_queue_duration_us"] / requests / 1000, 2) if requests else 0.0
         )
         result["server_compute_ms"] = (
-            round(delta["nv_inference_compute_infer_duration_us"] / executions / 1000, 2)
-            if executions
+            round(delta["nv_inference_compute_infer_duration_us"] / inferences / 1000, 2)
+            if inferences
             else 0.0
         )
 

@@ -113,7 +113,7 @@ def make_processor(
 
     avatar = load_avatar(config.avatar, output_size)
     generators = build_generators(
-        config.generator, avatar, list(config.providers) if config.providers else None
+        config.generator, avatar, list(config.providers) if config.providers else None, live=live
     )
     size = driver_size if config.mode is Mode.SWAP and driver_size and not output_size else avatar.size
     controls = Controls(mode=config.mode)
@@ -139,8 +139,13 @@ def stream(
     The engine opens and closes the source, the processor and the sinks; the audio bridge,
     when asked for, runs around it and never stops the video if it fails.
     """
+    from realtime.generators.remote import remote_summary, set_remote_budget
     from realtime.loop import Engine
     from realtime.sinks import WindowSink
+
+    pipeline = config.pipeline
+    if pipeline == "auto" and remote_summary(processor.generators) is not None:
+        pipeline = "parallel"  # a remote generator mostly waits: track the next frame meanwhile
 
     with ExitStack() as stack:
         audio = open_audio(config.audio)
@@ -156,13 +161,17 @@ def stream(
             sinks,
             fps=fps,
             budget_ms=budget_ms,
-            pipeline=config.pipeline,
+            pipeline=pipeline,
             on_latency=audio.set_video_latency_ms if audio is not None else None,
             # The engine holds each frame until it is as old as the audio's shortest possible
             # delay (read live from the bridge), so lips and voice meet.
             min_latency_ms=(lambda: audio.min_delay_ms) if hold else None,
         )
+        set_remote_budget(processor.generators, engine.budget_s * 1000.0)
         summary = engine.run(seconds=config.seconds)
+        remote = remote_summary(processor.generators)
+        if remote is not None:
+            summary["remote"] = remote
         if audio is not None:
             summary["audio"] = audio.stats()
     return summary, engine.budget_s * 1000.0

@@ -52,6 +52,10 @@ def _finish(summary: dict, metrics_json: str | None) -> None:
     from realtime.metrics import format_summary, write_json
 
     print(format_summary(summary))
+    if "remote" in summary:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summary["remote"]))
     if metrics_json:
         write_json(metrics_json, summary)
         print(f"metrics: {metrics_json}")
@@ -103,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
     summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    name, provider = generator_info(processor)  # a remote generator knows its provider once opened
     summary.update(
         generator=name,
         provider=provider,
@@ -197,6 +202,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     summary = render_offline(source, processor, [sink], fps=source.fps)
     name, provider = generator_info(processor)
+    from realtime.generators.remote import remote_summary
+
+    if (remote := remote_summary(processor.generators)) is not None:
+        summary["remote"] = remote
     summary.update(
         generator=name,
         provider=provider,
@@ -247,7 +256,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("driver: no webcam, using the built-in driving sequence")
     window = display_available()
     seconds = args.seconds if window else args.seconds or 10.0
-    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds)
+    config = PipelineConfig(
+        avatar=BUILTIN, generator=args.generator, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds
+    )
     processor = make_processor(config, config.size)
     out = None
     if window:
@@ -285,9 +296,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         audio=audio,
         seconds=args.seconds,
     )
+    if args.clients:
+        return _bench_clients(args, config)
     runs, info = bench.run_bench(config, compare_naive=args.compare_naive)
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
+    if "remote" in summaries["engine"]:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summaries["engine"]["remote"]))
     _print_audio(summaries["engine"])
     result = dict(summaries["engine"])
     if args.compare_naive:
@@ -304,6 +321,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         title = f"{info['generator']} {info['size']} {'paced' if info['paced'] else 'unpaced'} — {info['machine']}"
         bench.plot(runs, args.plot, title)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _bench_clients(args: argparse.Namespace, config) -> int:
+    from realtime import bench_clients
+    from realtime.metrics import machine_description, write_json
+
+    counts = bench_clients.parse_clients(args.clients)
+    rows = bench_clients.run_load(config, counts, args.compare_unbatched, args.metrics_url, args.server_only)
+    print(bench_clients.format_load_table(rows))
+    if args.json:
+        write_json(args.json, {"machine": machine_description(), "seconds": config.seconds, "rounds": rows})
+        print(f"json: {args.json}")
     return 0
 
 
@@ -378,4 +408,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"scores: {args.json}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from realtime.serve import ServeConfig, TritonService
+
+    config = ServeConfig(
+        models=tuple(args.model or ()),
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        batching=args.batching,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        providers=tuple(args.provider) if args.provider else None,
+        threads=args.threads,
+        expose=args.expose,
+    )
+    import signal
+
+    def stop(signum, frame):  # SIGTERM (systemd, docker, kill) stops cleanly, as ctrl-c does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell ignores it
+    with TritonService(config) as service:
+        print(service.ready_line(), flush=True)
+        deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
+        try:
+            while time.monotonic() < deadline:
+                if not service.alive():
+                    raise UserError(f"the Triton server stopped; its log: {service.log_path}")
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
     return 0

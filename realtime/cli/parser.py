@@ -61,7 +61,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--generator",
         default=None,
-        help="warp, a model shipped in weights/, or PATH.onnx (default: the best shipped generator)",
+        help="warp, a model shipped in weights/, PATH.onnx, or triton://HOST:PORT/NAME (a `realtime serve` "
+        "server; default: the best shipped generator)",
     )
     p.add_argument(
         "--provider",
@@ -114,6 +115,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="stop after this long (default: until q with a window, else 10 s)",
     )
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
+    demo.add_argument(
+        "--generator",
+        default=None,
+        help="as for run, e.g. triton://HOST:PORT/NAME (default: the best shipped)",
+    )
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -200,6 +206,26 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+    bench.add_argument(
+        "--clients",
+        default=None,
+        metavar="N[,N...]",
+        help="load test: N concurrent paced streams against --generator triton://..., e.g. 1,2,4,8,16",
+    )
+    bench.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="with --clients: also load NAME-nobatch on the same server (`realtime serve --batching both`)",
+    )
+    bench.add_argument(
+        "--server-only",
+        action="store_true",
+        help="with --clients: send only the model's inputs at the stream's fps (no tracking, warp or "
+        "blend), to measure the server apart from the clients' CPU",
+    )
+    bench.add_argument(
+        "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
+    )
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 
@@ -243,6 +269,61 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--pairs-sheet", default=None, help="write the cross-identity contact sheet PNG here")
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range (1..65535)")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve the generators to other machines through NVIDIA Triton (needs the 'serve' extra)"
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="PATH.onnx",
+        help="model to serve (repeatable; default: every weights/*.onnx with a model card)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument(
+        "--expose",
+        action="store_true",
+        help="allow a --host other than loopback: Triton has no authentication, so anyone who can reach "
+        "the port can use the server (put it behind a proxy or on a private network)",
+    )
+    serve.add_argument("--port", type=_port, default=8001, help="gRPC port clients use (default 8001)")
+    serve.add_argument("--http-port", type=_port, default=None, help="HTTP port (default --port minus 1)")
+    serve.add_argument(
+        "--metrics-port", type=_port, default=None, help="Prometheus metrics port (default --port plus 1)"
+    )
+    serve.add_argument(
+        "--batching",
+        choices=["on", "off", "both"],
+        default="on",
+        help="Triton's dynamic batching across clients (both: also serve NAME-nobatch, for comparisons)",
+    )
+    serve.add_argument("--max-batch", type=int, default=16, help="most frames batched into one run")
+    serve.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=1000,
+        help="how long a request may wait for others to batch with",
+    )
+    serve.add_argument("--provider", action="append", default=None, help="onnxruntime provider to prefer")
+    serve.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads per run (default: one per core)"
+    )
+    serve.add_argument(
+        "--seconds", type=_positive, default=None, help="stop after this long (default: ctrl-c)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -255,4 +336,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
     _add_train(sub)
     _add_eval(sub)
+    _add_serve(sub)
     return parser

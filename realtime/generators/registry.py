@@ -78,10 +78,19 @@ def default_generator(directory: Path | None = None) -> str:
     return "warp"
 
 
-def build_generators(name: str | None, avatar: Avatar, providers: list[str] | None = None) -> Generators:
-    """Generators for both modes (the mode can be switched live)."""
+def build_generators(
+    name: str | None, avatar: Avatar, providers: list[str] | None = None, live: bool = True
+) -> Generators:
+    """Generators for both modes (the mode can be switched live).
+
+    ``live``: a remote generator (``triton://``) gives each frame only its share of the frame
+    budget; offline it waits for every answer."""
     name = name or default_generator()
     warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in Mode}
+    from realtime.generators.remote import build_remote, is_remote, parse_address
+
+    if is_remote(name):
+        return Generators(by_mode=build_remote(parse_address(name), warps, live), fallback=dict(warps))
     if name == "warp":
         return Generators(by_mode=dict(warps), fallback=dict(warps))
     path = name

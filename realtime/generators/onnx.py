@@ -213,8 +213,8 @@ class OnnxRefinerGenerator(Stage):
             for name in (REGIONS if layout == "regions" else ["face"])
         ]
         # Each crop's correction is gated to these landmark loops (None: applied whole). A face
-        # crop: the card's regions. "confine": each region crop's correction stays inside its own
-        # feature (lips, eye), so skin, moustache and brows around it keep the avatar's look.
+        # crop: the card's regions. A region crop with the card's "confine" (CONFINES): only inside
+        # its own feature or opening, so skin, moustache and brows keep the avatar's look.
         if layout == "face":
             loops = {"mouth": [mesh.OUTER_LIP], "eyes": [mesh.RIGHT_EYE, mesh.LEFT_EYE]}
             self._gate_loops = [[lp for r in self._regions for lp in loops[r]] or None]

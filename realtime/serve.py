@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime.errors import UserError
-from realtime.generators.onnx import OnnxRunner
+from realtime.generators.onnx import PASTE_CARD_FIELDS, OnnxRunner
 from realtime.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ UNBATCHED_SUFFIX = "-nobatch"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 BATCHING_CHOICES = ("on", "off", "both")
 # What a client needs from the model card to cut and paste crops (the rest stays on the server).
-CARD_FIELDS = ("name", "kind", "crop", "apply_regions", "correction", "default")
+CARD_FIELDS = ("name", "kind", "default", *PASTE_CARD_FIELDS)
 # A request still queued after this long is rejected (clients ask for less: their frame deadline).
 QUEUE_TIMEOUT_US = 500_000
 # Crops a batched call may differ from one frame at a time (float32 reassociation).

@@ -134,6 +134,9 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
+# The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
+# server hands these to its clients).
+PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction")
 CORRECTIONS = ("rgb", "luma")
 # Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
 # "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.

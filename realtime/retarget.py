@@ -27,6 +27,7 @@ class RetargetLimits:
     max_translation: float = 0.6  # in avatar face sizes
     scale_range: tuple[float, float] = (0.8, 1.25)
     pose_gain: float = 1.0
+    expression_gain: float = 1.0  # 0: the avatar keeps its own expression; >1 exaggerates
     hold_s: float = 0.4  # after losing the face: hold the last pose this long,
     ease_s: float = 0.8  # then ease back to neutral over this long
 
@@ -102,6 +103,12 @@ class Retargeter(Stage):
         """Take the driver's next tracked face as its neutral reference."""
         self._recalibrate = True
 
+    def adopt_neutral(self, other: Retargeter) -> None:
+        """Take over another avatar's driver neutral, so switching avatars needs no new one."""
+        if other.neutral is not None:
+            self.neutral = other.neutral.copy()
+            self._recalibrate = other._recalibrate
+
     def settle_neutral(self, driver: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Let a driver face refine the neutral (see ``_adapt_neutral``), as every
         ``transfer`` does. Returns the driver's head scale and rotation relative to the
@@ -119,13 +126,13 @@ class Retargeter(Stage):
         neutral = self.neutral
         lim = self.limits
         # Expression: compare with the neutral, in driver units.
-        expression = unposed - neutral
+        expression = (unposed - neutral) * lim.expression_gain
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
         expressive = self._avatar_base + s_na * expression @ r_na.T
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
-        rel_scale = float(np.clip(scale, *lim.scale_range))
+        rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))
         shift = driver[mesh.RIGID].mean(axis=0) - neutral[mesh.RIGID].mean(axis=0)
         shift_avatar = s_na * shift @ r_na.T * lim.pose_gain
         max_shift = lim.max_translation * self._avatar_size

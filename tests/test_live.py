@@ -1,0 +1,225 @@
+"""The live extras without a display: tuning, avatar library and switching, keys, recorder."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from realtime import mesh
+from realtime.controls import Controls, Tuning
+from realtime.errors import UserError
+from realtime.frames import FaceTrack, Frame, Output
+
+
+def test_tuning_splits_the_strength_between_head_and_expression():
+    assert (Tuning().head_gain, Tuning().expression_gain) == (1.0, 1.0)
+    still_head = Tuning(strength=1.5, head_share=0.0)
+    assert (still_head.head_gain, still_head.expression_gain) == (0.0, 1.5)
+    still_face = Tuning(head_share=1.0)
+    assert (still_face.head_gain, still_face.expression_gain) == (1.0, 0.0)
+    assert Tuning(strength=9, head_share=-1).strength == 2.0 and Tuning(head_share=-1).head_share == 0.0
+    controls = Controls()
+    controls.adjust_strength(-2)
+    controls.adjust_head_share(+1)
+    assert controls.tuning.strength == 0.5 and controls.tuning.head_share == 0.6
+    assert controls.reset_strength() == Tuning()
+
+
+def test_notices_expire_and_replace_their_kind():
+    controls = Controls()
+    controls.notify("mirror: on", seconds=0.2)
+    controls.notify("mirror: off", seconds=0.2)
+    controls.notify("strength 0.75", seconds=0.2, kind="tuning")
+    assert controls.notices() == ["mirror: off", "strength 0.75"]
+    assert controls.notices(now=time.monotonic() + 0.5) == []
+
+
+def test_expression_gain_scales_the_avatars_mouth_opening(builtin_avatar):
+    from realtime.expression import open_mouth
+    from realtime.retarget import Retargeter, RetargetLimits
+
+    driver = builtin_avatar.landmarks.astype(np.float64)
+    talking = driver.copy()
+    talking[:, :2] = open_mouth(driver[:, :2], 0.12)
+    openings = []
+    for gain in (0.0, 0.5, 1.0, 1.5):
+        retargeter = Retargeter(builtin_avatar.landmarks, RetargetLimits(expression_gain=gain))
+        retargeter.neutral = driver.copy()
+        openings.append(mesh.mouth_opening(retargeter.transfer(talking)))
+    assert openings == sorted(openings) and openings[-1] > openings[0] + 0.05, openings
+
+
+def test_avatar_paths_expand_folders_and_refuse_what_is_not_there(tmp_path):
+    from realtime.live import avatar_paths
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt", ".hidden.png"):
+        (folder / name).write_bytes(b"x")
+    assert avatar_paths(["builtin", str(folder), str(folder / "a.jpg")]) == [
+        "builtin",
+        str(folder / "a.jpg"),
+        str(folder / "b.png"),
+    ]
+    with pytest.raises(UserError, match="not found"):
+        avatar_paths([str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        avatar_paths([str(tmp_path / "empty")])
+
+
+@pytest.fixture(scope="module")
+def library_paths(tmp_path_factory):
+    from skimage import data
+
+    from realtime.avatar import builtin_portrait
+
+    folder = tmp_path_factory.mktemp("avatars")
+    cv2.imwrite(str(folder / "b_other.png"), np.ascontiguousarray(builtin_portrait()[:, ::-1, ::-1]))
+    cv2.imwrite(str(folder / "c_noface.png"), data.coffee()[:, :, ::-1])
+    return ["builtin", str(folder / "c_noface.png"), str(folder / "b_other.png")]
+
+
+class _NoTracker:
+    def open(self):
+        return self
+
+    def close(self):
+        pass
+
+    def process(self, frame):
+        return FaceTrack(frame=frame, landmarks=None)
+
+
+def test_switching_uses_the_prepared_avatar_and_keeps_the_drivers_neutral(library_paths):
+    from realtime.live import AvatarLibrary, LiveProcessor
+    from realtime.metrics import Metrics
+
+    controls = Controls()
+    library = AvatarLibrary(library_paths, (320, 320), "warp", controls=controls)
+    processor = LiveProcessor(library, _NoTracker(), controls, Metrics(), (320, 320))
+    with processor:
+        assert library.wait_ready(timeout=120)
+        assert set(library.skipped) == {1} and "no face found" in library.skipped[1]
+        assert any("avatar 2 skipped" in line for line in controls.notices())
+        assert library.step(0, +1) == 2 and library.step(2, +1) == 0  # the faceless one is passed over
+        first = processor.current
+        first.retargeter.neutral = first.avatar.landmarks.astype(np.float64) + 1.0
+        controls.step_avatar(+1)
+        frame = Frame(np.zeros((240, 320, 3), np.uint8), 0, time.monotonic())
+        out = processor.render(processor.track(frame))
+        assert processor.current.index == 2 and processor.avatar.source.endswith("b_other.png")
+        np.testing.assert_array_equal(processor.retargeter.neutral, first.retargeter.neutral)
+        assert np.abs(out.image.astype(int) - processor.current.neutral.astype(int)).mean() < 1.0
+        assert out.track is not None and out.track.frame is frame
+        controls.request_avatar(1)
+        processor.render(processor.track(frame))
+        assert processor.current.index == 2  # skipped: stays, with a line on the overlay
+        assert any("avatar 2 skipped" in line for line in controls.notices())
+        controls.tune(mirror=True)
+        assert processor.track(frame).frame.image is not frame.image
+
+
+def test_a_library_of_faceless_images_is_one_clear_error(library_paths):
+    from realtime.live import AvatarLibrary
+
+    with pytest.raises(UserError, match="none of the 1 avatars|no face found"):
+        AvatarLibrary([library_paths[1]], (320, 320))
+    with pytest.raises(UserError, match="none of the 2 avatars can be used"):
+        AvatarLibrary([library_paths[1], library_paths[1] + ".missing.png"], (320, 320))
+
+
+def test_window_keys_reach_the_controls():
+    from realtime.sinks import WindowSink
+
+    controls = Controls()
+    window = WindowSink(controls)
+    window.handle_key(0xFF53)  # Right, as X11 reports it
+    assert controls.take_avatar_request() == ("by", 1)
+    window.handle_key(0x1000012)  # Left, as Qt reports it
+    window.handle_key(0xFF51)
+    assert controls.take_avatar_request() == ("by", -2)
+    window.handle_key(ord("3"))
+    assert controls.take_avatar_request() == ("to", 2)
+    window.handle_key(ord("+"))
+    window.handle_key(0xFF52)  # Up
+    assert controls.tuning.strength == 1.5
+    window.handle_key(ord("-"))
+    window.handle_key(ord(","))
+    assert controls.tuning.strength == 1.25 and controls.tuning.head_share == 0.4
+    window.handle_key(ord("0"))
+    assert controls.tuning == Tuning()
+    window.handle_key(ord("f"))
+    assert controls.tuning.mirror and controls.take_recalibrate()
+    window.handle_key(ord("g"))
+    assert not controls.tuning.refiner
+    assert window.pip and not window.help
+    window.handle_key(ord("p"))
+    window.handle_key(ord("?"))
+    assert not window.pip and window.help
+    window.handle_key(ord("r"))
+    window.handle_key(ord("s"))
+    assert controls.take_record() and controls.take_snapshot()
+    window.handle_key(ord("q"))
+    assert controls.quit.is_set()
+
+
+def test_pip_and_help_are_drawn_on_the_windows_copy_only():
+    from realtime.sinks.window import WindowSink
+
+    camera = np.full((240, 320, 3), 90, np.uint8)
+    landmarks = np.zeros((478, 3), np.float32)
+    landmarks[:, 0], landmarks[:, 1] = np.linspace(100, 220, 478), 120
+    image = np.full((320, 320, 3), 200, np.uint8)
+    out = Output(image=image, index=0, t_capture=time.monotonic())
+    out.track = FaceTrack(frame=Frame(camera, 0, 0.0), landmarks=landmarks)
+    window = WindowSink(Controls())
+    window._size = (320, 320)
+    with_pip = window.compose(out, 10.0)
+    corner = with_pip[200:, 200:]
+    assert ((corner[..., 1] == 255) & (corner[..., 0] == 0)).sum() > 20  # the landmark dots
+    window.pip = False
+    assert (window.compose(out, 10.0)[200:, 200:, 1] == 255).sum() == 0
+    window.help = True
+    assert (window.compose(out, 10.0)[120:200] != 200).any()
+    assert (image == 200).all(), "the frame the other sinks get is untouched"
+
+
+def test_recorder_writes_exactly_the_frames_between_its_keys(tmp_path):
+    from realtime.sinks.recorder import RecorderSink
+
+    controls = Controls()
+    recorder = RecorderSink(controls, tmp_path)
+    recorder.open(96, 64, 25.0)
+    frames = [np.full((64, 96, 3), 10 * i, np.uint8) for i in range(20)]
+    for i, image in enumerate(frames):
+        if i in (3, 15):
+            controls.request_record()
+        if i == 5:
+            controls.request_snapshot()
+        recorder.send(Output(image=image, index=i, t_capture=0.0))
+    recorder.close()
+    (video,) = tmp_path.glob("*.mp4")
+    (png,) = tmp_path.glob("*.png")
+    assert np.abs(cv2.imread(str(png)).astype(int) - 50).max() <= 1
+    count, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert count == 12
+    info = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(video)], capture_output=True, text=True
+    ).stderr
+    assert "Video: h264" in info and "96x64" in info
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    assert ok and abs(float(first.mean()) - 30) < 3  # frame 3 is the first recorded
+
+
+def test_recorder_refuses_a_missing_folder(tmp_path):
+    from realtime.sinks.recorder import RecorderSink
+
+    with pytest.raises(UserError, match="does not exist"):
+        RecorderSink(Controls(), tmp_path / "nope").open(64, 64, 25.0)

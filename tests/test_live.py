@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
@@ -14,6 +15,7 @@ from realtime import mesh
 from realtime.controls import Controls, Tuning
 from realtime.errors import UserError
 from realtime.frames import FaceTrack, Frame, Output
+from tests.test_audio_pulse import null_sink, pulse  # noqa: F401  (fixtures: a real PulseAudio sink)
 
 
 def test_tuning_splits_the_strength_between_head_and_expression():
@@ -223,3 +225,53 @@ def test_recorder_refuses_a_missing_folder(tmp_path):
 
     with pytest.raises(UserError, match="does not exist"):
         RecorderSink(Controls(), tmp_path / "nope").open(64, 64, 25.0)
+
+
+def test_a_recording_carries_what_the_virtual_microphone_played(null_sink, tmp_path):  # noqa: F811
+    """With the audio bridge's --audio-out, a recording gets the sound the call hears (its monitor)."""
+    import sounddevice as sd
+
+    from realtime.sinks.recorder import RecorderSink
+
+    if shutil.which("paplay") is None:
+        pytest.skip("paplay not installed (pulseaudio-utils)")
+    if not any(d["name"] == "pulse" for d in sd.query_devices()):
+        # PortAudio was set up in this test process before the fixture started the server.
+        sd._terminate()
+        sd._initialize()
+    tone = tmp_path / "tone.wav"
+    t = np.arange(int(4.0 * 48000)) / 48000
+    from realtime.audio.tap import write_wav
+
+    write_wav(tone, (0.5 * np.sin(2 * np.pi * 440 * t))[:, None])
+    controls = Controls()
+    recorder = RecorderSink(controls, tmp_path, audio_out=f"pulse:{null_sink}")
+    recorder.open(96, 64, 25.0)
+    player = subprocess.Popen(["paplay", "-d", null_sink, str(tone)])
+    try:
+        time.sleep(0.5)
+        controls.request_record()
+        for i in range(51):  # two seconds of frames on the clock, as the engine sends them
+            if i == 50:
+                controls.request_record()
+            recorder.send(Output(image=np.full((64, 96, 3), i, np.uint8), index=i, t_capture=0.0))
+            time.sleep(0.04)
+        recorder.close()
+    finally:
+        player.kill()
+        player.wait()
+    (video,) = tmp_path.glob("realtime-*.mp4")
+    info = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(video)], capture_output=True, text=True
+    ).stderr
+    assert "Video: h264" in info and "Audio: aac" in info
+    count, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert count == 50
+    pcm = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-map", "0:a"]
+        + ["-f", "s16le", "-ac", "1", "-ar", "48000", "-"],
+        capture_output=True,
+    ).stdout
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    assert abs(len(audio) / 48000 - 2.0) < 0.15  # cut to the video's length
+    assert np.sqrt(np.mean(audio[4800:-4800] ** 2)) > 0.1  # the tone, not silence

@@ -70,7 +70,8 @@ def _live_sinks(config, processor, sinks: list, pip: bool) -> list:
     for window in windows:
         window.pip = pip
     if windows:
-        sinks = [*sinks, RecorderSink(processor.controls, config.record_dir)]
+        audio_out = config.audio.audio_out if config.audio is not None else None
+        sinks = [*sinks, RecorderSink(processor.controls, config.record_dir, audio_out)]
     return sinks
 
 

@@ -3,6 +3,8 @@
 The recorder is one more sink, so it gets the same frames as the others, in the same order
 (never the window's picture-in-picture or overlay). Encoding runs on a thread of its own
 behind a bounded queue: a slow encoder loses recorded frames (counted), never live ones.
+With the audio bridge, the virtual microphone's sound is recorded alongside (``AudioTap``)
+and muxed in when the recording stops.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ def stamp() -> str:
 class _Recording:
     """One recording: a FileSink fed from a queue by its own thread."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, controls: Controls) -> None:
+    def __init__(
+        self, path: Path, size: tuple[int, int], fps: float, controls: Controls, audio_out: str | None = None
+    ) -> None:
         self.path = path
         self.controls = controls
         self.sink = FileSink(path, preset="ultrafast")
         self.sink.open(size[0], size[1], fps)  # raises UserError (no ffmpeg, bad folder) at once
+        self.first_frame_t: float | None = None
+        self.tap = _start_tap(audio_out, controls) if audio_out else None
         self.fps = fps
         self.queued = 0
         self.dropped = 0
@@ -53,6 +59,8 @@ class _Recording:
         self._thread.start()
 
     def add(self, image: np.ndarray) -> None:
+        if self.first_frame_t is None:
+            self.first_frame_t = time.monotonic()
         try:
             self._queue.put_nowait(image)
             self.queued += 1
@@ -73,9 +81,12 @@ class _Recording:
             except Exception as exc:
                 failed = one_line(str(exc), 120)
                 self.sink.abort()
+        audio = self.tap.stop() if self.tap is not None else None
         if failed is None:
             try:
                 self.sink.close()
+                if audio is not None and self.sink.frames:
+                    mux_audio(self.path, audio[0], audio[1] - (self.first_frame_t or audio[1]))
             except UserError as exc:
                 failed = one_line(str(exc), 120)
         if failed:
@@ -90,11 +101,58 @@ class _Recording:
         self._thread.join(timeout)
 
 
+def _start_tap(audio_out: str, controls: Controls):
+    """The virtual microphone's recorder, or None (said on the overlay): the video is recorded anyway."""
+    from realtime.audio.tap import AudioTap
+
+    try:
+        return AudioTap(audio_out).start()
+    except Exception as exc:  # no PortAudio, no monitor: a silent recording beats none
+        logger.error("recording without audio: %s", exc)
+        controls.notify(f"recording: without audio ({one_line(str(exc), 80)})", SAVED_NOTICE_S)
+        return None
+
+
+def mux_audio(video: Path, samples: np.ndarray, offset_s: float) -> None:
+    """Lay ``samples`` under ``video`` (in place), starting ``offset_s`` after its first frame
+    (negative: before it, cut), padded or cut to the video's length."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from realtime.audio.tap import RATE, write_wav
+
+    wav = video.with_name(f".{video.stem}.wav")
+    muxed = video.with_name(f".{video.stem}.av{video.suffix}")
+    write_wav(wav, samples, RATE)
+    if offset_s >= 0:
+        shift = f"adelay={offset_s * 1000:.1f}:all=1"
+    else:
+        shift = f"atrim=start={-offset_s:.4f},asetpts=PTS-STARTPTS"
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    cmd += ["-i", str(video), "-i", str(wav), "-filter_complex", f"[1:a]{shift},apad[a]"]
+    cmd += ["-map", "0:v", "-map", "[a]", "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-shortest"]
+    cmd += ["-movflags", "+faststart", str(muxed)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise UserError(f"adding the audio failed: {one_line(proc.stderr or 'ffmpeg error', 120)}")
+        os.replace(muxed, video)
+    finally:
+        for leftover in (wav, muxed):
+            leftover.unlink(missing_ok=True)
+    logger.info("audio added to %s (%.2f s, starting %+.0f ms)", video, len(samples) / RATE, offset_s * 1000)
+
+
 class RecorderSink(SinkBase):
     """Starts and stops an H.264 recording and saves PNG snapshots when the controls ask."""
 
-    def __init__(self, controls: Controls, folder: str | os.PathLike[str] = ".") -> None:
+    def __init__(
+        self, controls: Controls, folder: str | os.PathLike[str] = ".", audio_out: str | None = None
+    ) -> None:
         self.controls = controls
+        # The virtual microphone (--audio-out) whose sound goes into recordings with the video.
+        self.audio_out = audio_out
         self.folder = Path(folder)
         self.name = "recorder"
         self.frames = 0
@@ -132,7 +190,7 @@ class RecorderSink(SinkBase):
     def _start(self) -> None:
         path = self.folder / f"{stamp()}.mp4"
         try:
-            self._recording = _Recording(path, self._size, self._fps, self.controls)
+            self._recording = _Recording(path, self._size, self._fps, self.controls, self.audio_out)
         except UserError as exc:
             logger.error("recording not started: %s", exc)
             self.controls.notify(f"recording: not started ({one_line(str(exc), 100)})", SAVED_NOTICE_S)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 
 import cv2
@@ -275,3 +278,56 @@ def test_a_recording_carries_what_the_virtual_microphone_played(null_sink, tmp_p
     audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
     assert abs(len(audio) / 48000 - 2.0) < 0.15  # cut to the video's length
     assert np.sqrt(np.mean(audio[4800:-4800] ** 2)) > 0.1  # the tone, not silence
+
+
+def test_split_keys_reads_terminal_arrows():
+    from realtime.keys import split_keys
+
+    assert split_keys("2\x1b[C\x1b[Dq") == [ord("2"), 0xFF53, 0xFF51, ord("q")]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal (POSIX)")
+def test_run_without_a_window_takes_the_keys_from_the_terminal(tmp_path, library_paths):
+    """`run --sink null` (as with only the virtual camera) in a terminal: keys switch the avatar and
+    record, then q quits with the summary."""
+    from tests.conftest import write_astronaut_clip
+
+    clip = write_astronaut_clip(tmp_path / "driver.mp4", 50)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime.cli", "-v", "run", "--avatar", "builtin", library_paths[2]]
+        + ["--input", str(clip), "--loop", "--sink", "null", "--size", "256x256", "--seconds", "60"]
+        + ["--record-dir", str(tmp_path)],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(text in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines[-20:])
+            time.sleep(0.1)
+
+    try:
+        wait_for("avatar 2/2 ready")
+        os.write(master, b"2")
+        wait_for("avatar 2/2: b_other")
+        os.write(master, b"r")
+        time.sleep(1.0)
+        os.write(master, b"r")
+        wait_for("recorded")
+        os.write(master, b"q")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, "".join(lines[-20:])
+    assert "keys: 1-9" in out and "avatar 2 requested" in out and "latency p50" in out
+    assert len(list(tmp_path.glob("realtime-*.mp4"))) == 1

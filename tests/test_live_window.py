@@ -144,6 +144,7 @@ class Session:
         w, h = (int(v) for v in re.search(r"Geometry: (\d+)x(\d+)", geometry).groups())
         image = np.ascontiguousarray(screen[y : y + h, x : x + w])
         self.shots[name] = image
+        cv2.imwrite(str(self.tmp / f"shot_{name}.png"), image)  # to look at when a test fails
         return image
 
 
@@ -179,11 +180,15 @@ def session(tmp_path_factory):
     _avatars(tmp / "avatars")
     clip = _driver_clip(tmp / "driver.mp4")
     (tmp / "rec").mkdir()
-    display = f":{70 + os.getpid() % 9}"
+    # -displayfd: the server picks a free display and says which (other test runs share this host).
     server = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", "1280x800x24"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["Xvfb", "-displayfd", "1", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
-    time.sleep(1.0)
+    assert server.stdout is not None
+    display = f":{server.stdout.readline().strip()}"
     s = Session(tmp, display)
     s.start(
         [
@@ -230,6 +235,12 @@ def _script(s: Session) -> dict[str, int]:
             break
         time.sleep(0.5)
     assert s.window, "no window appeared: " + "\n".join(s.lines[-20:])
+    # The first frames can take a while to be painted on a loaded machine.
+    for _ in range(60):
+        if s.shot("first").mean() > 20:
+            break
+        time.sleep(0.5)
+    assert s.shots["first"].mean() > 20, "the window stayed black"
     # Every avatar prepared (or skipped) before the keys, so each phase measures one thing.
     s.wait_for(r"avatar 2/3 ready")
     s.wait_for(r"avatar 3 skipped \(.*c_noface.png\)")
@@ -253,15 +264,15 @@ def _script(s: Session) -> dict[str, int]:
     events["reset"] = s.key_frame("0", "default")
     time.sleep(0.5)
     events["switch"] = int(
-        s.wait_for(r"avatar 2 requested at window frame (\d+)", 20, after=s.key("2")).group(1)
+        s.wait_for(r"avatar 2 requested \(window frame (\d+)", 20, after=s.key("2")).group(1)
     )
     time.sleep(1.5)
     s.key("3")  # no face: skipped, with a line on the overlay
     time.sleep(0.4)
     s.shot("skipped")
-    events["record_start"] = s.key_frame("r", "recording toggle requested at")
+    events["record_start"] = s.key_frame("r", "recording toggle requested")
     time.sleep(2.0)
-    events["record_stop"] = s.key_frame("r", "recording toggle requested at")
+    events["record_stop"] = s.key_frame("r", "recording toggle requested")
     s.key("s")
     s.wait_for(r"snapshot saved")
     s.wait_for(r"recorded \d+ frames")
@@ -318,7 +329,15 @@ def test_switching_avatar_shows_within_two_frames_at_an_unchanged_pace(session):
     pressed = session.events["switch"] - 1  # 0-based index of the frame shown when the key came
     assert (which[pressed - 25 : pressed + 1] == 0).all()
     first = pressed + 1 + int(np.argmax(which[pressed + 1 :] == 1))
-    assert which[first] == 1 and first - pressed <= 2, f"the new avatar showed {first - pressed} frames later"
+    assert which[first] == 1
+    # Counted in new pictures: when no new frame is ready in time, the engine repeats the last
+    # one to keep the camera's pace (a loaded machine does that anywhere in a run).
+    raw = session.frames["thumbs"]
+    new_frames = [i for i in range(pressed + 1, first + 1) if not np.array_equal(raw[i], raw[i - 1])]
+    assert len(new_frames) <= 2, (
+        f"the new avatar was the {len(new_frames)}th new picture after the key "
+        f"({first - pressed} frames with repeats)"
+    )
     # The virtual camera's pace through the switch: a frame per interval, no stall. (A shared,
     # loaded test machine delays single frames anywhere in a run; a switch that prepared the
     # avatar when its key came would stop new frames for several hundred ms.)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -61,15 +63,16 @@ def _live_fields(args: argparse.Namespace) -> dict:
     )
 
 
-def _live_sinks(config, processor, sinks: list, pip: bool) -> list:
-    """With a window: its picture-in-picture setting, and the recorder its keys start."""
+def _live_sinks(config, processor, sinks: list, pip: bool, keys: bool = False) -> list:
+    """With a window: its picture-in-picture setting; with keys (a window's or the terminal's):
+    the recorder they start."""
     from realtime.sinks import WindowSink
     from realtime.sinks.recorder import RecorderSink
 
     windows = [sink for sink in sinks if isinstance(sink, WindowSink)]
     for window in windows:
         window.pip = pip
-    if windows:
+    if windows or keys:
         audio_out = config.audio.audio_out if config.audio is not None else None
         sinks = [*sinks, RecorderSink(processor.controls, config.record_dir, audio_out)]
     return sinks
@@ -94,6 +97,7 @@ def _print_audio(summary: dict) -> None:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from realtime.frames import Mode
+    from realtime.keys import TerminalKeys
     from realtime.metrics import machine_description
     from realtime.session import (
         CAMERA_SIZE,
@@ -126,10 +130,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     processor = make_live(config, output_size, (source.width, source.height), window)
     fps = config.fps or source.fps or 30.0
     sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
-    sinks = _live_sinks(config, processor, sinks, pip=not args.no_pip)
+    # No window: the same keys from the terminal (the virtual camera alone can switch avatars too).
+    terminal = None if window or not sys.stdin.isatty() else TerminalKeys(processor.controls)
+    sinks = _live_sinks(config, processor, sinks, pip=not args.no_pip, keys=terminal is not None)
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    with terminal or contextlib.nullcontext():
+        summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
     summary.update(
         generator=name,
         provider=provider,

@@ -8,7 +8,6 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from realtime.controls import Controls
 from realtime.errors import DeviceUnavailable
 from realtime.frames import FaceTrack, Output
+from realtime.keys import AUDIO_HELP, HELP, act
 from realtime.sinks.common import as_bgr, one_line
 from realtime.stages import SinkBase
 
@@ -26,29 +26,6 @@ AUDIO_HOTKEYS = "  a: mute  [/]: audio offset -/+10 ms"
 NOTICE_COLOUR = (0, 255, 255)  # yellow (BGR): a change just made
 RECORDING_COLOUR = (60, 60, 255)
 
-# Arrow keys as cv2.waitKeyEx reports them: X11 keysyms (GTK), Qt key codes, Windows, macOS.
-LEFT_KEYS = {0xFF51, 0x1000012, 0x250000, 63234}
-UP_KEYS = {0xFF52, 0x1000013, 0x260000, 63232}
-RIGHT_KEYS = {0xFF53, 0x1000014, 0x270000, 63235}
-DOWN_KEYS = {0xFF54, 0x1000015, 0x280000, 63233}
-
-# (keys, what they do) for the help overlay, in the order a user looks for them.
-HELP: list[tuple[str, str]] = [
-    ("h  ?", "show / hide this help"),
-    ("p", "your camera and its landmarks (picture-in-picture)"),
-    ("1-9  Left/Right", "switch avatar"),
-    ("+  -  Up/Down", "motion transfer stronger / weaker"),
-    (",  .", "less / more head motion vs expression"),
-    ("0", "strength and head/expression back to default"),
-    ("f", "mirror the camera"),
-    ("g", "refiner on / off"),
-    ("n", "take a new neutral pose"),
-    ("m", "switch reenact / swap"),
-    ("r", "record what the virtual camera gets: start / stop"),
-    ("s", "snapshot (PNG)"),
-    ("q  Esc", "quit"),
-]
-AUDIO_HELP: list[tuple[str, str]] = [("a", "mute the audio"), ("[  ]", "audio offset -/+ 10 ms")]
 OverlayLine = str | tuple[str, tuple[int, int, int]]
 
 
@@ -251,60 +228,21 @@ class WindowSink(SinkBase):
         """Act on a ``cv2.waitKeyEx`` (or ``cv2.waitKey``) result."""
         if key < 0 or self.controls is None:
             return
-        controls = self.controls
-        arrow = key if key > 0xFF else None
-        char = chr(key) if key <= 0xFF else ""
-        if arrow in LEFT_KEYS or arrow in RIGHT_KEYS:
-            controls.step_avatar(1 if arrow in RIGHT_KEYS else -1)
-            step = "next" if arrow in RIGHT_KEYS else "previous"
-            logger.info("avatar switch requested (%s) at window frame %d", step, self.frames)
-        elif arrow in UP_KEYS or char in ("+", "="):
-            self._notify(controls.adjust_strength(+1).describe(), "tuning")
-        elif arrow in DOWN_KEYS or char in ("-", "_"):
-            self._notify(controls.adjust_strength(-1).describe(), "tuning")
-        elif arrow is not None:
-            return
-        elif char == "n":
-            controls.request_recalibrate()
-            self._notify("neutral: recalibrate requested")
-        elif char == "m":
-            self._notify(f"mode: {controls.toggle_mode()}")
-        elif char == "q" or key == 27:
-            controls.request_quit()
-        elif char in ("h", "?"):
+        if key in (ord("h"), ord("?")):
             self.help = not self.help
             logger.info("help %s (window frame %d)", "requested" if self.help else "hidden", self.frames)
-        elif char == "p":
+            return
+        if key == ord("p"):
             self.pip = not self.pip
             self._notify(f"picture-in-picture: {'on' if self.pip else 'off'}")
-        elif char.isdigit() and char != "0":
-            controls.request_avatar(int(char) - 1)
-            logger.info("avatar %s requested at window frame %d", char, self.frames)
-        elif char in (",", "<"):
-            self._notify(controls.adjust_head_share(-1).describe(), "tuning")
-        elif char in (".", ">"):
-            self._notify(controls.adjust_head_share(+1).describe(), "tuning")
-        elif char == "0":
-            self._notify(controls.reset_strength().describe() + " - default", "tuning")
-        elif char == "f":
-            mirror = controls.toggle_mirror().mirror
-            controls.request_recalibrate()  # a mirrored face against an unmirrored neutral would skew
-            self._notify(f"mirror: {'on' if mirror else 'off'}")
-        elif char == "g":
-            self._notify(f"refiner: {'on' if controls.toggle_refiner().refiner else 'off'}")
-        elif char == "r":
-            controls.request_record()
-            logger.info("recording toggle requested at window frame %d", self.frames)
-        elif char == "s":
-            controls.request_snapshot()
-        elif self.audio is not None and char in ("a", "[", "]"):
-            audio: Any = self.audio
-            if char == "a":
-                audio.muted = not audio.muted
-                self._notify(f"audio {'muted' if audio.muted else 'unmuted'}")
-            else:
-                audio.offset_ms += 10.0 if char == "]" else -10.0
-                self._notify(f"audio offset {audio.offset_ms:+.0f} ms")
+            return
+        result = act(key, self.controls, self.audio)
+        if result is None:
+            return
+        if result.notice:
+            self._notify(result.text, result.kind)
+        else:
+            logger.info("%s (window frame %d)", result.text, self.frames)
 
     def close(self) -> None:
         if self._open:

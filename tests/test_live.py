@@ -331,3 +331,23 @@ def test_run_without_a_window_takes_the_keys_from_the_terminal(tmp_path, library
     assert proc.returncode == 0, "".join(lines[-20:])
     assert "keys: 1-9" in out and "avatar 2 requested" in out and "latency p50" in out
     assert len(list(tmp_path.glob("realtime-*.mp4"))) == 1
+
+
+def test_run_takes_the_live_settings_as_flags(tmp_path):
+    from realtime.cli import build_parser
+    from realtime.cli.commands import _live_fields
+    from tests.conftest import cli
+
+    args = build_parser().parse_args(
+        ["run", "--avatar", "builtin", "--strength", "1.5", "--head-share", "0.2", "--mirror"]
+        + ["--refiner", "off", "--record-dir", str(tmp_path)]
+    )
+    fields = _live_fields(args)
+    assert fields["tuning"] == Tuning(strength=1.5, head_share=0.2, mirror=True)
+    assert fields["refiner"] is False and fields["record_dir"] == str(tmp_path)
+    for bad in (["--strength", "3"], ["--head-share", "1.5"], ["--refiner", "maybe"]):
+        proc = cli("run", "--avatar", "builtin", "--sink", "null", *bad)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    proc = cli("run", "--avatar", "builtin", "--generator", "warp", "--refiner", "on", "--sink", "null")
+    assert proc.returncode != 0 and "--refiner on needs a learned generator" in proc.stderr
+    assert "Traceback" not in proc.stderr

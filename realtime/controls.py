@@ -27,11 +27,21 @@ class Tuning:
     head_share: float = 0.5
     mirror: bool = False
     refiner: bool = True
+    # Per part of the expression, on top of the strength: mouth and jaw, eyes and lids, brows.
+    mouth: float = 1.0
+    eyes: float = 1.0
+    brows: float = 1.0
 
     def __post_init__(self) -> None:
         lo, hi = STRENGTH_RANGE
         object.__setattr__(self, "strength", round(min(hi, max(lo, float(self.strength))), 3))
         object.__setattr__(self, "head_share", round(min(1.0, max(0.0, float(self.head_share))), 3))
+        for part in ("mouth", "eyes", "brows"):
+            object.__setattr__(self, part, round(min(hi, max(lo, float(getattr(self, part)))), 3))
+
+    @property
+    def part_gains(self) -> tuple[float, float, float]:
+        return (self.mouth, self.eyes, self.brows)
 
     @property
     def head_gain(self) -> float:

@@ -310,6 +310,7 @@ class LiveProcessor(FrameProcessor):
         tuning = self.controls.tuning
         self.limits.pose_gain = tuning.head_gain
         self.limits.expression_gain = tuning.expression_gain
+        self.limits.part_gains = tuning.part_gains
         request = self.controls.take_avatar_request()
         if request is not None:
             kind, value = request

@@ -351,3 +351,26 @@ def test_run_takes_the_live_settings_as_flags(tmp_path):
     proc = cli("run", "--avatar", "builtin", "--generator", "warp", "--refiner", "on", "--sink", "null")
     assert proc.returncode != 0 and "--refiner on needs a learned generator" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_part_gains_scale_one_part_and_leave_the_others(builtin_avatar):
+    from realtime.expression import close_eyes, open_mouth
+    from realtime.retarget import Retargeter, RetargetLimits
+
+    driver = builtin_avatar.landmarks.astype(np.float64)
+    moved = driver.copy()
+    moved[:, :2] = close_eyes(open_mouth(driver[:, :2], 0.12), 0.6)
+
+    def transfer(gains):
+        retargeter = Retargeter(builtin_avatar.landmarks, RetargetLimits(part_gains=gains))
+        retargeter.neutral = driver.copy()
+        return retargeter.transfer(moved)
+
+    masks = Retargeter(builtin_avatar.landmarks)._parts
+    assert masks.sum(axis=1).min() > 10 and masks.sum(axis=0).max() == 1  # three disjoint parts
+    full, still_mouth, big_mouth = transfer((1, 1, 1)), transfer((0, 1, 1)), transfer((2, 1, 1))
+    rest = transfer((0, 0, 0))
+    assert mesh.mouth_opening(still_mouth) == pytest.approx(mesh.mouth_opening(rest), abs=0.005)
+    assert mesh.mouth_opening(big_mouth) > mesh.mouth_opening(full) + 0.03
+    assert mesh.eye_opening(still_mouth) == pytest.approx(mesh.eye_opening(full), abs=1e-6)
+    assert mesh.eye_opening(transfer((1, 0, 1))) > mesh.eye_opening(full) + 0.02

@@ -57,7 +57,14 @@ def _live_fields(args: argparse.Namespace) -> dict:
     return dict(
         avatar=args.avatar[0],
         avatars=tuple(avatar_paths(args.avatar)),
-        tuning=Tuning(strength=args.strength, head_share=args.head_share, mirror=args.mirror),
+        tuning=Tuning(
+            strength=args.strength,
+            head_share=args.head_share,
+            mirror=args.mirror,
+            mouth=args.mouth,
+            eyes=args.eyes,
+            brows=args.brows,
+        ),
         refiner=None if args.refiner is None else args.refiner == "on",
         record_dir=args.record_dir,
     )

@@ -127,6 +127,10 @@ def _add_live_options(p: argparse.ArgumentParser) -> None:
         help="split between head motion and expression, 0-1: 0.5 (default) both in full, "
         "towards 0 the head stays still, towards 1 the expression does",
     )
+    for part, what in (("mouth", "mouth and jaw"), ("eyes", "eyes and lids"), ("brows", "brows")):
+        live.add_argument(
+            f"--{part}", type=_strength, default=1.0, help=f"{what}: expression strength 0-2 (default 1)"
+        )
     live.add_argument("--mirror", action="store_true", help="mirror the camera (keys: f)")
     live.add_argument(
         "--refiner",

@@ -51,6 +51,21 @@ class Tuning:
     def expression_gain(self) -> float:
         return self.strength * min(1.0, 2.0 * (1.0 - self.head_share))
 
+    def status(self) -> str | None:
+        """What differs from the defaults, for a line on the overlay; None when nothing does."""
+        default = Tuning()
+        parts = []
+        if (self.strength, self.head_share) != (default.strength, default.head_share):
+            parts.append(self.describe())
+        parts += [
+            f"{name} {getattr(self, name):.2f}"
+            for name in ("mouth", "eyes", "brows")
+            if getattr(self, name) != 1.0
+        ]
+        if self.mirror:
+            parts.append("mirror")
+        return "  ".join(parts) or None
+
     def describe(self) -> str:
         return (
             f"strength {self.strength:.2f} (head {self.head_gain:.2f}, expression {self.expression_gain:.2f})"

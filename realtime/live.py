@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from realtime.avatar import BUILTIN, Avatar, load_avatar
-from realtime.controls import Controls
+from realtime.controls import Controls, Tuning
 from realtime.errors import UserError, one_line
 from realtime.frames import FaceTrack, Frame, Mode, Output
 from realtime.generators.registry import Generators, build_generators, default_generator, shipped_models
@@ -270,6 +270,7 @@ class LiveProcessor(FrameProcessor):
         self._wanted: int | None = None  # an avatar asked for before it was ready
         self._refiner_on: bool | None = None
         self._pending_shown = -1
+        self._tuning_shown: Tuning | None = None
         self.current = first
         self._use(first)
 
@@ -311,6 +312,9 @@ class LiveProcessor(FrameProcessor):
         self.limits.pose_gain = tuning.head_gain
         self.limits.expression_gain = tuning.expression_gain
         self.limits.part_gains = tuning.part_gains
+        if tuning is not self._tuning_shown:  # the overlay keeps what differs from the defaults
+            self._tuning_shown = tuning
+            self.controls.set_status("tuning", tuning.status())
         request = self.controls.take_avatar_request()
         if request is not None:
             kind, value = request

@@ -374,3 +374,10 @@ def test_part_gains_scale_one_part_and_leave_the_others(builtin_avatar):
     assert mesh.mouth_opening(big_mouth) > mesh.mouth_opening(full) + 0.03
     assert mesh.eye_opening(still_mouth) == pytest.approx(mesh.eye_opening(full), abs=1e-6)
     assert mesh.eye_opening(transfer((1, 0, 1))) > mesh.eye_opening(full) + 0.02
+
+
+def test_tuning_status_names_only_what_differs_from_the_defaults():
+    assert Tuning().status() is None and Tuning(refiner=False).status() is None
+    assert Tuning(mirror=True).status() == "mirror"
+    line = Tuning(strength=1.5, mouth=0.5, mirror=True).status()
+    assert line is not None and "strength 1.50" in line and "mouth 0.50" in line and line.endswith("mirror")

@@ -9,8 +9,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from realtime.errors import DeviceUnavailable, UserError
+
+if TYPE_CHECKING:
+    from realtime.pipeline import FrameProcessor
+    from realtime.session import PipelineConfig
 
 logger = logging.getLogger("realtime")
 
@@ -70,7 +75,9 @@ def _live_fields(args: argparse.Namespace) -> dict:
     )
 
 
-def _live_sinks(config, processor, sinks: list, pip: bool, keys: bool = False) -> list:
+def _live_sinks(
+    config: PipelineConfig, processor: FrameProcessor, sinks: list, pip: bool, keys: bool = False
+) -> list:
     """With a window: its picture-in-picture setting; with keys (a window's or the terminal's):
     the recorder they start."""
     from realtime.sinks import WindowSink

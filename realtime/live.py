@@ -31,7 +31,19 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SKIPPED_NOTICE_S = 6.0
-BACKGROUND_NICE = 10  # preparing the next avatars must not take CPU from the live frames
+BACKGROUND_NICE = 10  # finding the next avatars' faces must not take CPU from the live frames
+
+
+def _load_in_child(path: str, size: tuple[int, int] | None) -> Avatar:
+    """Read an avatar and find its face, in the preparing process (a worker, niced)."""
+    return load_avatar(path, size)
+
+
+def _nice_worker() -> None:
+    try:
+        os.nice(BACKGROUND_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 def avatar_paths(specs: Sequence[str]) -> list[str]:
@@ -139,10 +151,11 @@ class AvatarLibrary(Stage):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def prepare(self, index: int) -> PreparedAvatar:
-        """Load, find the face, build the generators and the retargeter of avatar ``index``."""
+    def prepare(self, index: int, avatar: Avatar | None = None) -> PreparedAvatar:
+        """Load, find the face (unless ``avatar`` brings them), build the generators and the
+        retargeter of avatar ``index``."""
         path = self.paths[index]
-        avatar = load_avatar(path, self.output_size)
+        avatar = avatar if avatar is not None else load_avatar(path, self.output_size)
         generators = build_generators(self.generator, avatar, self.providers)
         warp_only = Generators(by_mode=dict(generators.fallback), fallback=dict(generators.fallback))
         size = self.output_size or avatar.size
@@ -193,23 +206,28 @@ class AvatarLibrary(Stage):
         return self
 
     def _prepare_rest(self) -> None:
-        try:  # Linux: this thread alone at a lower priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except (AttributeError, OSError):
-            pass
-        for index in range(len(self.paths)):
-            if self._stop.is_set():
-                return
-            if index in self._prepared or index in self.skipped:
-                continue
-            try:
-                prepared = self.prepare(index)
-            except Exception as exc:  # one bad avatar never stops the others or the stream
-                self._skip(index, exc)
-                continue
-            with self._lock:
-                self._prepared[index] = prepared
-            logger.info("avatar %d/%d ready: %s", index + 1, len(self.paths), prepared.name)
+        # The face search (mediapipe, the heavy part) runs in a niced worker process: a niced
+        # thread here would hold the GIL while descheduled and stall the live threads with it.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        todo = [i for i in range(len(self.paths)) if i not in self._prepared and i not in self.skipped]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_nice_worker) as pool:
+            loads = {i: pool.submit(_load_in_child, self.paths[i], self.output_size) for i in todo}
+            for index in todo:
+                if self._stop.is_set():
+                    for future in loads.values():
+                        future.cancel()
+                    return
+                try:
+                    prepared = self.prepare(index, loads[index].result())
+                except Exception as exc:  # one bad avatar never stops the others or the stream
+                    self._skip(index, exc)
+                    continue
+                with self._lock:
+                    self._prepared[index] = prepared
+                logger.info("avatar %d/%d ready: %s", index + 1, len(self.paths), prepared.name)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every avatar is prepared or skipped (tests, benchmarks)."""

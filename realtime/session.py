@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.controls import Tuning
 from realtime.errors import UserError
 from realtime.frames import Mode
 from realtime.pipeline import FrameProcessor
@@ -62,6 +63,13 @@ class PipelineConfig:
     sinks: tuple[str, ...] = ("virtualcam",)
     audio: AudioConfig | None = None
     seconds: float | None = None
+    # Live extras (run, demo): every --avatar (files, folders) to switch between, the starting
+    # tuning, whether the refiner starts on (None: on for a learned --generator), where
+    # recordings and snapshots go.
+    avatars: tuple[str, ...] = ()
+    tuning: Tuning = field(default_factory=Tuning)
+    refiner: bool | None = None
+    record_dir: str = "."
 
 
 def audio_config(
@@ -124,6 +132,25 @@ def generator_info(processor: FrameProcessor) -> tuple[str, str]:
     """The name and execution provider of the generator drawing the current mode."""
     generator = processor.generator()
     return generator.name, generator.provider
+
+
+def make_live(
+    config: PipelineConfig,
+    output_size: tuple[int, int] | None,
+    driver_size: tuple[int, int] | None,
+    window: bool,
+) -> FrameProcessor:
+    """The live processor of `run` and `demo`: every avatar prepared for switching, the tuning
+    applied; with a window (whose keys switch it) the shipped refiner is loaded as well."""
+    from realtime.controls import Controls
+    from realtime.live import make_live_processor, refiner_choice
+
+    generator, refiner_on = refiner_choice(config.generator, config.refiner, want_toggle=window)
+    controls = Controls(mode=config.mode, tuning=config.tuning)
+    controls.tune(refiner=refiner_on)
+    providers = list(config.providers) if config.providers else None
+    paths = config.avatars or (config.avatar,)
+    return make_live_processor(paths, output_size, generator, providers, controls, driver_size)
 
 
 def stream(

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from realtime.cli.parser import NO_CAMERA
 from realtime.errors import DeviceUnavailable, UserError
+
+if TYPE_CHECKING:
+    from realtime.pipeline import FrameProcessor
+    from realtime.session import PipelineConfig
 
 logger = logging.getLogger("realtime")
 
@@ -48,6 +55,44 @@ def _audio(args: argparse.Namespace):
     return audio_config(args.audio_in, args.audio_out, args.audio_offset_ms, args.audio_mute, args.av_sync)
 
 
+def _live_fields(args: argparse.Namespace) -> dict:
+    """The live settings of `run`/`demo` as ``PipelineConfig`` fields."""
+    from realtime.controls import Tuning
+    from realtime.live import avatar_paths
+
+    return dict(
+        avatar=args.avatar[0],
+        avatars=tuple(avatar_paths(args.avatar)),
+        tuning=Tuning(
+            strength=args.strength,
+            head_share=args.head_share,
+            mirror=args.mirror,
+            mouth=args.mouth,
+            eyes=args.eyes,
+            brows=args.brows,
+        ),
+        refiner=None if args.refiner is None else args.refiner == "on",
+        record_dir=args.record_dir,
+    )
+
+
+def _live_sinks(
+    config: PipelineConfig, processor: FrameProcessor, sinks: list, pip: bool, keys: bool = False
+) -> list:
+    """With a window: its picture-in-picture setting; with keys (a window's or the terminal's):
+    the recorder they start."""
+    from realtime.sinks import WindowSink
+    from realtime.sinks.recorder import RecorderSink
+
+    windows = [sink for sink in sinks if isinstance(sink, WindowSink)]
+    for window in windows:
+        window.pip = pip
+    if windows or keys:
+        audio_out = config.audio.audio_out if config.audio is not None else None
+        sinks = [*sinks, RecorderSink(processor.controls, config.record_dir, audio_out)]
+    return sinks
+
+
 def _finish(summary: dict, metrics_json: str | None) -> None:
     from realtime.metrics import format_summary, write_json
 
@@ -71,11 +116,12 @@ def _print_audio(summary: dict) -> None:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from realtime.frames import Mode
+    from realtime.keys import TerminalKeys
     from realtime.metrics import machine_description
     from realtime.session import (
         CAMERA_SIZE,
         generator_info,
-        make_processor,
+        make_live,
         make_source,
         stream,
     )
@@ -87,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     camera = args.size or CAMERA_SIZE
     config = pipeline_config(
         args,
-        avatar=args.avatar,
+        **_live_fields(args),
         # --fps is the output's rate; it asks a camera for that rate but never re-paces a file.
         source=_source_config(args, loop=args.loop, fps=None if args.input else args.fps),
         fps=args.fps,
@@ -101,12 +147,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A reenacted avatar fills the camera's size unless --size says otherwise; a swap keeps the
     # driver's own frame size.
     output_size = config.size or (camera if config.mode is Mode.REENACT else None)
-    processor = make_processor(config, output_size, (source.width, source.height))
+    window = any(spec.strip().lower() == "window" for spec in config.sinks)
+    processor = make_live(config, output_size, (source.width, source.height), window)
     fps = config.fps or source.fps or 30.0
     sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    # No window: the same keys from the terminal (the virtual camera alone can switch avatars too).
+    terminal = None if window or not sys.stdin.isatty() else TerminalKeys(processor.controls)
+    sinks = _live_sinks(config, processor, sinks, pip=not args.no_pip, keys=terminal is not None)
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    with terminal or contextlib.nullcontext():
+        summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
     name, provider = generator_info(processor)  # a remote generator knows its provider once opened
     summary.update(
         generator=name,
@@ -241,8 +292,7 @@ def _render_voice(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from realtime.avatar import BUILTIN
-    from realtime.session import PipelineConfig, SourceConfig, make_processor, make_source, stream
+    from realtime.session import PipelineConfig, SourceConfig, make_live, make_source, stream
     from realtime.sinks import FileSink, WindowSink, display_available
 
     driver = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
@@ -257,13 +307,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     window = display_available()
     seconds = args.seconds if window else args.seconds or 10.0
     config = PipelineConfig(
-        avatar=BUILTIN, generator=args.generator, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds
+        generator=args.generator,
+        size=DEMO_SIZE,
+        source=driver,
+        fps=DEMO_FPS,
+        seconds=seconds,
+        **_live_fields(args),
     )
-    processor = make_processor(config, config.size)
+    processor = make_live(config, config.size, None, window)
     out = None
     if window:
-        sinks = [WindowSink(processor.controls)]
-        print("window: n = new neutral pose, m = switch reenact/swap, q = quit")
+        sinks = _live_sinks(config, processor, [WindowSink(processor.controls)], pip=not args.no_pip)
+        print("window: h = keys, p = your camera, 1-9 = avatar, r = record, s = snapshot, q = quit")
     else:
         out = os.path.abspath(args.out)
         sinks = [FileSink(out)]

@@ -105,6 +105,58 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _strength(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    """The settings the window's keys change live (press h in the window for the keys)."""
+    live = p.add_argument_group("live settings (the window's keys change them; h lists the keys)")
+    live.add_argument(
+        "--strength", type=_strength, default=1.0, help="expression transfer strength, 0-2 (default 1)"
+    )
+    live.add_argument(
+        "--head-share",
+        type=_share,
+        default=0.5,
+        help="split between head motion and expression, 0-1: 0.5 (default) both in full, "
+        "towards 0 the head stays still, towards 1 the expression does",
+    )
+    for part, what in (("mouth", "mouth and jaw"), ("eyes", "eyes and lids"), ("brows", "brows")):
+        live.add_argument(
+            f"--{part}", type=_strength, default=1.0, help=f"{what}: expression strength 0-2 (default 1)"
+        )
+    live.add_argument("--mirror", action="store_true", help="mirror the camera (keys: f)")
+    live.add_argument(
+        "--refiner",
+        choices=["on", "off"],
+        default=None,
+        help="draw with the learned refiner or the plain warp (key g); default: on for a learned "
+        "--generator, off otherwise",
+    )
+    live.add_argument(
+        "--no-pip", action="store_true", help="start with the window's picture-in-picture hidden (key p)"
+    )
+    live.add_argument("--record-dir", default=".", help="folder for recordings (key r) and snapshots (key s)")
+
+
 # -- one parser per command ------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="zero-configuration demo")
@@ -120,11 +172,23 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="as for run, e.g. triton://HOST:PORT/NAME (default: the best shipped)",
     )
+    demo.add_argument(
+        "--avatar",
+        nargs="+",
+        default=["builtin"],
+        help="portrait images and/or folders of them (keys 1-9 and the arrows switch); default builtin",
+    )
+    _add_live_options(demo)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="the live loop")
-    run.add_argument("--avatar", required=True, help="portrait image, or 'builtin'")
+    run.add_argument(
+        "--avatar",
+        required=True,
+        nargs="+",
+        help="portrait images, folders of them, or 'builtin' (keys 1-9 and the arrows switch)",
+    )
     src = run.add_mutually_exclusive_group()
     src.add_argument(
         "--camera", type=_camera, default=None, help="webcam index (default 0), or none (with --lips voice)"
@@ -157,6 +221,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
     _add_pipeline_choice(run)
     _add_audio_options(run)
+    _add_live_options(run)
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:

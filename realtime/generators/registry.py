@@ -72,10 +72,20 @@ def default_generator(directory: Path | None = None) -> str:
     return "warp"
 
 
+def swap_warp(avatar: Avatar) -> WarpGenerator:
+    """Swap mode's warp, from the avatar's full-resolution face when it has one."""
+    if avatar.face_image is not None and avatar.face_landmarks is not None:
+        return WarpGenerator(avatar.face_image, avatar.face_landmarks, mode=Mode.SWAP)
+    return WarpGenerator(avatar.image, avatar.landmarks, mode=Mode.SWAP)
+
+
 def build_generators(name: str | None, avatar: Avatar, providers: list[str] | None = None) -> Generators:
     """Generators for both modes (the mode can be switched live)."""
     name = name or default_generator()
-    warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in Mode}
+    warps = {
+        Mode.REENACT: WarpGenerator(avatar.image, avatar.landmarks, mode=Mode.REENACT),
+        Mode.SWAP: swap_warp(avatar),
+    }
     if name == "warp":
         return Generators(by_mode=dict(warps), fallback=dict(warps))
     path = name

@@ -28,7 +28,8 @@ PALM = [0, 1, 5, 9, 13, 17]
 FINGERS = [[0, 1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20], [5, 9, 13, 17]]
 BOX_SCALE = 2.4  # the searched box: this many face widths around the face (a hand at the cheek or ear)
 SEARCH_SIZE = 256  # px: the box is scaled to at most this before the hand model sees it
-MAX_AGE_S = 0.25  # hands older than this are dropped (the hand may have left)
+MAX_AGE_S = 0.25
+LOST_AFTER_S = 2.0  # hands older than this are dropped (the hand may have left)
 
 
 class HandDetector(Stage):
@@ -73,7 +74,7 @@ class HandDetector(Stage):
 
 
 def _serve_hands(channel: Any, shm_name: str, complexity: int) -> None:
-    """Child process: accept a box (reply at once), find its hands, report them as an event."""
+    """Child process: for each box posted, find its hands and report them as an event."""
     from multiprocessing import shared_memory
 
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -81,8 +82,7 @@ def _serve_hands(channel: Any, shm_name: str, complexity: int) -> None:
         with HandDetector(complexity, tracking=False) as detector:
             channel.ready()
             for request in channel.requests():
-                shape, tag = request
-                channel.reply(True)  # the parent goes on; it writes no new box until our event
+                shape, tag = request  # posted: the parent writes no new box until our event
                 image = np.ndarray(shape, np.uint8, buffer=shm.buf)
                 try:
                     channel.notify((tag, detector.detect(image)))
@@ -232,7 +232,7 @@ class HandOccluder(Stage):
             np.copyto(np.ndarray(box.shape, np.uint8, buffer=self._shm.buf), box)
             self._tag += 1
             self._in_flight[self._tag] = (matrix, t_capture)
-            self._worker.call((box.shape, self._tag), timeout_s=1.0)
+            self._worker.post((box.shape, self._tag))
         except WorkerError as exc:
             logger.warning("hand occlusion stopped: %s", exc)
             self._failed = True
@@ -241,6 +241,8 @@ class HandOccluder(Stage):
     def _collect(self) -> None:
         if self._worker is None:
             return
+        if self._in_flight and time.monotonic() - self._last_submit > LOST_AFTER_S:
+            self._in_flight.clear()  # an answer that never came must not stop occlusion for good
         try:
             events = self._worker.events()
         except WorkerError:

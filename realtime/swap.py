@@ -216,7 +216,7 @@ class SwapCompositor:
         # so the pyramid's coarse bands average face with frame, never with garbage.
         clip3 = clip[..., None]
         front = under + (patch[:h, :w].astype(np.float32) - under) * clip3
-        front = self._relight(front, under, points, size, occ)
+        front = self._relight(front, under_u8, patch[:h, :w], clip, points, size, occ)
         front = self._match_detail(front, under_u8, patch[:h, :w], clip)
         levels = max(1, min(s.levels, int(math.log2(max(2, min(h, w)) / 8))))
         mixed = laplacian_blend(front, under, blend, levels)
@@ -227,7 +227,14 @@ class SwapCompositor:
         return out
 
     def _relight(
-        self, front: np.ndarray, under: np.ndarray, points: np.ndarray, size: float, occ: np.ndarray | None
+        self,
+        front: np.ndarray,
+        under_u8: np.ndarray,
+        patch_u8: np.ndarray,
+        clip: np.ndarray,
+        points: np.ndarray,
+        size: float,
+        occ: np.ndarray | None,
     ) -> np.ndarray:
         """The avatar's detail under the user's low-frequency shading and colour."""
         s = self.settings
@@ -241,8 +248,11 @@ class SwapCompositor:
             weight *= 1.0 - cv2.resize(occ, small, interpolation=cv2.INTER_AREA)
         if float(weight.sum()) < 4.0:
             return front
-        small_user = cv2.resize(under, small, interpolation=cv2.INTER_AREA)
-        small_avatar = cv2.resize(front, small, interpolation=cv2.INTER_AREA)
+        # Measured on small uint8 copies (cheap); ``front`` is the patch inside the jaw line.
+        small_user = cv2.resize(under_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+        small_patch = cv2.resize(patch_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+        small_clip = cv2.resize(clip, small, interpolation=cv2.INTER_AREA)[..., None]
+        small_avatar = small_user + (small_patch - small_user) * small_clip
         # Brightness follows the user's shading closely; colour only region by region, so a
         # feature the two faces don't share (lipstick, a beard's shadow) doesn't tint the skin.
         fine = (_box_mean(small_user, weight, sigma) + 1.0) / (_box_mean(small_avatar, weight, sigma) + 1.0)

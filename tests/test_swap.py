@@ -204,14 +204,11 @@ def test_an_open_mouth_avatar_closes_without_mouth_colour_on_the_chin():
     assert dark < 0.02
 
 
-@needs_media
-def test_a_real_hand_in_front_of_the_face_stays_in_front():
-    """A real hand (HaGRID photo, cut out along its landmarks) pasted over the cheek of a real
-    face clip: with occlusion its pixels survive the swap; without, the swap covers them."""
+def _hand_on_face_clip(frames_wanted: int = 4):
+    """A real hand (HaGRID photo, cut out along its landmarks) pasted over the right cheek of
+    a real face clip: the frames, the hand's pixels inside the inner face, the face."""
     from realtime.analysis import read_frames
-    from realtime.avatar import load_avatar
     from realtime.occlusion import HandDetector, hand_mask
-    from realtime.pipeline import offline_processor
 
     photo = cv2.imread(str(MEDIA / "occlusion" / "mediapipe_hagrid_call_5.jpg"))
     with HandDetector(complexity=1, tracking=False) as detector:
@@ -232,6 +229,16 @@ def test_a_real_hand_in_front_of_the_face_stays_in_front():
     clip = [(f * (1 - alpha) + pasted * alpha).astype(np.uint8) for f in frames]
     hand_pixels = (alpha[..., 0] > 0.99) & _polygon_mask(face, frames[0].shape)
     assert hand_pixels.sum() > 5000  # the premise: the hand covers a good part of the inner face
+    return clip, hand_pixels, face
+
+
+@needs_media
+def test_a_real_hand_in_front_of_the_face_stays_in_front():
+    """With occlusion the pasted hand's pixels survive the swap; without, the swap covers them."""
+    from realtime.avatar import load_avatar
+    from realtime.pipeline import offline_processor
+
+    clip, hand_pixels, _ = _hand_on_face_clip()
     avatar = load_avatar(str(MEDIA / "avatars" / "liveportrait_s42.jpg"), (1280, 720))
     diffs = {}
     for occlusion in (True, False):
@@ -244,3 +251,30 @@ def test_a_real_hand_in_front_of_the_face_stays_in_front():
         diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
     assert diffs[False].mean() > 15  # without occlusion the swap paints over the hand
     assert diffs[True].mean() < 4 and np.percentile(diffs[True], 95) < 12
+
+
+@needs_media
+def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
+    import time
+
+    from realtime.occlusion import HandOccluder
+
+    clip, hand_pixels, face = _hand_on_face_clip(1)
+    occluder = HandOccluder(isolated=True, min_interval_s=0.0)
+    try:
+        occluder.start()
+        deadline = time.monotonic() + 60.0
+        worst = 0.0
+        while occluder.latest is None or not occluder.latest.landmarks:
+            assert time.monotonic() < deadline, "no hands from the hand process within 60 s"
+            t0 = time.perf_counter()
+            occluder.update(clip[0], face, time.monotonic())
+            worst = max(worst, time.perf_counter() - t0)
+            time.sleep(0.01)
+        assert occluder._worker is not None and occluder._worker.pid is not None
+        mask = occluder.mask(clip[0].shape[:2], (0, 0), occluder.latest.t_capture, mesh.face_size(face))
+    finally:
+        occluder.close()
+    assert mask is not None and (mask[hand_pixels] > 127).mean() > 0.9
+    # Handing a box over is a copy, not a wait for the model (generous for a busy test machine).
+    assert worst < 0.25

@@ -134,11 +134,10 @@ class WarpGenerator(Stage):
 
     def _render_swap(self, target: Target, dest: np.ndarray) -> Rendered:
         background = target.frame.image
-        # Only the inner face is swapped (``realtime.swap``): warp just its box, with a margin
-        # for the blend's coarsest band.
+        # Only the inner face is swapped (``realtime.swap``): warp just its box (outside the
+        # polygon the compositor uses the frame itself).
         polygon = inner_face_polygon(dest)
-        margin = max(4, int(0.08 * mesh.face_size(dest)))
-        roi = bounding_roi(polygon, background.shape, margin=margin)
+        roi = bounding_roi(polygon, background.shape, margin=3)
         stride = _auto_stride(roi, target_cells=72)
         map_x, map_y = rasterise_map(dest, self.source_points, self.triangles, roi, stride)
         patch = cv2.remap(self.avatar_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

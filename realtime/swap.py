@@ -10,8 +10,8 @@ Everything here works on the small box around the user's face, never the whole f
 - detail: the avatar's finest band is scaled to the user's camera (a small, soft avatar
   photo on a sharp frame is sharpened; a crisp photo on a soft webcam is softened), and
   grain is added where the user's camera is noisier than the avatar can be made;
-- the user's own open mouth (teeth, tongue) and anything covering the face (a hand) are
-  cut out of the mask;
+- the user's own open mouth (teeth, tongue), their eyelids at the bottom of a blink, and
+  anything covering the face (a hand) are cut out of the mask;
 - the seam is a multi-band (Laplacian pyramid) blend, then clipped to the user's jaw line
   so no avatar skin lands outside it.
 """
@@ -79,6 +79,7 @@ class SwapSettings:
     detail_gain: tuple[float, float] = (0.5, 2.2)
     grain: bool = True
     mouth_from_user: bool = True  # the user's own open mouth (teeth, tongue) shows through
+    blinks_from_user: bool = True  # while the user's eyes close, their own eyelids show through
     inset: float = 0.05  # the blend's mask is pulled in from the jaw line by this many face sizes
     levels: int = 5  # pyramid levels at most
     smoothing: float = 0.8  # per-frame smoothing of the detail and grain estimates
@@ -129,12 +130,13 @@ class SwapCompositor:
         self.settings = settings or SwapSettings()
         self._detail_gain: float | None = None
         self._grain: float | None = None
+        self._eyes_open: float | None = None
         self._frames = 0
         self._rng = np.random.default_rng(seed)
         self._noise = self._rng.standard_normal((512, 512)).astype(np.float32)
 
     def reset(self) -> None:
-        self._detail_gain = self._grain = None
+        self._detail_gain = self._grain = self._eyes_open = None
 
     def masks(
         self, shape: tuple[int, int], landmarks: np.ndarray, origin: tuple[int, int]
@@ -204,6 +206,11 @@ class SwapCompositor:
             keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
             blend *= keep
             clip *= keep  # after the pyramid too, or its coarse bands would fill the mouth with skin
+        if s.blinks_from_user:
+            keep = self._blink_keep((h, w), points, size)
+            if keep is not None:
+                blend *= keep
+                clip *= keep
         occ = None
         if occluder is not None:
             occ = occluder[:h, :w].astype(np.float32)
@@ -225,6 +232,27 @@ class SwapCompositor:
         np.clip(mixed + 0.5, 0, 255, out=mixed)  # rounded: the frame outside the jaw comes back exact
         under_u8[:] = mixed.astype(np.uint8)
         return out
+
+    def _blink_keep(self, shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray | None:
+        """1 − how much of the user's own eyes to show: nothing while they are open as usual,
+        all of both eye regions at the bottom of a blink (a warped lid is too faint to read)."""
+        opening = mesh.eye_opening(points)
+        reference = self._eyes_open if self._eyes_open is not None else opening
+        # The usual opening: follows a wider eye at once, a narrower one only slowly.
+        self._eyes_open = max(opening, 0.98 * reference + 0.02 * opening)
+        closed = float(
+            np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0)
+        )
+        if closed <= 0.0:
+            return None
+        eyes = np.zeros(shape, np.uint8)
+        lids = max(1, int(round(0.12 * size)))
+        for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+            loop = [np.round(points[eye] * 4).astype(np.int32)]
+            cv2.fillPoly(eyes, loop, 255, cv2.LINE_AA, 2)
+            cv2.polylines(eyes, loop, True, 255, lids, cv2.LINE_AA, 2)
+        k = 2 * lids + 1
+        return 1.0 - cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
 
     def _relight(
         self,

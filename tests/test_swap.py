@@ -278,3 +278,28 @@ def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
     assert mask is not None and (mask[hand_pixels] > 127).mean() > 0.9
     # Handing a box over is a copy, not a wait for the model (generous for a busy test machine).
     assert worst < 0.25
+
+
+def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
+    image, landmarks = user
+    points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20
+    closed = points.copy()
+    for lower, upper in ((mesh.RIGHT_EYE[:9], mesh.RIGHT_EYE[9:]), (mesh.LEFT_EYE[:9], mesh.LEFT_EYE[9:])):
+        closed[upper, 1] = points[lower, 1].mean() + 1.0
+    assert mesh.eye_opening(closed) < 0.4 * mesh.eye_opening(points)
+    background = np.full((300, 300, 3), 30, np.uint8)  # the user's (dark) closed lids
+    patch = np.full((200, 200, 3), 200, np.uint8)  # the avatar's (bright) warped eyes
+    eyes = np.zeros(background.shape[:2], np.uint8)
+    for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+        cv2.fillPoly(eyes, [np.round(points[eye]).astype(np.int32)], 255)
+    eyes = eyes > 0
+    settings = dict(grain=False, detail_gain=(1.0, 1.0), relight_gain=(1.0, 1.0))
+    results = {}
+    for blinks in (True, False):
+        compositor = SwapCompositor(SwapSettings(blinks_from_user=blinks, **settings))
+        for _ in range(5):  # eyes open as usual: the avatar's eyes
+            opened = compositor.composite(background, patch, (0, 0), points)
+        results[blinks] = compositor.composite(background, patch, (0, 0), closed)
+    assert opened[eyes].mean() > 150
+    assert results[True][eyes].mean() < 60
+    assert results[False][eyes].mean() > 150

@@ -60,7 +60,8 @@ FOREHEAD, CHIN = 10, 152
 BROW_LIFT = 0.12  # the mask's top edge sits this many face sizes above the brows
 LOCAL_SHADING = (0.65, 1.5)  # the shading's local part may darken/brighten this much beyond the regional
 COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wider than shading
-DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
+DETAIL_EVERY = 4
+MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)  # the camera's sharpness and grain are re-measured every this many frames
 
 
 def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:
@@ -111,12 +112,14 @@ def laplacian_blend(front: np.ndarray, back: np.ndarray, mask: np.ndarray, level
     return back + out
 
 
-def _fine_energy(image: np.ndarray, where: np.ndarray) -> float:
-    """Mean absolute 3x3 Laplacian of the grey image where ``where``: sharpness plus noise."""
+def _fine_energy(image: np.ndarray, where: np.ndarray, median: bool = False) -> float:
+    """Mean (or median) absolute 3x3 Laplacian of the grey image where ``where``: sharpness
+    plus noise (the median: mostly noise)."""
     if not where.any():
         return 0.0
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return float(np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=1))[where].mean())
+    response = np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=1))[where]
+    return float(np.median(response)) if median else float(response.mean())
 
 
 class SwapCompositor:
@@ -306,7 +309,14 @@ class SwapCompositor:
             e_user = _fine_energy(under_u8, skin)
             if e_avatar > 1e-3 and e_user > 1e-3:
                 gain = float(np.clip(e_user / e_avatar, *s.detail_gain))
-                missing = math.sqrt(max(0.0, e_user**2 - (gain * e_avatar) ** 2)) if s.grain else 0.0
+                # Grain from the median response (edges and texture are sparse, noise is everywhere),
+                # scaled back to the mean's units.
+                n_user, n_avatar = (
+                    _fine_energy(under_u8, skin, median=True),
+                    _fine_energy(patch_u8, skin, median=True),
+                )
+                missing = math.sqrt(max(0.0, n_user**2 - (gain * n_avatar) ** 2)) * MEAN_PER_MEDIAN
+                missing = missing if s.grain else 0.0
                 a = s.smoothing if self._detail_gain is not None else 0.0
                 self._detail_gain = a * (self._detail_gain or 0.0) + (1 - a) * gain
                 self._grain = a * (self._grain or 0.0) + (1 - a) * missing

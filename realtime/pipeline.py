@@ -93,6 +93,14 @@ class FrameProcessor(Stage):
             return image
         return cv2.resize(image, self.output_size, interpolation=cv2.INTER_AREA)
 
+    def _fit_camera(self, image: np.ndarray) -> np.ndarray:
+        """A camera frame at the output size, every frame: bilinear below a 2x reduction (a
+        1080p camera to 720p costs about 1.5 ms instead of area averaging's 4-9), area above."""
+        factor = image.shape[1] / self.output_size[0]
+        if factor < 1.0 or factor >= 2.0:
+            return self._fit(image)
+        return cv2.resize(image, self.output_size, interpolation=cv2.INTER_LINEAR)
+
     def neutral_image(self) -> np.ndarray:
         """The avatar in its neutral pose: what the sinks show before the first frame."""
         return self._neutral
@@ -113,7 +121,7 @@ class FrameProcessor(Stage):
             self.controls.mode is Mode.SWAP
             and (frame.image.shape[1], frame.image.shape[0]) != self.output_size
         ):
-            frame = replace(frame, image=self._fit(frame.image))
+            frame = replace(frame, image=self._fit_camera(frame.image))
         track, ms = self._timed("track", lambda: self.tracker.process(frame))
         track.stage_ms["track"] = ms
         return track

@@ -237,6 +237,9 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         else None,
         "mouth_r": round(pearson(np.array(mouth_in), np.array(mouth_out)), 3),
         "blink_r": round(pearson(np.array(eyes_in), np.array(eyes_out)), 3),
+        # Frames where the user's eyes are at most 60% as open as usual: 0 means the clip has
+        # no blink, and blink_r only follows small lid movements.
+        "input_blink_frames": int(np.sum(np.array(eyes_in) < 0.6 * np.median(eyes_in))) if eyes_in else 0,
         "seam": round(float(np.median(seams)), 3) if seams else None,
         "flicker": round(float(np.mean(flicker)), 5) if flicker else None,
         "render_ms": round(float(np.median(render_ms)), 2),
@@ -267,6 +270,18 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     cv2.putText(image, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return image
+
+
+def interleave(sheets: list[np.ndarray], cell: int = CROP.size) -> np.ndarray:
+    """Runs' sheets (rows: avatar, then input/output per frame) as one: avatar, then per frame
+    the input and each run's output side by side."""
+    first = sheets[0]
+    columns = [first[:, :cell]]
+    for k in range((first.shape[1] // cell - 1) // 2):
+        start = cell * (1 + 2 * k)
+        columns.append(first[:, start : start + cell])
+        columns += [sheet[:, start + cell : start + 2 * cell] for sheet in sheets]
+    return np.concatenate(columns, axis=1)
 
 
 def write_table(runs: dict[str, dict]) -> str:
@@ -310,12 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             sheets = [
                 cv2.imread(r["sheet"]) for r in runs.values() if r.get("sheet") and Path(r["sheet"]).exists()
             ]
-            if sheets:
-                width = max(s.shape[1] for s in sheets)
-                sheets = [
-                    np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in sheets
-                ]
-                cv2.imwrite(args.sheet, np.concatenate(sheets, axis=1))
+            if len(sheets) == len(runs) and len({sh.shape for sh in sheets}) == 1:
+                cv2.imwrite(args.sheet, interleave(sheets), [cv2.IMWRITE_JPEG_QUALITY, 85])
         return 0
     if not MEDIA.is_dir():
         print(f"needs ../shared/media ({MEDIA} not found)", file=sys.stderr)

@@ -59,7 +59,11 @@ BROWS = [300, 293, 334, 296, 336, 107, 66, 105, 63, 70]
 FOREHEAD, CHIN = 10, 152
 BROW_LIFT = 0.12  # the mask's top edge sits this many face sizes above the brows
 LOCAL_SHADING = (0.65, 1.5)  # the shading's local part may darken/brighten this much beyond the regional
-COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wider than shading
+COLOUR_SIGMA_FACTOR = 2.5
+DETAIL_GAIN = (
+    0.7,
+    1.4,
+)  # how far relighting may scale the avatar's detail (the rest is an offset)  # colour is matched over regions this many times wider than shading
 DETAIL_EVERY = 4
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)  # the camera's sharpness and grain are re-measured every this many frames
 
@@ -286,16 +290,25 @@ class SwapCompositor:
         small_avatar = small_user + (small_patch - small_user) * small_clip
         # Brightness follows the user's shading closely; colour only region by region, so a
         # feature the two faces don't share (lipstick, a beard's shadow) doesn't tint the skin.
-        fine = (_box_mean(small_user, weight, sigma) + 1.0) / (_box_mean(small_avatar, weight, sigma) + 1.0)
+        low_avatar = _box_mean(small_avatar, weight, sigma)
+        fine = (_box_mean(small_user, weight, sigma) + 1.0) / (low_avatar + 1.0)
         coarse_sigma = sigma * COLOUR_SIGMA_FACTOR
         coarse = (_box_mean(small_user, weight, coarse_sigma) + 1.0) / (
             _box_mean(small_avatar, weight, coarse_sigma) + 1.0
         )
         luma = np.array([0.114, 0.587, 0.299], np.float32)
         local = np.clip((fine @ luma) / np.maximum(coarse @ luma, 1e-3), *LOCAL_SHADING)
-        ratio = coarse * local[..., None]
-        ratio = np.clip(ratio, *s.relight_gain)
-        return front * cv2.resize(ratio, (w, h), interpolation=cv2.INTER_LINEAR)
+        ratio = np.clip(coarse * local[..., None], *s.relight_gain)
+        # Light scales the avatar's detail; a skin tone far from the user's is not light, so
+        # past DETAIL_GAIN the rest of the change is added (low-frequency), not multiplied: a
+        # dark avatar on a light face would otherwise get its texture, and every jitter of it,
+        # several times stronger.
+        gain = np.clip(ratio, *DETAIL_GAIN)
+        offset = (low_avatar + 1.0) * (ratio - gain)
+        size_full = (w, h)
+        return front * cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR) + cv2.resize(
+            offset, size_full, interpolation=cv2.INTER_LINEAR
+        )
 
     def _match_detail(
         self, front: np.ndarray, under_u8: np.ndarray, patch_u8: np.ndarray, clip: np.ndarray

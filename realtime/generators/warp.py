@@ -83,6 +83,12 @@ class WarpGenerator(Stage):
         else:
             self.source_points = self.avatar_points
             self.triangles = mesh.face_triangles()
+            # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
+            # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
+            self._levels = [(avatar_image, self.avatar_points)]
+            while mesh.face_size(self._levels[-1][1]) > 48 and min(self._levels[-1][0].shape[:2]) > 32:
+                image, points = self._levels[-1]
+                self._levels.append((cv2.pyrDown(image), (points + 0.5) / 2.0 - 0.5))
 
     def _outer_triangles(self, oval: np.ndarray) -> np.ndarray:
         """Delaunay triangles between the face oval and the rings/frame, outside the face."""
@@ -139,8 +145,13 @@ class WarpGenerator(Stage):
         polygon = inner_face_polygon(dest)
         roi = bounding_roi(polygon, background.shape, margin=3)
         stride = _auto_stride(roi, target_cells=72)
-        map_x, map_y = rasterise_map(dest, self.source_points, self.triangles, roi, stride)
-        patch = cv2.remap(self.avatar_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        drawn = mesh.face_size(dest)
+        level = 0
+        while level + 1 < len(self._levels) and mesh.face_size(self._levels[level + 1][1]) >= drawn:
+            level += 1
+        source_image, source_points = self._levels[level]
+        map_x, map_y = rasterise_map(dest, source_points, self.triangles, roi, stride)
+        patch = cv2.remap(source_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mask = np.zeros(patch.shape[:2], np.uint8)
         cv2.fillPoly(mask, [np.round(polygon - roi[:2]).astype(np.int32)], 255)
         return Rendered(

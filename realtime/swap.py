@@ -58,14 +58,14 @@ JAW = [
 BROWS = [300, 293, 334, 296, 336, 107, 66, 105, 63, 70]
 FOREHEAD, CHIN = 10, 152
 BROW_LIFT = 0.12  # the mask's top edge sits this many face sizes above the brows
-LOCAL_SHADING = (0.65, 1.5)  # the shading's local part may darken/brighten this much beyond the regional
-COLOUR_SIGMA_FACTOR = 2.5
-DETAIL_GAIN = (
-    0.7,
-    1.4,
-)  # how far relighting may scale the avatar's detail (the rest is an offset)  # colour is matched over regions this many times wider than shading
-DETAIL_EVERY = 4
-MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)  # the camera's sharpness and grain are re-measured every this many frames
+# The shading's local part may darken/brighten this much beyond the regional one.
+LOCAL_SHADING = (0.65, 1.5)
+COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wider than shading
+# Relighting may darken the avatar's detail freely but amplify it only this much (the rest of a
+# brighter skin tone is added as an offset).
+DETAIL_GAIN = (0.12, 1.4)
+DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
+MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
 def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:

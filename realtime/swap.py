@@ -63,7 +63,7 @@ LOCAL_SHADING = (0.65, 1.5)
 COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wider than shading
 # Relighting may darken the avatar's detail freely but amplify it only this much (the rest of a
 # brighter skin tone is added as an offset).
-DETAIL_GAIN = (0.12, 1.4)
+DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 

@@ -27,6 +27,10 @@ class Avatar:
     image: np.ndarray  # BGR canvas
     landmarks: np.ndarray  # (478, 3) in canvas pixels
     source: str
+    # Swap mode's source: the face cut from the original image at its own resolution (at most
+    # SWAP_FACE_SIZE between the eyes), so fitting a large photo to the canvas does not blur it.
+    face_image: np.ndarray | None = None
+    face_landmarks: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -58,7 +62,46 @@ def make_avatar(image: np.ndarray, size: tuple[int, int] | None, source: str) ->
         raise UserError(
             f"the face in avatar {source} is too small ({mesh.face_size(landmarks):.0f}px between the eyes)"
         )
-    return Avatar(image=canvas, landmarks=landmarks.astype(np.float32), source=source)
+    face_image, face_landmarks = _face_at_full_resolution(image, canvas, landmarks)
+    return Avatar(
+        image=canvas,
+        landmarks=landmarks.astype(np.float32),
+        source=source,
+        face_image=face_image,
+        face_landmarks=face_landmarks,
+    )
+
+
+SWAP_FACE_SIZE = 160.0  # px between the outer eye corners: sharper than any face in a 720p frame
+
+
+def _face_at_full_resolution(
+    image: np.ndarray, canvas: np.ndarray, landmarks: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The face box of the original image, with the canvas landmarks mapped onto it; None when
+    the canvas is already as sharp as the original."""
+    h, w = image.shape[:2]
+    ch, cw = canvas.shape[:2]
+    scale = min(cw / w, ch / h)
+    if scale >= 0.999:
+        return None, None
+    ox, oy = (cw - round(w * scale)) // 2, (ch - round(h * scale)) // 2
+    points = landmarks.astype(np.float64).copy()
+    points[:, :2] = (points[:, :2] - [ox, oy]) / scale
+    points[:, 2] /= scale
+    size = mesh.face_size(points)
+    x0, y0 = np.floor(points[:, :2].min(axis=0) - 0.3 * size).astype(int)
+    x1, y1 = np.ceil(points[:, :2].max(axis=0) + 0.3 * size).astype(int)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    face = image[y0:y1, x0:x1]
+    points[:, :2] -= [x0, y0]
+    shrink = min(1.0, SWAP_FACE_SIZE / size)
+    if shrink < 1.0:
+        face = cv2.resize(face, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+        points *= shrink
+    if shrink * 1.0 / scale < 1.2:  # hardly sharper than the canvas: not worth a second image
+        return None, None
+    return np.ascontiguousarray(face), points.astype(np.float32)
 
 
 def _find_face_in_original(image: np.ndarray, canvas: np.ndarray) -> np.ndarray | None:

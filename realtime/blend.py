@@ -1,4 +1,6 @@
-"""Blend stage: colour-match the rendered patch to what it covers, paste it back feathered."""
+"""Blend stage: paste the rendered patch back; swap-mode patches go through ``realtime.swap``
+(relit, camera-matched, multi-band blended inside the jaw line), others are colour-matched and
+feathered."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import numpy as np
 
 from realtime.frames import Rendered
 from realtime.stages import Stage
+from realtime.swap import SwapCompositor, SwapSettings
 
 
 def match_colour(patch: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -31,10 +34,17 @@ def match_colour(patch: np.ndarray, reference: np.ndarray, weight: np.ndarray) -
 class Blender(Stage):
     """``process(rendered) -> image``: the rendered patch pasted onto its background."""
 
+    def __init__(self, swap: SwapSettings | None = None) -> None:
+        self.compositor = SwapCompositor(swap)
+
     def process(self, rendered: Rendered) -> np.ndarray:
         background = rendered.background
         if background is None:
             raise ValueError("rendered patch has no background to paste onto")
+        if rendered.driver_landmarks is not None:
+            return self.compositor.composite(
+                background, rendered.patch, rendered.origin, rendered.driver_landmarks, rendered.occluder
+            )
         out = background.copy()
         x0, y0 = rendered.origin
         patch = rendered.patch

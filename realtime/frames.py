@@ -81,6 +81,10 @@ class Rendered:
     colour_match: bool = False
     background: np.ndarray | None = None
     generator: str = "warp"
+    # Swap mode: the user's landmarks (478, 2) in frame pixels, which shape the composite
+    # (``realtime.swap``), and what covers the face over the patch's box (a hand), if known.
+    driver_landmarks: np.ndarray | None = None
+    occluder: np.ndarray | None = None
 
 
 @dataclass

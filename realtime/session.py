@@ -70,6 +70,7 @@ class PipelineConfig:
     tuning: Tuning = field(default_factory=Tuning)
     refiner: bool | None = None
     record_dir: str = "."
+    occlusion: bool = True  # swap mode: hands in front of the face stay in front
 
 
 def audio_config(
@@ -124,8 +125,15 @@ def make_processor(
         config.generator, avatar, list(config.providers) if config.providers else None, live=live
     )
     size = driver_size if config.mode is Mode.SWAP and driver_size and not output_size else avatar.size
+    from realtime.occlusion import HandOccluder
+
     controls = Controls(mode=config.mode)
-    return FrameProcessor(avatar, generators, FaceTracker(isolated=live), controls, Metrics(), size)
+    occlusion = HandOccluder(isolated=live) if config.occlusion else None
+    if occlusion is not None and config.mode is Mode.SWAP:
+        occlusion.start()  # loads while the stream starts
+    return FrameProcessor(
+        avatar, generators, FaceTracker(isolated=live), controls, Metrics(), size, occlusion=occlusion
+    )
 
 
 def generator_info(processor: FrameProcessor) -> tuple[str, str]:

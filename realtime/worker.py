@@ -281,6 +281,19 @@ class ChildWorker(Stage):
                 return value
             raise WorkerError(f"the {self.name} process did not answer within {timeout_s:.1f} s")
 
+    def post(self, request: Any) -> None:
+        """Send ``request`` without waiting; the child answers with ``notify`` (its reply, if
+        any, is dropped). ``WorkerError`` if the child has gone."""
+        with self._lock:
+            if self._conn is None:
+                raise WorkerError(f"the {self.name} process is not running")
+            self._next_id += 1
+            try:
+                self._conn.send(("call", self._next_id, request))
+            except (OSError, ValueError) as exc:
+                self._gone()
+                raise WorkerError(f"the {self.name} process has gone: {exc}") from exc
+
     def events(self) -> list[Any]:
         """What the child reported with ``notify`` since the last look; never blocks.
 

@@ -36,6 +36,7 @@ def pipeline_config(args: argparse.Namespace, **fields):
         generator=args.generator,
         providers=tuple(args.provider) if args.provider else None,
         size=args.size,
+        occlusion=not getattr(args, "no_occlusion", False),
         **fields,
     )
 

@@ -71,6 +71,11 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         help="onnxruntime execution provider to prefer (repeatable)",
     )
     p.add_argument("--size", type=_size, default=None, help="output WxH")
+    p.add_argument(
+        "--no-occlusion",
+        action="store_true",
+        help="swap mode: don't look for hands in front of the face (saves the hand model's CPU)",
+    )
 
 
 def _add_audio_options(p: argparse.ArgumentParser) -> None:

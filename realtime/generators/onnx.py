@@ -365,6 +365,8 @@ class OnnxRefinerGenerator(Stage):
             colour_match=base.colour_match,
             background=base.background,
             generator=self.name,
+            driver_landmarks=base.driver_landmarks,
+            occluder=base.occluder,
         )
 
 

@@ -78,6 +78,13 @@ def default_generator(directory: Path | None = None) -> str:
     return "warp"
 
 
+def swap_warp(avatar: Avatar) -> WarpGenerator:
+    """Swap mode's warp, from the avatar's full-resolution face when it has one."""
+    if avatar.face_image is not None and avatar.face_landmarks is not None:
+        return WarpGenerator(avatar.face_image, avatar.face_landmarks, mode=Mode.SWAP)
+    return WarpGenerator(avatar.image, avatar.landmarks, mode=Mode.SWAP)
+
+
 def build_generators(
     name: str | None, avatar: Avatar, providers: list[str] | None = None, live: bool = True
 ) -> Generators:
@@ -86,7 +93,10 @@ def build_generators(
     ``live``: a remote generator (``triton://``) gives each frame only its share of the frame
     budget; offline it waits for every answer."""
     name = name or default_generator()
-    warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in Mode}
+    warps = {
+        Mode.REENACT: WarpGenerator(avatar.image, avatar.landmarks, mode=Mode.REENACT),
+        Mode.SWAP: swap_warp(avatar),
+    }
     from realtime.generators.remote import build_remote, is_remote, parse_address
 
     if is_remote(name):

@@ -7,7 +7,8 @@ fixed, so the background stays still. When the mouth opens wider than the avatar
 a mouth interior (cavity and teeth) is painted in.
 
 Swap: the same face triangles map the avatar's face onto the user's landmarks in the
-user's own frame; the blend stage pastes it with a feathered mask.
+user's own frame, in the box of the inner face; the blend stage composites it
+(``realtime.swap``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from realtime import mesh
 from realtime.frames import Mode, Rendered, Target
 from realtime.generators.piecewise import bounding_roi, rasterise_map
 from realtime.stages import Stage
+from realtime.swap import inner_face_polygon
 
 INNER_RING_SCALE = 1.35  # inner anchor ring: this many times the face oval, from its centre
 OUTER_RING_SCALE = 2.3
@@ -81,6 +83,12 @@ class WarpGenerator(Stage):
         else:
             self.source_points = self.avatar_points
             self.triangles = mesh.face_triangles()
+            # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
+            # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
+            self._levels = [(avatar_image, self.avatar_points)]
+            while mesh.face_size(self._levels[-1][1]) > 48 and min(self._levels[-1][0].shape[:2]) > 32:
+                image, points = self._levels[-1]
+                self._levels.append((cv2.pyrDown(image), (points + 0.5) / 2.0 - 0.5))
 
     def _outer_triangles(self, oval: np.ndarray) -> np.ndarray:
         """Delaunay triangles between the face oval and the rings/frame, outside the face."""
@@ -132,25 +140,28 @@ class WarpGenerator(Stage):
 
     def _render_swap(self, target: Target, dest: np.ndarray) -> Rendered:
         background = target.frame.image
-        roi = bounding_roi(dest, background.shape, margin=4)
-        patch = self._warp(dest, roi)
-        self._fill_mouth(patch, dest, roi)
-        origin = np.array(roi[:2], np.float64)
+        # Only the inner face is swapped (``realtime.swap``): warp just its box (outside the
+        # polygon the compositor uses the frame itself).
+        polygon = inner_face_polygon(dest)
+        roi = bounding_roi(polygon, background.shape, margin=3)
+        stride = _auto_stride(roi, target_cells=72)
+        drawn = mesh.face_size(dest)
+        level = 0
+        while level + 1 < len(self._levels) and mesh.face_size(self._levels[level + 1][1]) >= drawn:
+            level += 1
+        source_image, source_points = self._levels[level]
+        map_x, map_y = rasterise_map(dest, source_points, self.triangles, roi, stride)
+        patch = cv2.remap(source_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mask = np.zeros(patch.shape[:2], np.uint8)
-        cv2.fillPoly(mask, [np.round(dest[mesh.face_oval()] - origin).astype(np.int32)], 255)
-        size = mesh.face_size(dest)
-        # Feather inside the face outline so no avatar skin spills past the user's jaw.
-        erode = max(1, int(size * 0.06))
-        inner = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1,) * 2))
-        soft = cv2.GaussianBlur(inner.astype(np.float32) / 255.0, (0, 0), max(1.0, size * 0.05))
-        soft *= mask > 0  # the blur's tail must not reach past the outline either
+        cv2.fillPoly(mask, [np.round(polygon - roi[:2]).astype(np.int32)], 255)
         return Rendered(
             frame=target.frame,
             patch=patch,
-            mask=soft,
+            mask=mask.astype(np.float32) / 255.0,
             origin=roi[:2],
             colour_match=True,
             background=background,
+            driver_landmarks=dest[: mesh.NUM_LANDMARKS],
         )
 
     @staticmethod

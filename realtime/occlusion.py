@@ -1,0 +1,275 @@
+"""Occlusion for swap mode: hands in front of the face stay in front.
+
+mediapipe's hand landmarker (``mp.solutions.hands``, shipped inside the 0.10.21 wheel) runs
+on the box around the face, small, in its own process and off the frame's critical path:
+each frame hands the newest face box over (when the child is free) and takes the newest
+hands back, so the render thread never waits for it. The hands are drawn as a mask (palm
+polygon and thick finger bones), widened by how far a hand may have moved since its frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+from realtime.stages import Stage
+from realtime.worker import ChildWorker, WorkerError
+
+logger = logging.getLogger(__name__)
+
+PALM = [0, 1, 5, 9, 13, 17]
+FINGERS = [[0, 1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20], [5, 9, 13, 17]]
+BOX_SCALE = 2.4  # the searched box: this many face widths around the face (a hand at the cheek or ear)
+SEARCH_SIZE = 256  # px: the box is scaled to at most this before the hand model sees it
+MAX_AGE_S = 0.25
+LOST_AFTER_S = 2.0  # hands older than this are dropped (the hand may have left)
+
+
+class HandDetector(Stage):
+    """``detect(bgr) -> [(21, 2) pixels]`` with mediapipe's hands in this process."""
+
+    def __init__(self, complexity: int = 0, tracking: bool = True, min_confidence: float = 0.5) -> None:
+        self.complexity = complexity
+        self.tracking = tracking
+        self.min_confidence = min_confidence
+        self._hands: Any = None
+
+    def open(self) -> HandDetector:
+        if self._hands is None:
+            import mediapipe as mp
+
+            from realtime.native import quiet_native_stderr
+
+            with quiet_native_stderr():
+                self._hands = mp.solutions.hands.Hands(
+                    static_image_mode=not self.tracking,
+                    max_num_hands=2,
+                    model_complexity=self.complexity,
+                    min_detection_confidence=self.min_confidence,
+                    min_tracking_confidence=0.5,
+                )
+                self._hands.process(np.zeros((64, 64, 3), np.uint8))
+        return self
+
+    def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
+        self.open()
+        result = self._hands.process(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+        h, w = image_bgr.shape[:2]
+        return [
+            np.array([(p.x * w, p.y * h) for p in hand.landmark], np.float32)
+            for hand in result.multi_hand_landmarks or []
+        ]
+
+    def close(self) -> None:
+        if self._hands is not None:
+            self._hands.close()
+            self._hands = None
+
+
+def _serve_hands(channel: Any, shm_name: str, complexity: int) -> None:
+    """Child process: for each box posted, find its hands and report them as an event."""
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        with HandDetector(complexity, tracking=False) as detector:
+            channel.ready()
+            for request in channel.requests():
+                shape, tag = request  # posted: the parent writes no new box until our event
+                image = np.ndarray(shape, np.uint8, buffer=shm.buf)
+                try:
+                    channel.notify((tag, detector.detect(image)))
+                except Exception as exc:  # one bad frame: no hands for it
+                    channel.notify((tag, []))
+                    logging.getLogger(__name__).debug("hand detection failed: %s", exc)
+    finally:
+        shm.close()
+
+
+@dataclass
+class Hands:
+    """Hands found in a frame: landmarks (21, 2) in frame pixels, and that frame's capture time."""
+
+    landmarks: list[np.ndarray]
+    t_capture: float
+
+
+def hand_mask(
+    hands: list[np.ndarray], shape: tuple[int, int], origin: tuple[int, int], grow: float
+) -> np.ndarray:
+    """uint8 mask over a box of ``shape`` at ``origin``: each hand's palm and fingers, grown by ``grow`` px."""
+    mask = np.zeros(shape, np.uint8)
+    for hand in hands:
+        points = hand - origin
+        palm_width = float(np.linalg.norm(points[5] - points[17])) + 1e-6
+        thick = max(3, int(round(0.45 * palm_width + 2 * grow)))
+        cv2.fillPoly(mask, [np.round(points[PALM]).astype(np.int32)], 255)
+        for chain in FINGERS:
+            cv2.polylines(mask, [np.round(points[chain]).astype(np.int32)], False, 255, thickness=thick)
+        if grow >= 1:
+            k = 2 * int(grow) + 1
+            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return cv2.GaussianBlur(mask, (5, 5), 0) if mask.any() else mask
+
+
+class HandOccluder(Stage):
+    """``update(frame, face_landmarks)`` then ``mask(shape, origin)``: what hands cover.
+
+    ``isolated=False`` runs the model in this thread, synchronously (tests and offline
+    evaluation, where every frame gets its own hands); the live path isolates it.
+    """
+
+    def __init__(self, isolated: bool = True, complexity: int = 1, min_interval_s: float = 0.1) -> None:
+        self.isolated = isolated
+        # Complexity 0 misses hands against a face; 1 finds them (both ship in the wheel).
+        self.complexity = complexity
+        # Live, the model runs at most this often: it costs about a frame of CPU, on the other core.
+        self.min_interval_s = min_interval_s
+        self._last_submit = -1e9
+        self._worker: ChildWorker | None = None
+        self._local: HandDetector | None = None
+        self._shm: Any = None
+        self._capacity = SEARCH_SIZE * SEARCH_SIZE * 3
+        self._in_flight: dict[int, tuple[np.ndarray, float]] = {}
+        self._tag = 0
+        self._failed = False
+        self._starting: threading.Thread | None = None
+        self.latest: Hands | None = None
+
+    def start(self) -> None:
+        """Open in the background (the child takes a second or two to load mediapipe); frames
+        before it is ready go without occlusion rather than wait."""
+        if self._starting is None and self.isolated:
+            self._starting = threading.Thread(target=self.open, name="hands-start", daemon=True)
+            self._starting.start()
+
+    @property
+    def ready(self) -> bool:
+        if not self.isolated:
+            return True
+        return self._starting is not None and not self._starting.is_alive() and self._worker is not None
+
+    def open(self) -> HandOccluder:
+        if self.isolated and self._worker is None and not self._failed:
+            from multiprocessing import shared_memory
+
+            self._shm = shared_memory.SharedMemory(create=True, size=self._capacity)
+            self._worker = ChildWorker(
+                _serve_hands, (self._shm.name, self.complexity), name="hands", start_timeout_s=60.0
+            )
+            try:
+                self._worker.open()
+            except WorkerError as exc:  # no occlusion rather than no stream
+                logger.warning("hand occlusion is off: %s", exc)
+                self._failed = True
+                self.close()
+        elif not self.isolated and self._local is None:
+            self._local = HandDetector(self.complexity, tracking=False).open()
+        return self
+
+    def close(self) -> None:
+        if self._starting is not None and self._starting.is_alive():
+            self._starting.join()
+        self._starting = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        self._in_flight.clear()
+
+    @staticmethod
+    def search_box(image_shape: tuple[int, ...], face: np.ndarray) -> tuple[np.ndarray, float]:
+        """The box around the face to search, as a frame→box affine (2x3) and its scale."""
+        points = face[:, :2]
+        centre = points[mesh.face_oval()].mean(axis=0)
+        side = BOX_SCALE * float(np.ptp(points[mesh.face_oval(), 0]))
+        scale = min(1.0, SEARCH_SIZE / max(side, 1.0))
+        x0, y0 = centre - side / 2
+        return np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float32), scale
+
+    def update(self, image: np.ndarray, face: np.ndarray | None, t_capture: float) -> None:
+        """Hand this frame's face box to the model if it is free; collect what it found."""
+        if face is None or self._failed:
+            self._collect()
+            return
+        if self.isolated and not self.ready:
+            self.start()
+            return
+        if self.isolated and (self._in_flight or time.monotonic() - self._last_submit < self.min_interval_s):
+            self._collect()
+            return
+        if not self.isolated:
+            self.open()
+        matrix, scale = self.search_box(image.shape, face)
+        side = int(round(BOX_SCALE * float(np.ptp(face[mesh.face_oval(), 0])) * scale))
+        side = max(16, min(side, SEARCH_SIZE))
+        box = cv2.warpAffine(
+            image, matrix, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
+        if not self.isolated:
+            assert self._local is not None
+            self.latest = Hands(self._to_frame(self._local.detect(box), matrix), t_capture)
+            return
+        self._collect()
+        now = time.monotonic()
+        if self._in_flight or self._worker is None or now - self._last_submit < self.min_interval_s:
+            return
+        self._last_submit = now
+        try:
+            np.copyto(np.ndarray(box.shape, np.uint8, buffer=self._shm.buf), box)
+            self._tag += 1
+            self._in_flight[self._tag] = (matrix, t_capture)
+            self._worker.post((box.shape, self._tag))
+        except WorkerError as exc:
+            logger.warning("hand occlusion stopped: %s", exc)
+            self._failed = True
+            self.close()
+
+    def _collect(self) -> None:
+        if self._worker is None:
+            return
+        if self._in_flight and time.monotonic() - self._last_submit > LOST_AFTER_S:
+            self._in_flight.clear()  # an answer that never came must not stop occlusion for good
+        try:
+            events = self._worker.events()
+        except WorkerError:
+            self._in_flight.clear()
+            return
+        for tag, hands in events:
+            matrix, t_capture = self._in_flight.pop(tag, (None, 0.0))
+            if matrix is not None:
+                self.latest = Hands(self._to_frame(hands, matrix), t_capture)
+
+    @staticmethod
+    def _to_frame(hands: list[np.ndarray], matrix: np.ndarray) -> list[np.ndarray]:
+        inverse = cv2.invertAffineTransform(matrix)
+        return [hand @ inverse[:, :2].T + inverse[:, 2] for hand in hands]
+
+    def mask(
+        self, shape: tuple[int, int], origin: tuple[int, int], t_capture: float, face_size: float
+    ) -> np.ndarray | None:
+        """The hands over a box of ``shape`` at ``origin`` (None when there are none), grown by
+        how far they may have moved since their frame."""
+        hands = self.latest
+        if hands is None or not hands.landmarks:
+            return None
+        age = max(0.0, t_capture - hands.t_capture)
+        if age > MAX_AGE_S:
+            return None
+        # A hand moves up to about two face widths a second; a face width is ~2.2 face sizes.
+        grow = 0.04 * face_size + age * 4.0 * face_size
+        mask = hand_mask(hands.landmarks, shape, origin, grow)
+        return mask if mask.any() else None

@@ -1,0 +1,355 @@
+"""Swap-mode compositing: the avatar's inner face on the user's, relit and blended in the face's box.
+
+Everything here works on the small box around the user's face, never the whole frame:
+
+- the mask is the user's *inner* face (jaw line, cheeks, up to just above the brows) drawn
+  from the user's landmarks every frame, so hair, ears, forehead top and neck stay theirs;
+- relighting: the avatar keeps its detail, but its low frequencies (shading and colour,
+  region by region) are replaced by the user's, measured with a mask-normalised blur at
+  low resolution;
+- detail: the avatar's finest band is scaled to the user's camera (a small, soft avatar
+  photo on a sharp frame is sharpened; a crisp photo on a soft webcam is softened), and
+  grain is added where the user's camera is noisier than the avatar can be made;
+- the user's own open mouth (teeth, tongue), their eyelids at the bottom of a blink, and
+  anything covering the face (a hand) are cut out of the mask;
+- the seam is a multi-band (Laplacian pyramid) blend, then clipped to the user's jaw line
+  so no avatar skin lands outside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime import mesh
+
+# The jaw line, temple to temple through the chin (a run of mediapipe's face oval).
+JAW = [
+    162,
+    127,
+    234,
+    93,
+    132,
+    58,
+    172,
+    136,
+    150,
+    149,
+    176,
+    148,
+    152,
+    377,
+    400,
+    378,
+    379,
+    365,
+    397,
+    288,
+    361,
+    323,
+    454,
+    356,
+    389,
+]
+# The top of the brows, image right to image left (continuing the jaw's loop).
+BROWS = [300, 293, 334, 296, 336, 107, 66, 105, 63, 70]
+FOREHEAD, CHIN = 10, 152
+BROW_LIFT = 0.12  # the mask's top edge sits this many face sizes above the brows
+# The shading's local part may darken/brighten this much beyond the regional one.
+LOCAL_SHADING = (0.65, 1.5)
+COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wider than shading
+# Relighting may darken the avatar's detail freely but amplify it only this much (the rest of a
+# brighter skin tone is added as an offset).
+DETAIL_GAIN = (0.12, 2.2)
+DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
+MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
+
+
+def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:
+    """(35, 2) loop around brows, eyes, nose, mouth, cheeks and chin, inside the jaw line."""
+    points = landmarks[:, :2].astype(np.float64)
+    up = points[FOREHEAD] - points[CHIN]
+    up /= np.linalg.norm(up) + 1e-9
+    brows = points[BROWS] + up * BROW_LIFT * mesh.face_size(points)
+    return np.concatenate([points[JAW], brows])
+
+
+@dataclass
+class SwapSettings:
+    relight_sigma: float = 0.3  # low-pass of the shading transfer, in face sizes
+    relight_gain: tuple[float, float] = (0.12, 5.0)  # how far shading may darken / brighten
+    detail_gain: tuple[float, float] = (0.5, 2.2)
+    grain: bool = True
+    mouth_from_user: bool = True  # the user's own open mouth (teeth, tongue) shows through
+    blinks_from_user: bool = True  # while the user's eyes close, their own eyelids show through
+    inset: float = 0.05  # the blend's mask is pulled in from the jaw line by this many face sizes
+    levels: int = 5  # pyramid levels at most
+    smoothing: float = 0.8  # per-frame smoothing of the detail and grain estimates
+
+
+def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Mask-normalised Gaussian blur: the local mean of ``image`` where ``weight`` > 0."""
+    w = cv2.GaussianBlur(weight, (0, 0), sigma)
+    num = cv2.GaussianBlur(image * weight[..., None], (0, 0), sigma)
+    return num / np.maximum(w, 1e-4)[..., None]
+
+
+def laplacian_blend(front: np.ndarray, back: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """Multi-band blend (Burt & Adelson): each band of ``front`` over ``back`` under the mask
+    at that band's scale, so fine detail switches sharply and shading changes gently.
+
+    Bands are linear, so ``m·band(front) + (1-m)·band(back) = band(back) + m·band(front-back)``:
+    one pyramid of the difference does the work of two.
+    """
+    g_diff, g_mask = [front - back], [mask]
+    for _ in range(levels):
+        g_diff.append(cv2.pyrDown(g_diff[-1]))
+        g_mask.append(cv2.pyrDown(g_mask[-1]))
+    out = g_diff[-1] * g_mask[-1][..., None]
+    for level in range(levels - 1, -1, -1):
+        size = (g_diff[level].shape[1], g_diff[level].shape[0])
+        band = g_diff[level] - cv2.pyrUp(g_diff[level + 1], dstsize=size)
+        out = cv2.pyrUp(out, dstsize=size) + band * g_mask[level][..., None]
+    return back + out
+
+
+def _fine_energy(image: np.ndarray, where: np.ndarray, median: bool = False) -> float:
+    """Mean (or median) absolute 3x3 Laplacian of the grey image where ``where``: sharpness
+    plus noise (the median: mostly noise)."""
+    if not where.any():
+        return 0.0
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    response = np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=1))[where]
+    return float(np.median(response[::3])) if median else float(response.mean())
+
+
+class SwapCompositor:
+    """``composite(background, patch, origin, landmarks, occluder) -> image``.
+
+    Keeps a little state between frames (smoothed detail gain and grain) so the camera
+    matching does not flicker; one per stream.
+    """
+
+    def __init__(self, settings: SwapSettings | None = None, seed: int = 0) -> None:
+        self.settings = settings or SwapSettings()
+        self._detail_gain: float | None = None
+        self._grain: float | None = None
+        self._eyes_open: float | None = None
+        self._frames = 0
+        self._rng = np.random.default_rng(seed)
+        self._noise = self._rng.standard_normal((512, 512)).astype(np.float32)
+
+    def reset(self) -> None:
+        self._detail_gain = self._grain = self._eyes_open = None
+
+    def masks(
+        self, shape: tuple[int, int], landmarks: np.ndarray, origin: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(blend mask, jaw-line clip) as float32 over a box of ``shape``."""
+        points = landmarks[:, :2].astype(np.float64) - origin
+        size = mesh.face_size(points)
+        polygon = inner_face_polygon(points)
+        clip = np.zeros(shape, np.uint8)
+        cv2.fillPoly(clip, [np.round(polygon * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+        # The blend's own mask is the polygon pulled in towards its centre, slightly softened;
+        # the pyramid widens the transition band by band.
+        inset = max(1.0, self.settings.inset * size)
+        centre = polygon.mean(axis=0)
+        offset = polygon - centre
+        reach = np.linalg.norm(offset, axis=1, keepdims=True)
+        inner = centre + offset * np.clip(1.0 - inset / np.maximum(reach, 1e-6), 0.0, 1.0)
+        blend = np.zeros(shape, np.uint8)
+        cv2.fillPoly(blend, [np.round(inner * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+        k = 2 * int(inset) + 1
+        blend = cv2.GaussianBlur(blend, (k, k), 0)
+        return blend.astype(np.float32) * (1.0 / 255.0), clip.astype(np.float32) * (1.0 / 255.0)
+
+    def skin_weight(self, small: tuple[int, int], landmarks: np.ndarray, scale: float) -> np.ndarray:
+        """Skin for the shading estimate, on the small grid: the inner face without the mouth
+        (open or not, its darkness is the mouth's, not the light's)."""
+        points = landmarks[:, :2].astype(np.float64) * scale
+        weight = np.zeros((small[1], small[0]), np.uint8)
+        cv2.fillPoly(
+            weight, [np.round(inner_face_polygon(points) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+        )
+        lips = [np.round(points[mesh.OUTER_LIP] * 16).astype(np.int32)]
+        cv2.fillPoly(weight, lips, 0, cv2.LINE_AA, 4)
+        # and a rim around them: lip shadows and lipstick edges are not light either
+        rim = max(1, int(round(0.08 * mesh.face_size(points))))
+        cv2.polylines(weight, lips, True, 0, rim, cv2.LINE_AA, 4)
+        return weight.astype(np.float32) * (1.0 / 255.0)
+
+    def composite(
+        self,
+        background: np.ndarray,
+        patch: np.ndarray,
+        origin: tuple[int, int],
+        landmarks: np.ndarray,
+        occluder: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The frame with ``patch`` (the avatar warped onto the user, at ``origin``) swapped in.
+
+        ``landmarks``: the user's (N, 2+) in frame pixels; ``occluder``: optional uint8/float
+        mask over the patch's box of what covers the face (kept from the frame).
+        """
+        s = self.settings
+        out = background.copy()
+        x0, y0 = origin
+        h = min(patch.shape[0], out.shape[0] - y0)
+        w = min(patch.shape[1], out.shape[1] - x0)
+        if h < 8 or w < 8:
+            return out
+        under_u8 = out[y0 : y0 + h, x0 : x0 + w]
+        points = landmarks[:, :2].astype(np.float64) - (x0, y0)
+        size = mesh.face_size(points)
+        blend, clip = self.masks((h, w), points, (0, 0))
+        if s.mouth_from_user and mesh.mouth_opening(points) > 0.02:
+            hole = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(hole, [np.round(points[mesh.INNER_LIP] * 4).astype(np.int32)], 255, cv2.LINE_AA, 2)
+            k = 2 * max(1, int(size * 0.03)) + 1
+            keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
+            blend *= keep
+            clip *= keep  # after the pyramid too, or its coarse bands would fill the mouth with skin
+        if s.blinks_from_user:
+            keep = self._blink_keep((h, w), points, size)
+            if keep is not None:
+                blend *= keep
+                clip *= keep
+        occ = None
+        if occluder is not None:
+            occ = occluder[:h, :w].astype(np.float32)
+            if occ.max() > 1.0:
+                occ *= 1.0 / 255.0
+            blend *= 1.0 - occ
+            clip *= 1.0 - occ
+        under = under_u8.astype(np.float32)
+        # Outside the inner face the avatar warp is not a face: the frame stands in for it,
+        # so the pyramid's coarse bands average face with frame, never with garbage.
+        clip3 = clip[..., None]
+        front = under + (patch[:h, :w].astype(np.float32) - under) * clip3
+        front = self._relight(front, under_u8, patch[:h, :w], clip, points, size, occ)
+        front = self._match_detail(front, under_u8, patch[:h, :w], clip)
+        levels = max(1, min(s.levels, int(math.log2(max(2, min(h, w)) / 8))))
+        mixed = laplacian_blend(front, under, blend, levels)
+        # Clip to the jaw line: the coarse bands must not carry avatar skin past it.
+        mixed = under + (mixed - under) * clip3
+        np.clip(mixed + 0.5, 0, 255, out=mixed)  # rounded: the frame outside the jaw comes back exact
+        under_u8[:] = mixed.astype(np.uint8)
+        return out
+
+    def _blink_keep(self, shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray | None:
+        """1 − how much of the user's own eyes to show: nothing while they are open as usual,
+        all of both eye regions at the bottom of a blink (a warped lid is too faint to read)."""
+        opening = mesh.eye_opening(points)
+        reference = self._eyes_open if self._eyes_open is not None else opening
+        # The usual opening: follows a wider eye at once, a narrower one only slowly.
+        self._eyes_open = max(opening, 0.98 * reference + 0.02 * opening)
+        closed = float(
+            np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0)
+        )
+        if closed <= 0.0:
+            return None
+        eyes = np.zeros(shape, np.uint8)
+        lids = max(1, int(round(0.12 * size)))
+        for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+            loop = [np.round(points[eye] * 4).astype(np.int32)]
+            cv2.fillPoly(eyes, loop, 255, cv2.LINE_AA, 2)
+            cv2.polylines(eyes, loop, True, 255, lids, cv2.LINE_AA, 2)
+        k = 2 * lids + 1
+        return 1.0 - cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
+
+    def _relight(
+        self,
+        front: np.ndarray,
+        under_u8: np.ndarray,
+        patch_u8: np.ndarray,
+        clip: np.ndarray,
+        points: np.ndarray,
+        size: float,
+        occ: np.ndarray | None,
+    ) -> np.ndarray:
+        """The avatar's detail under the user's low-frequency shading and colour."""
+        s = self.settings
+        h, w = front.shape[:2]
+        # The shading varies over about a third of a face: 12 px per face size is plenty.
+        scale = min(1.0, 12.0 / max(size, 1.0))
+        small = (max(4, int(round(w * scale))), max(4, int(round(h * scale))))
+        sigma = max(0.8, s.relight_sigma * size * scale)
+        weight = self.skin_weight(small, points, small[0] / w)
+        if occ is not None:
+            weight *= 1.0 - cv2.resize(occ, small, interpolation=cv2.INTER_AREA)
+        if float(weight.sum()) < 4.0:
+            return front
+        # Measured on small uint8 copies (cheap); ``front`` is the patch inside the jaw line.
+        small_user = cv2.resize(under_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+        small_patch = cv2.resize(patch_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+        small_clip = cv2.resize(clip, small, interpolation=cv2.INTER_AREA)[..., None]
+        small_avatar = small_user + (small_patch - small_user) * small_clip
+        # Brightness follows the user's shading closely; colour only region by region, so a
+        # feature the two faces don't share (lipstick, a beard's shadow) doesn't tint the skin.
+        low_avatar = _box_mean(small_avatar, weight, sigma)
+        fine = (_box_mean(small_user, weight, sigma) + 1.0) / (low_avatar + 1.0)
+        coarse_sigma = sigma * COLOUR_SIGMA_FACTOR
+        coarse = (_box_mean(small_user, weight, coarse_sigma) + 1.0) / (
+            _box_mean(small_avatar, weight, coarse_sigma) + 1.0
+        )
+        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        local = np.clip((fine @ luma) / np.maximum(coarse @ luma, 1e-3), *LOCAL_SHADING)
+        ratio = np.clip(coarse * local[..., None], *s.relight_gain)
+        # Light scales the avatar's detail; a skin tone far from the user's is not light, so
+        # past DETAIL_GAIN the rest of the change is added (low-frequency), not multiplied: a
+        # dark avatar on a light face would otherwise get its texture, and every jitter of it,
+        # several times stronger.
+        gain = np.clip(ratio, *DETAIL_GAIN)
+        offset = (low_avatar + 1.0) * (ratio - gain)
+        size_full = (w, h)
+        return front * cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR) + cv2.resize(
+            offset, size_full, interpolation=cv2.INTER_LINEAR
+        )
+
+    def _match_detail(
+        self, front: np.ndarray, under_u8: np.ndarray, patch_u8: np.ndarray, clip: np.ndarray
+    ) -> np.ndarray:
+        """Scale the avatar's finest band to the camera's, and add the camera's grain."""
+        s = self.settings
+        self._frames += 1
+        if self._detail_gain is None or self._frames % DETAIL_EVERY == 0:
+            skin = clip > 0.99
+            e_avatar = _fine_energy(patch_u8, skin)
+            e_user = _fine_energy(under_u8, skin)
+            if e_avatar > 1e-3 and e_user > 1e-3:
+                gain = float(np.clip(e_user / e_avatar, *s.detail_gain))
+                # Grain from the median response (edges and texture are sparse, noise is everywhere),
+                # scaled back to the mean's units.
+                n_user, n_avatar = (
+                    _fine_energy(under_u8, skin, median=True),
+                    _fine_energy(patch_u8, skin, median=True),
+                )
+                missing = math.sqrt(max(0.0, n_user**2 - (gain * n_avatar) ** 2)) * MEAN_PER_MEDIAN
+                missing = missing if s.grain else 0.0
+                a = s.smoothing if self._detail_gain is not None else 0.0
+                self._detail_gain = a * (self._detail_gain or 0.0) + (1 - a) * gain
+                self._grain = a * (self._grain or 0.0) + (1 - a) * missing
+        if self._detail_gain is None or self._grain is None:
+            return front
+        if abs(self._detail_gain - 1.0) > 0.05:
+            low = cv2.GaussianBlur(front, (3, 3), 0)
+            front = low + (front - low) * self._detail_gain
+        if self._grain > 0.3:
+            h, w = front.shape[:2]
+            # The grain's 3x3 Laplacian response is about 2.6 times its standard deviation.
+            front += self._noise_tile(h, w)[..., None] * (self._grain / 2.6)
+        return front
+
+    def _noise_tile(self, h: int, w: int) -> np.ndarray:
+        """Fresh-looking camera noise each frame: a random window of a fixed noise field."""
+        nh, nw = self._noise.shape
+        if h > nh or w > nw:
+            self._noise = self._rng.standard_normal((max(h, nh), max(w, nw))).astype(np.float32)
+            nh, nw = self._noise.shape
+        y, x, flip = self._rng.integers(0, (nh - h + 1, nw - w + 1, 2))
+        tile = self._noise[y : y + h, x : x + w]
+        return tile[::-1] if flip else tile

@@ -1,0 +1,305 @@
+"""Swap-mode compositing: inner face only, multi-band seam, relighting, camera matching, occlusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime import mesh
+from realtime.blend import Blender
+from realtime.frames import Frame, Mode, Target
+from realtime.generators.warp import WarpGenerator
+from realtime.swap import SwapCompositor, SwapSettings, inner_face_polygon, laplacian_blend
+from realtime.tracking import find_face
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+needs_media = pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
+
+
+@pytest.fixture(scope="module")
+def user(astronaut):
+    image = cv2.resize(astronaut[:, ::-1], (640, 480))
+    return image, find_face(image)
+
+
+def _swap(avatar_image, avatar_landmarks, image, landmarks, blender=None, occluder=None):
+    generator = WarpGenerator(avatar_image, avatar_landmarks, mode="swap")
+    target = Target(
+        frame=Frame(image, 0, 0.0),
+        landmarks=mesh.with_mouth_centre(landmarks[:, :2]).astype(np.float32),
+        mode=Mode.SWAP,
+    )
+    rendered = generator.render(target)
+    rendered.occluder = occluder(rendered) if occluder else None
+    return (blender or Blender()).process(rendered), rendered
+
+
+def _polygon_mask(landmarks, shape, grow=0):
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(inner_face_polygon(landmarks)).astype(np.int32)], 255)
+    if grow:
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1,) * 2, np.uint8))
+    return mask > 0
+
+
+def test_only_the_inner_face_changes_hair_forehead_and_background_stay(builtin_avatar, user):
+    image, landmarks = user
+    out, _ = _swap(builtin_avatar.image, builtin_avatar.landmarks, image, landmarks)
+    inside = _polygon_mask(landmarks, image.shape)
+    # Outside the jaw line / above the brows (2 px for the anti-aliased edge): the user's own pixels.
+    outside = ~_polygon_mask(landmarks, image.shape, grow=2)
+    assert np.abs(out[outside].astype(int) - image[outside]).max() == 0
+    # The forehead top (mediapipe's landmark 10) is outside the mask.
+    assert not inside[int(landmarks[10, 1]) + 2, int(landmarks[10, 0])]
+    core = cv2.erode(inside.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    assert np.abs(out[core].astype(int) - image[core]).mean() > 4
+
+
+def test_the_mask_follows_the_users_landmarks(builtin_avatar, user):
+    image, landmarks = user
+    moved = landmarks.copy()
+    moved[:, 0] += 40  # the same face 40 px to the right: the swap must move with it
+    shifted = np.roll(image, 40, axis=1)
+    out, _ = _swap(builtin_avatar.image, builtin_avatar.landmarks, shifted, moved)
+    outside = ~_polygon_mask(moved, image.shape, grow=2)
+    assert np.abs(out[outside].astype(int) - shifted[outside]).max() == 0
+    assert (
+        np.abs(
+            out[_polygon_mask(moved, image.shape)].astype(int) - shifted[_polygon_mask(moved, image.shape)]
+        ).mean()
+        > 4
+    )
+
+
+def test_laplacian_blend_is_exact_at_the_ends_and_softer_than_a_hard_paste():
+    rng = np.random.default_rng(1)
+    front = rng.uniform(0, 255, (64, 96, 3)).astype(np.float32)
+    back = np.full_like(front, 40.0)
+    ones, zeros = np.ones((64, 96), np.float32), np.zeros((64, 96), np.float32)
+    assert np.allclose(laplacian_blend(front, back, ones, 4), front, atol=1e-3)
+    assert np.allclose(laplacian_blend(front, back, zeros, 4), back, atol=1e-3)
+    # A flat bright patch on a flat dark background: across a hard mask edge the multi-band
+    # blend ramps over several pixels instead of one step.
+    bright = np.full_like(front, 200.0)
+    hard = np.zeros((64, 96), np.float32)
+    hard[:, 48:] = 1.0
+    row = laplacian_blend(bright, back, hard, 4)[32, :, 0]
+    steps = np.abs(np.diff(row))
+    assert steps.max() < 0.5 * (200 - 40)
+    assert row[10] == pytest.approx(40, abs=2) and row[90] == pytest.approx(200, abs=2)
+
+
+def test_relighting_takes_the_users_shading_and_keeps_the_avatars_detail(builtin_avatar, user):
+    image, landmarks = user
+    # The user's face lit from the left: brightness falls off across the face.
+    x0, x1 = landmarks[:, 0].min(), landmarks[:, 0].max()
+    ramp = np.interp(np.arange(image.shape[1]), [x0, x1], [1.4, 0.45]).astype(np.float32)[None, :, None]
+    lit = np.clip(image.astype(np.float32) * ramp, 0, 255).astype(np.uint8)
+    out, rendered = _swap(builtin_avatar.image, builtin_avatar.landmarks, lit, landmarks)
+    grey = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    core = cv2.erode(_polygon_mask(landmarks, image.shape).astype(np.uint8), np.ones((21, 21), np.uint8)) > 0
+    ys, xs = np.nonzero(core)
+    centre = xs.mean()
+    left, right = (
+        core & (np.arange(image.shape[1]) < centre - 15),
+        core & (np.arange(image.shape[1]) > centre + 15),
+    )
+    user_grey = cv2.cvtColor(lit, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    user_ratio = user_grey[left].mean() / user_grey[right].mean()
+    out_ratio = grey[left].mean() / grey[right].mean()
+    assert user_ratio > 1.5
+    assert out_ratio > 1.0 + 0.5 * (user_ratio - 1.0)  # the light falls off on the swapped face too
+    # The avatar's detail survives: the output's fine band correlates with the warped avatar's.
+    x0, y0 = rendered.origin
+    h, w = rendered.patch.shape[:2]
+    band = lambda g: g - cv2.GaussianBlur(g, (0, 0), 2.0)  # noqa: E731
+    avatar_band = band(cv2.cvtColor(rendered.patch, cv2.COLOR_BGR2GRAY).astype(np.float32))
+    out_band = band(grey[y0 : y0 + h, x0 : x0 + w])
+    region = core[y0 : y0 + h, x0 : x0 + w]
+    assert np.corrcoef(avatar_band[region], out_band[region])[0, 1] > 0.8
+
+
+def test_a_soft_avatar_is_sharpened_and_grained_to_the_users_camera(builtin_avatar, user):
+    image, landmarks = user
+    rng = np.random.default_rng(3)
+    noisy = np.clip(image.astype(np.float32) + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    soft_avatar = cv2.GaussianBlur(builtin_avatar.image, (0, 0), 2.0)
+    core = cv2.erode(_polygon_mask(landmarks, image.shape).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+
+    def fine(img):
+        grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        return float(np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=1))[core].mean())
+
+    plain = Blender(SwapSettings(grain=False, detail_gain=(1.0, 1.0)))
+    matched = Blender()
+    flat, _ = _swap(soft_avatar, builtin_avatar.landmarks, noisy, landmarks, plain)
+    out, _ = _swap(soft_avatar, builtin_avatar.landmarks, noisy, landmarks, matched)
+    assert fine(noisy) > 2 * fine(flat)  # the premise: a soft avatar on a noisy camera
+    assert abs(fine(out) - fine(noisy)) < 0.5 * abs(fine(flat) - fine(noisy))
+
+
+def test_an_open_mouth_shows_the_users_own_mouth(builtin_avatar, user):
+    image, landmarks = user
+    h, w = 200, 200
+    points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20
+    opened = points.copy()
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324]
+    opened[lower, 1] += 0.15 * mesh.face_size(points)
+    background = np.full((h + 100, w + 100, 3), 30, np.uint8)  # the user: a dark open mouth
+    patch = np.full((h, w, 3), 200, np.uint8)  # the avatar: skin everywhere
+    mouth = np.zeros(background.shape[:2], np.uint8)
+    cv2.fillPoly(mouth, [np.round(opened[mesh.INNER_LIP]).astype(np.int32)], 255)
+    mouth = cv2.erode(mouth, np.ones((5, 5), np.uint8)) > 0
+    assert mouth.sum() > 20
+    settings = dict(grain=False, detail_gain=(1.0, 1.0), relight_gain=(1.0, 1.0))
+    out = SwapCompositor(SwapSettings(**settings)).composite(background, patch, (0, 0), opened)
+    covered = SwapCompositor(SwapSettings(mouth_from_user=False, **settings)).composite(
+        background, patch, (0, 0), opened
+    )
+    assert out[mouth].mean() < 60  # the user's (dark) mouth, not the avatar's skin
+    assert covered[mouth].mean() > 150
+
+
+@needs_media
+def test_an_open_mouth_avatar_closes_without_mouth_colour_on_the_chin():
+    from realtime.analysis import read_frames
+    from realtime.avatar import make_avatar
+    from realtime.pipeline import offline_processor
+
+    cap = cv2.VideoCapture(str(MEDIA / "clips" / "styletalk_surprisegirl_clip2.mp4"))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 39)
+    ok, avatar_image = cap.read()
+    cap.release()
+    assert ok
+    frames = [
+        cv2.resize(f, (1280, 720))
+        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_M003_happy.mp4"), 6)
+    ]
+    avatar = make_avatar(avatar_image, (1280, 720), "open mouth")
+    assert mesh.mouth_opening(avatar.landmarks) > 0.25  # the premise: mouth wide open
+    processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=(1280, 720), occlusion=False)
+    try:
+        for i, frame in enumerate(frames):
+            out = processor.process(Frame(frame, i, i / 30)).image
+    finally:
+        processor.close()
+    user = find_face(frames[-1])
+    assert mesh.mouth_opening(user) < 0.08  # the user's mouth is nearly closed
+    # The chin: between the lower lip and the chin point, away from the lips.
+    lip, chin = user[17, :2], user[152, :2]
+    size = mesh.face_size(user)
+    box = np.zeros(out.shape[:2], np.uint8)
+    centre = lip + 0.6 * (chin - lip)
+    cv2.circle(box, tuple(np.round(centre).astype(int)), int(0.12 * size), 255, -1)
+    hsv = cv2.cvtColor(out, cv2.COLOR_BGR2HSV).astype(np.float32)
+    skin = cv2.cvtColor(frames[-1], cv2.COLOR_BGR2HSV).astype(np.float32)
+    # Mouth colour (a dark cavity, red lips, white teeth) would move saturation and value away
+    # from the user's chin skin; the swapped chin stays within skin tones.
+    assert abs(hsv[box > 0, 1].mean() - skin[box > 0, 1].mean()) < 35
+    assert abs(hsv[box > 0, 2].mean() - skin[box > 0, 2].mean()) < 35
+    dark = (hsv[box > 0, 2] < 60).mean()
+    assert dark < 0.02
+
+
+def _hand_on_face_clip(frames_wanted: int = 4):
+    """A real hand (HaGRID photo, cut out along its landmarks) pasted over the right cheek of
+    a real face clip: the frames, the hand's pixels inside the inner face, the face."""
+    from realtime.analysis import read_frames
+    from realtime.occlusion import HandDetector, hand_mask
+
+    photo = cv2.imread(str(MEDIA / "occlusion" / "mediapipe_hagrid_call_5.jpg"))
+    with HandDetector(complexity=1, tracking=False) as detector:
+        hands = detector.detect(photo)
+    assert hands
+    hand = max(hands, key=lambda h: float(np.ptp(h[:, 1])))
+    cut = hand_mask([hand], photo.shape[:2], (0, 0), 0)
+    frames = [
+        cv2.resize(f, (1280, 720))
+        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 4)
+    ]
+    face = find_face(frames[0])
+    scale = mesh.face_size(face) / mesh.face_size(find_face(photo))
+    shift = face[205, :2] - scale * hand.mean(axis=0)  # the hand's centre on the right cheek
+    matrix = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]], np.float32)
+    pasted = cv2.warpAffine(photo, matrix, (1280, 720))
+    alpha = cv2.warpAffine(cut, matrix, (1280, 720)).astype(np.float32)[..., None] / 255.0
+    clip = [(f * (1 - alpha) + pasted * alpha).astype(np.uint8) for f in frames]
+    hand_pixels = (alpha[..., 0] > 0.99) & _polygon_mask(face, frames[0].shape)
+    assert hand_pixels.sum() > 5000  # the premise: the hand covers a good part of the inner face
+    return clip, hand_pixels, face
+
+
+@needs_media
+def test_a_real_hand_in_front_of_the_face_stays_in_front():
+    """With occlusion the pasted hand's pixels survive the swap; without, the swap covers them."""
+    from realtime.avatar import load_avatar
+    from realtime.pipeline import offline_processor
+
+    clip, hand_pixels, _ = _hand_on_face_clip()
+    avatar = load_avatar(str(MEDIA / "avatars" / "liveportrait_s42.jpg"), (1280, 720))
+    diffs = {}
+    for occlusion in (True, False):
+        processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=(1280, 720), occlusion=occlusion)
+        try:
+            for i, frame in enumerate(clip):
+                out = processor.process(Frame(frame, i, i / 30)).image
+        finally:
+            processor.close()
+        diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
+    assert diffs[False].mean() > 15  # without occlusion the swap paints over the hand
+    assert diffs[True].mean() < 4 and np.percentile(diffs[True], 95) < 12
+
+
+@needs_media
+def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
+    import time
+
+    from realtime.occlusion import HandOccluder
+
+    clip, hand_pixels, face = _hand_on_face_clip(1)
+    occluder = HandOccluder(isolated=True, min_interval_s=0.0)
+    try:
+        occluder.start()
+        deadline = time.monotonic() + 60.0
+        worst = 0.0
+        while occluder.latest is None or not occluder.latest.landmarks:
+            assert time.monotonic() < deadline, "no hands from the hand process within 60 s"
+            t0 = time.perf_counter()
+            occluder.update(clip[0], face, time.monotonic())
+            worst = max(worst, time.perf_counter() - t0)
+            time.sleep(0.01)
+        assert occluder._worker is not None and occluder._worker.pid is not None
+        mask = occluder.mask(clip[0].shape[:2], (0, 0), occluder.latest.t_capture, mesh.face_size(face))
+    finally:
+        occluder.close()
+    assert mask is not None and (mask[hand_pixels] > 127).mean() > 0.9
+    # Handing a box over is a copy, not a wait for the model (generous for a busy test machine).
+    assert worst < 0.25
+
+
+def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
+    image, landmarks = user
+    points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20
+    closed = points.copy()
+    for lower, upper in ((mesh.RIGHT_EYE[:9], mesh.RIGHT_EYE[9:]), (mesh.LEFT_EYE[:9], mesh.LEFT_EYE[9:])):
+        closed[upper, 1] = points[lower, 1].mean() + 1.0
+    assert mesh.eye_opening(closed) < 0.4 * mesh.eye_opening(points)
+    background = np.full((300, 300, 3), 30, np.uint8)  # the user's (dark) closed lids
+    patch = np.full((200, 200, 3), 200, np.uint8)  # the avatar's (bright) warped eyes
+    eyes = np.zeros(background.shape[:2], np.uint8)
+    for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+        cv2.fillPoly(eyes, [np.round(points[eye]).astype(np.int32)], 255)
+    eyes = eyes > 0
+    settings = dict(grain=False, detail_gain=(1.0, 1.0), relight_gain=(1.0, 1.0))
+    results = {}
+    for blinks in (True, False):
+        compositor = SwapCompositor(SwapSettings(blinks_from_user=blinks, **settings))
+        for _ in range(5):  # eyes open as usual: the avatar's eyes
+            opened = compositor.composite(background, patch, (0, 0), points)
+        results[blinks] = compositor.composite(background, patch, (0, 0), closed)
+    assert opened[eyes].mean() > 150
+    assert results[True][eyes].mean() < 60
+    assert results[False][eyes].mean() > 150

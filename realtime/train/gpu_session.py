@@ -840,7 +840,12 @@ def main(argv: list[str] | None = None) -> int:
         "--resume-runs", type=Path, default=None, help="carry runs/gpu_*/checkpoint_compact.pt to go on from"
     )
     r = sub.add_parser("run", help="the window itself (on the GPU machine)")
-    r.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 8; the dry run ends by its step counts, 6 at most)")
+    r.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget (default 8; the dry run ends by its step counts, 6 at most)",
+    )
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_session")))
     r.add_argument("--carry", type=Path, default=None)

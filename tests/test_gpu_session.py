@@ -115,6 +115,16 @@ def test_dry_run_brings_back_checkpoints_exports_versions_and_summary(tmp_path):
     assert quality_config["size"] > continue_config["size"]
     assert summary["jobs"]["recycle"]["config"]["recycle"] is True
 
+    # Afterwards, here: every tar becomes a run folder the exporters and evaluations read.
+    from realtime.train.gpu_session import afterwards
+
+    unpacked = tmp_path / "unpacked"
+    afterwards(out, unpacked)
+    for name in JOBS:
+        assert (unpacked / f"gpu_{name}" / "checkpoint_compact.pt").is_file()
+        assert json.loads((unpacked / f"gpu_{name}" / "summary.json").read_text())["steps"] == 2
+    assert (unpacked / "gpu_summary.json").is_file() and (unpacked / "gpu_environment.json").is_file()
+
     # A compact checkpoint resumes training (optimizers restart): the next window goes on from it.
     from realtime.train.gpu_session import make_config
     from realtime.train.refiner import train

@@ -153,7 +153,10 @@ class ClipCache:
                 cv2.imdecode(jpeg[offsets[k] : offsets[k + 1]], cv2.IMREAD_COLOR)
                 for k in range(len(offsets) - 1)
             ]
-            return cls(str(data["clip"]), images, data["landmarks"], data["frame_index"])
+            landmarks = data["landmarks"]
+            if "landmarks_step" in data.files:  # stored as integers (the compact caches the GPU carries)
+                landmarks = landmarks.astype(np.float32) * float(data["landmarks_step"])
+            return cls(str(data["clip"]), images, landmarks, data["frame_index"])
 
     def consecutive(self) -> list[int]:
         """Positions k whose frame k+1 is the next video frame."""

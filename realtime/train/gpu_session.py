@@ -77,28 +77,43 @@ CARRY_BUDGET = 42 * MIB  # for gpu_carry/, leaving the rest for the working tree
 OUT_FILE_LIMIT = 15 * MIB  # one returned file may be 16 MiB
 COMPACT_FP32_LIMIT = 6 * MIB  # a compact checkpoint above this is stored in half precision
 SWAP_CONTEXT = 192  # eye corners 48 px apart: above the 128 px translator crop's 41
-REFINER_PAIRS = 20  # consecutive-frame pairs kept per clip (the CPU cache has 60)
+REFINER_PAIRS = 16  # consecutive-frame pairs kept per clip (the CPU cache has 60)
 IMAGE_QUALITY = 85
 # The refiner flags the lead's branch may add; used where RefinerConfig has them.
 OPTIONAL_REFINER_FLAGS = {"correction": "luma", "confine": "openings", "style": 0.25}
 
 
 # -- prepare (this CPU) ------------------------------------------------------------------------
-def compact_clip(source: Path, target: Path, pairs: int, quality: int = IMAGE_QUALITY) -> Path:
-    """A clip cache with ``pairs`` evenly spread consecutive-frame pairs of ``source``, as WebP."""
+LANDMARK_STEP = 1 / 32  # px: landmarks stored as int16 at this step (half the bytes of float32)
+
+
+def compact_clip(
+    source: Path, target: Path, pairs: int | None, quality: int = IMAGE_QUALITY, reencode: bool = True
+) -> Path:
+    """A clip cache with ``pairs`` evenly spread consecutive-frame pairs of ``source`` (None: every
+    frame), as WebP (``reencode``; else the images as they are), landmarks as int16."""
     from realtime.train.data import ClipCache, encode_image
 
+    with np.load(source) as data:
+        jpeg, offsets = data["jpeg"], data["offsets"]
+        blobs = [jpeg[offsets[k] : offsets[k + 1]] for k in range(len(offsets) - 1)]
     clip = ClipCache.load(source)
-    starts = clip.consecutive()
-    chosen = [starts[int(k)] for k in np.linspace(0, len(starts) - 1, min(pairs, len(starts)))]
-    keep = sorted({p for k in dict.fromkeys(chosen) for p in (k, k + 1)})
-    blobs = [encode_image(clip.images[k], quality, ".webp") for k in keep]
+    keep = list(range(len(blobs)))
+    if pairs is not None:
+        starts = clip.consecutive()
+        chosen = [starts[int(k)] for k in np.linspace(0, len(starts) - 1, min(pairs, len(starts)))]
+        keep = sorted({p for k in dict.fromkeys(chosen) for p in (k, k + 1)})
+    kept = [encode_image(clip.images[k], quality, ".webp") if reencode else blobs[k] for k in keep]
+    landmarks = np.round(clip.landmarks[keep] / LANDMARK_STEP)
+    if np.abs(landmarks).max() >= 2**15:
+        raise ValueError(f"{source}: landmarks beyond the int16 range")
     target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
+    np.savez_compressed(
         target,
-        jpeg=np.concatenate(blobs),
-        offsets=np.concatenate([[0], np.cumsum([b.size for b in blobs])]),
-        landmarks=clip.landmarks[keep].astype(np.float32),
+        jpeg=np.concatenate(kept),
+        offsets=np.concatenate([[0], np.cumsum([b.size for b in kept])]),
+        landmarks=landmarks.astype(np.int16),
+        landmarks_step=np.float32(LANDMARK_STEP),
         frame_index=clip.frame_index[keep],
         clip=clip.name,
     )
@@ -168,16 +183,18 @@ def prepare(
     for role, name in (("a", DEMO_A), ("b", DEMO_B)):
         video = media / name
         frames = list(range(30)) if dry_run else list(range(video_frame_count(str(video))))
-        built = build_clip_cache(
-            video,
-            out / "swap" / role,
-            frames=frames,
-            context=SWAP_CONTEXT,
-            jpeg_quality=IMAGE_QUALITY,
-            image_format=".webp",
-        )
-        if built is None:
-            raise SystemExit(f"too few faces in {video}")
+        with tempfile.TemporaryDirectory() as tmp:
+            built = build_clip_cache(
+                video,
+                Path(tmp),
+                frames=frames,
+                context=SWAP_CONTEXT,
+                jpeg_quality=IMAGE_QUALITY,
+                image_format=".webp",
+            )
+            if built is None:
+                raise SystemExit(f"too few faces in {video}")
+            built = compact_clip(built, out / "swap" / role / built.name, None, reencode=False)
         swap[role] = {"video": name, "cache": str(built.relative_to(out)), "frames": len(frames)}
     # Optional: the audio-to-mouth model's cache, if that model exists and the cache fits.
     voice_note = voice_cache(out)
@@ -252,7 +269,6 @@ class Job:
     paused_s: float = 0.0
     exit_code: int | None = None
     stopped_by_session: bool = False
-    packed_mtime: float = 0.0
     result: dict = field(default_factory=dict)
 
 
@@ -468,9 +484,10 @@ def compact_checkpoint(run: Path) -> Path | None:
     target = run / "checkpoint_compact.pt"
     if not source.exists():
         return None
-    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
-        return target
+    # The step inside, not file times: the job may replace checkpoint.pt while this one is made.
     state = torch.load(source, map_location="cpu", weights_only=True)
+    if target.exists() and torch.load(target, map_location="cpu", weights_only=True)["step"] == state["step"]:
+        return target
     kept = {k: v for k, v in state.items() if not k.startswith("opt")}
     tensors = [
         t for part in kept.values() if isinstance(part, dict) for t in part.values() if torch.is_tensor(t)
@@ -644,36 +661,47 @@ def export_model(kind: str, run: Path) -> dict:
     return {"checkpoint": checkpoint.name, "onnx": onnx.name, "parity": card.get("export", {})}
 
 
-def time_model(job: Job, env: dict, timeout: float, quick: bool) -> None:
-    """GPU latency of the job's exported model (``export.latency``), one model at a time so the
-    timings don't share the GPU."""
-    export = job.result.get("export", {})
-    if "onnx" not in export or timeout < 5:
+def time_models(runs: list[tuple[Path, str]], quick: bool) -> None:
+    """GPU latency of each run's exported model (``export.latency``), one model after the other
+    in this one process, so the timings never share the GPU; each into RUN/latency.json."""
+    from export import latency
+
+    for run, kind in runs:
+        export = json.loads((run / "export.json").read_text())
+        runs_, warmup = (10, 2) if quick else (200, 20)
+        try:
+            record = latency.measure(
+                run / export["onnx"],
+                run / export["checkpoint"],
+                "translator" if kind == "swap" else "refiner",
+                runs_,
+                warmup,
+            )
+        except Exception as exc:  # one model failing must not cost the others their timing
+            record = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        (run / "latency.json").write_text(json.dumps(record, indent=2))
+        logger.info("%s: %s", run.name, record)
+
+
+def time_jobs(jobs: list[Job], env: dict, timeout: float, quick: bool) -> None:
+    exported = [job for job in jobs if "onnx" in job.result.get("export", {})]
+    if not exported or timeout < 5:
         return
-    kind = "translator" if job.kind == "swap" else "refiner"
-    command = [
-        sys.executable,
-        "-m",
-        "export.latency",
-        str(job.run / export["onnx"]),
-        "--checkpoint",
-        str(job.run / export["checkpoint"]),
-        "--kind",
-        kind,
-        "--json",
-        str(job.run / "latency.json"),
-    ]
-    if quick:
-        command += ["--runs", "10", "--warmup", "2"]
+    command = [sys.executable, "-m", "realtime.train.gpu_session", "latency"]
+    command += [str(a) for job in exported for a in (job.run, job.kind)] + (["--quick"] if quick else [])
     try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        export["latency_error"] = f"ran past {timeout:.0f} s"
-        return
-    if done.returncode == 0:
-        export["latency"] = json.loads((job.run / "latency.json").read_text())
-    else:
-        export["latency_error"] = (done.stdout + done.stderr).strip().splitlines()[-3:]
+        pass
+    for job in exported:
+        path = job.run / "latency.json"
+        record = (
+            json.loads(path.read_text()) if path.exists() else {"error": f"not timed within {timeout:.0f} s"}
+        )
+        if "error" in record:
+            job.result["export"]["latency_error"] = record["error"]
+        else:
+            job.result["export"]["latency"] = record
 
 
 def start_export(job: Job, env: dict) -> subprocess.Popen | None:
@@ -792,9 +820,8 @@ def session(minutes: float, dry_run: bool, out: Path, carry: Path, runs: Path) -
             # The GPU window is strict; the dry run on a shared CPU only needs to finish.
             left = end - time.time() - 5
             collect_export(job, exports[job.name], timeout=max(left, 300.0) if dry_run else left)
-    for job in jobs:
-        left = end - time.time() - 5
-        time_model(job, env, timeout=max(left, 120.0) if dry_run else left, quick=dry_run)
+    left = end - time.time() - 5
+    time_jobs(jobs, env, timeout=max(left, 300.0) if dry_run else left, quick=dry_run)
     for job in jobs:
         job.result["pack"] = pack(job, out)
     state["jobs"] = {job.name: job_summary(job) for job in jobs}
@@ -857,6 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="export one run's model (the session starts these)")
     e.add_argument("kind", choices=("refiner", "swap"))
     e.add_argument("run", type=Path)
+    t = sub.add_parser("latency", help="time exported models one after the other (the session runs this)")
+    t.add_argument("pairs", nargs="+", help="RUN KIND, RUN KIND, ...")
+    t.add_argument("--quick", action="store_true", help="a few calls (the dry run)")
     a = sub.add_parser("afterwards", help="unpack a window's files into runs/gpu_* (here, on the CPU)")
     a.add_argument("files", type=Path, help="the device call's files_at folder")
     a.add_argument("--runs", type=Path, default=REPO / "runs")
@@ -880,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "job":
         return run_job(args.kind, args.run, args.config)
+    elif args.command == "latency":
+        pairs = args.pairs
+        time_models([(Path(pairs[k]), pairs[k + 1]) for k in range(0, len(pairs) - 1, 2)], args.quick)
     elif args.command == "export":
         result = export_model(args.kind, args.run)
         (args.run / "export.json").write_text(json.dumps(result, indent=2))

@@ -145,6 +145,9 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
             else {}
         ),
         "crop": {"size": config["size"], "face_scale": 0.32, "layout": layout},
+        # What the runtime applies of the output, as the model was trained to be applied.
+        "correction": config.get("correction", "rgb"),
+        **({"confine": config["confine"]} if config.get("confine") else {}),
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
         + (", flow that moves the warp's pixels first" if config.get("flow") else "")
         + (", sees the user's mouth and eye openings" if config.get("driver") else ""),

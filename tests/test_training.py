@@ -598,3 +598,94 @@ def test_grey_augmentation_makes_whole_samples_black_and_white_and_costs_nothing
     for i in range(32):  # the whole sample, all of its images, or none
         flags = {bool((grey[k][i] == grey[k][i][:1]).all()) for k in batch}
         assert len(flags) == 1
+
+
+def test_painted_augmentation_smooths_whole_samples_and_costs_nothing_when_off():
+    from realtime.train.refiner import augment
+
+    batch = {k: torch.rand(32, 3, 8, 8) for k in ("warped0", "target0", "source0")}
+    plain = augment(batch, torch.Generator().manual_seed(1))
+    again = augment(batch, torch.Generator().manual_seed(1), style=0.0)
+    assert all(torch.equal(plain[k], again[k]) for k in batch)  # off: the same random sequence
+    painted = augment(batch, torch.Generator().manual_seed(1), style=0.5)
+    roughness = {k: (v[..., 1:] - v[..., :-1]).abs().mean(dim=(1, 2, 3)) for k, v in painted.items()}
+    plain_roughness = {k: (v[..., 1:] - v[..., :-1]).abs().mean(dim=(1, 2, 3)) for k, v in plain.items()}
+    smoothed = roughness["warped0"] < 0.7 * plain_roughness["warped0"]
+    assert 4 <= int(smoothed.sum()) <= 28
+    for k in batch:  # the whole sample, all of its images, or none
+        assert torch.equal(roughness[k] < 0.7 * plain_roughness[k], smoothed)
+
+
+def test_the_training_loss_sees_the_correction_as_the_runtime_applies_it(builtin_avatar):
+    import cv2
+
+    from realtime import mesh
+    from realtime.crops import CropSpec, crop_matrices, fill_mask
+    from realtime.generators.onnx import CONFINES, OnnxRefinerGenerator
+    from realtime.train.refiner import as_applied, opening_gate
+
+    spec = CropSpec(48, layout="regions")
+    points = open_mouth_points(builtin_avatar).astype(np.float64)
+    for k, matrix in enumerate(crop_matrices(points, spec)):
+        local = points @ matrix[:, :2].T + matrix[:, 2]
+        fill = torch.from_numpy(fill_mask(local, spec)[None, None].astype(np.float32) / 255.0)
+        runtime = OnnxRefinerGenerator._region_gate(local, 48, [CONFINES["openings"][k]])
+        assert runtime.max() > 0.9
+        assert np.abs(opening_gate(fill)[0, 0].numpy() - runtime).max() < 0.02
+
+    cfg = tiny_config([], layout="regions", size=48, correction="luma", confine="openings")
+    local = points @ crop_matrices(points, spec)[0][:, :2].T + crop_matrices(points, spec)[0][:, 2]
+    fill = fill_mask(local, spec)
+    warped = torch.rand(1, 3, 48, 48)
+    image = (warped + torch.tensor([0.3, -0.1, 0.05])[None, :, None, None]).clamp(0, 1)
+    b = {"warped0": warped, "fill0": torch.from_numpy(fill[None, None].astype(np.float32) / 255.0)}
+    applied = as_applied(cfg, image, b, 0)
+    delta = (applied - warped)[0].numpy()
+    far = cv2.dilate(fill, np.ones((9, 9), np.uint8)) == 0
+    assert np.abs(delta[:, far]).max() < 1e-3  # outside the openings: the warp
+    inside = fill > 0
+    changed = inside & (warped[0].numpy() > 0.1).all(0) & (warped[0].numpy() < 0.9).all(0)
+    assert np.allclose(delta[0, changed], delta[1, changed], atol=1e-5)  # brightness only
+    assert np.allclose(delta[1, changed], delta[2, changed], atol=1e-5)
+    assert mesh.INNER_LIP == CONFINES["openings"][0]
+
+
+def test_a_confined_brightness_refiner_changes_only_the_openings_and_keeps_colours(
+    tiny_region_run, tmp_path, builtin_avatar
+):
+    import cv2
+
+    from realtime import mesh
+    from realtime.blend import Blender
+    from realtime.errors import UserError
+    from realtime.export.refiner import export_onnx, load_refiner, write_card
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+
+    out, _, _ = tiny_region_run
+    net, config, step = load_refiner(out / "refiner.pt")
+    path = export_onnx(net, config["size"], tmp_path / "confined.onnx", crops=3)
+    card = json.loads(
+        write_card(path, config | {"correction": "luma", "confine": "openings"}, step, {}).read_text()
+    )
+    assert card["correction"] == "luma" and card["confine"] == "openings"
+
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
+    plain = Blender().process(warp.render(target)).astype(int)
+    refined = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
+    changed = np.abs(refined - plain).max(axis=2) > 2
+    assert changed.any()
+    openings = np.zeros(changed.shape, np.uint8)
+    for loop in (mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE):
+        cv2.fillPoly(openings, [np.round(target.landmarks[loop, :2]).astype(np.int32)], 1)
+    near = cv2.dilate(openings, np.ones((15, 15), np.uint8)).astype(bool)
+    assert not (changed & ~near).any()
+    spread = np.ptp(refined - plain, axis=2)  # the same change in B, G and R: colours kept
+    assert spread[changed].max() <= 3
+
+    card["confine"] = "lips"
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match="confine"):
+        OnnxRefinerGenerator(str(path), warp)

@@ -135,6 +135,13 @@ class OnnxRunner:
 
 
 CORRECTIONS = ("rgb", "luma")
+# Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
+# "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.
+CONFINES = {
+    None: [None] * len(REGIONS),
+    "features": [mesh.OUTER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE],
+    "openings": [mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE],
+}
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
 
 
@@ -193,7 +200,17 @@ class OnnxRefinerGenerator(Stage):
             not gated_regions or ("mouth" if name == "mouth" else "eyes") in self._regions
             for name in (REGIONS if layout == "regions" else ["face"])
         ]
-        self._gate_face = bool(self._regions) and layout == "face"
+        # Each crop's correction is gated to these landmark loops (None: applied whole). A face
+        # crop: the card's regions. "confine": each region crop's correction stays inside its own
+        # feature (lips, eye), so skin, moustache and brows around it keep the avatar's look.
+        if layout == "face":
+            loops = {"mouth": [mesh.OUTER_LIP], "eyes": [mesh.RIGHT_EYE, mesh.LEFT_EYE]}
+            self._gate_loops = [[lp for r in self._regions for lp in loops[r]] or None]
+        else:
+            confine = self.card.get("confine")
+            if confine not in CONFINES:
+                raise UserError(f"model card of {path} names an unknown confine {confine!r}")
+            self._gate_loops = [[loop] if confine else None for loop in CONFINES[confine]]
         # "luma": only the brightness of a correction is applied, so the output keeps the warp's
         # colours, which are the avatar's own (a grey portrait stays grey).
         correction = self.card.get("correction", "rgb")
@@ -226,13 +243,12 @@ class OnnxRefinerGenerator(Stage):
             source[y0 : y0 + h, x0 : x0 + w] = base.patch
         return antialiased_warp(source, matrix, size)
 
-    def _region_gate(self, points: np.ndarray, size: int) -> np.ndarray:
-        """Soft mask of the regions the model card says the correction applies to."""
+    @staticmethod
+    def _region_gate(points: np.ndarray, size: int, loops: list) -> np.ndarray:
+        """Soft mask of the landmark loops ``loops``, a little dilated and feathered."""
         gate = np.zeros((size, size), np.uint8)
-        loops = {"mouth": [mesh.OUTER_LIP], "eyes": [mesh.RIGHT_EYE, mesh.LEFT_EYE]}
-        for region in self._regions:
-            for loop in loops[region]:
-                cv2.fillPoly(gate, [np.round(points[loop]).astype(np.int32)], 255)
+        for loop in loops:
+            cv2.fillPoly(gate, [np.round(points[loop]).astype(np.int32)], 255)
         grow = max(3, int(size * 0.06)) | 1
         gate = cv2.dilate(gate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
         return cv2.GaussianBlur(gate.astype(np.float32) / 255.0, (0, 0), grow / 3)
@@ -314,8 +330,8 @@ class OnnxRefinerGenerator(Stage):
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._luma_only:
                 delta[:] = (delta @ LUMA_BGR)[..., None]
-            if self._gate_face:
-                delta *= self._region_gate(points[k], size)[..., None]
+            if self._gate_loops[k]:
+                delta *= self._region_gate(points[k], size, self._gate_loops[k])[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(
                 delta,
                 inverse,

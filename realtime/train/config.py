@@ -117,6 +117,21 @@ class RefinerConfig:
         "same opening (0-1)",
     )
     grey: float = flag(0.0, "share of training examples made black and white (0-1)")
+    style: float = flag(
+        0.0, "share of training examples given a painted look (smoothed, some posterised), as portraits have"
+    )
+    # What the runtime applies of the model's output (its card says the same): the loss sees that.
+    correction: str = flag(
+        "rgb",
+        "the correction applied live: rgb, or luma (its brightness only, so the avatar keeps its colours)",
+        choices=("rgb", "luma"),
+    )
+    confine: str = flag(
+        "",
+        "where the correction applied live may land: everywhere (default), or the openings only "
+        "(inner mouth, eyes; the lips, skin and moustache stay the warp's)",
+        choices=("", "openings"),
+    )
     steps: int = flag(2000)
     max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
     checkpoint_minutes: float = flag(

@@ -74,11 +74,18 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
     return out
 
 
+def painted(t: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """A painted or drawn look: smoothed, then posterised to ``levels`` (N,1,1,1; 0: not)."""
+    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(t, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    poster = torch.round(smooth * levels.clamp(min=1)) / levels.clamp(min=1)
+    return torch.where(levels > 0, poster, smooth)
+
+
 def augment(
-    b: dict[str, torch.Tensor], generator: torch.Generator, grey: float = 0.0
+    b: dict[str, torch.Tensor], generator: torch.Generator, grey: float = 0.0, style: float = 0.0
 ) -> dict[str, torch.Tensor]:
     """The same random flip and colour change for every image of a sample; a ``grey`` share of
-    the samples made black and white."""
+    the samples made black and white, a ``style`` share painted."""
     n = b["warped0"].shape[0]
     device = b["warped0"].device
     flip = torch.rand(n, generator=generator, device="cpu").to(device) < 0.5
@@ -99,7 +106,53 @@ def augment(
         for key, t in out.items():
             if key.startswith(("warped", "target", "source")):
                 out[key] = torch.where(made_grey, (t * luma).sum(1, keepdim=True).expand_as(t), t)
+    if style > 0:
+        made_painted = (torch.rand(n, generator=generator) < style).to(device)[:, None, None, None]
+        # Half of the painted samples are also posterised (6-16 levels), like a cartoon.
+        levels = torch.randint(6, 17, (n,), generator=generator).float()
+        levels = torch.where(torch.rand(n, generator=generator) < 0.5, levels, 0.0).to(device)[
+            :, None, None, None
+        ]
+        for key, t in out.items():
+            if key.startswith(("warped", "target", "source")):
+                out[key] = torch.where(made_painted, painted(t, levels), t)
     return out
+
+
+LUMA_RGB = (0.299, 0.587, 0.114)
+
+
+def opening_gate(fill: torch.Tensor) -> torch.Tensor:
+    """The runtime's confine gate (OnnxRefinerGenerator._region_gate for crops up to 66 px):
+    the openings dilated by a 3x3 cross, then blurred with sigma 1."""
+    padded = torch.nn.functional.pad(fill, (1, 1, 1, 1))
+    grown = torch.stack(
+        [fill, padded[..., :-2, 1:-1], padded[..., 2:, 1:-1], padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]]
+    ).amax(0)
+    x = torch.arange(-4, 5, dtype=fill.dtype, device=fill.device)  # cv2's kernel for float images
+    kernel = torch.exp(-(x**2) / 2)
+    kernel = kernel / kernel.sum()
+    blurred = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(grown, (4, 4, 0, 0), mode="reflect"), kernel.view(1, 1, 1, 9)
+    )
+    return torch.nn.functional.conv2d(
+        torch.nn.functional.pad(blurred, (0, 0, 4, 4), mode="reflect"), kernel.view(1, 1, 9, 1)
+    )
+
+
+def as_applied(cfg: Config, image: torch.Tensor, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    """What the runtime makes of the model's ``image``: the warp plus the correction it applies
+    (its brightness only with ``cfg.correction`` luma, inside the openings with ``cfg.confine``)."""
+    if cfg.correction == "rgb" and not cfg.confine:
+        return image
+    warped = b[f"warped{step}"]
+    delta = image - warped
+    if cfg.correction == "luma":
+        luma = torch.tensor(LUMA_RGB, device=image.device, dtype=image.dtype)[None, :, None, None]
+        delta = (delta * luma).sum(1, keepdim=True).expand_as(delta)
+    if cfg.confine == "openings":
+        delta = delta * opening_gate(b[f"fill{step}"])
+    return (warped + delta).clamp(0.0, 1.0)
 
 
 def run_generator(
@@ -125,7 +178,11 @@ def update_average(average: models.Refiner, net: models.Refiner, decay: float) -
 
 @torch.no_grad()
 def evaluate(
-    net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, batch: int = 64
+    net: models.Refiner,
+    val: dict[str, np.ndarray],
+    device: torch.device,
+    batch: int = 64,
+    cfg: Config | None = None,
 ) -> dict[str, float]:
     """Validation on held-out people: the refiner's L1 next to the warp's it started from."""
     net.eval()
@@ -137,6 +194,7 @@ def evaluate(
     for start in range(0, n, batch):
         b = to_tensors({k: v[start : start + batch] for k, v in val.items() if k.endswith("0")}, device)
         image, _ = run_generator(net, b, 0)
+        image = as_applied(cfg, image, b, 0) if cfg else image
         target, warped, weight = b["target0"], b["warped0"], b["weight0"]
         errors = {
             name: (pred - target).abs().mean(1, keepdim=True)
@@ -163,7 +221,12 @@ def evaluate(
 
 @torch.no_grad()
 def sample_grid(
-    net: models.Refiner, val: dict[str, np.ndarray], device: torch.device, path: Path, rows: int = 6
+    cfg: Config,
+    net: models.Refiner,
+    val: dict[str, np.ndarray],
+    device: torch.device,
+    path: Path,
+    rows: int = 6,
 ) -> None:
     """Rows of warp | generator | ground truth."""
     import cv2
@@ -171,7 +234,7 @@ def sample_grid(
     net.eval()
     pick = np.linspace(0, len(val["warped0"]) - 1, rows).astype(int)
     b = to_tensors({k: v[pick] for k, v in val.items() if k.endswith("0")}, device)
-    image, _ = run_generator(net, b, 0)
+    image = as_applied(cfg, run_generator(net, b, 0)[0], b, 0)
     net.train()
     to_img = lambda t: (t.clamp(0, 1).permute(0, 2, 3, 1).flip(-1).cpu().numpy() * 255).astype(np.uint8)  # noqa: E731
     grid = np.concatenate(
@@ -314,7 +377,7 @@ def sample_batch(
 ) -> dict[str, torch.Tensor]:
     """A random, augmented batch; with ``cfg.driver``, some samples' driver input blanked."""
     idx = torch.randint(0, len(data["warped0"]), (cfg.batch,), generator=gen).numpy()
-    b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen, cfg.grey)
+    b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen, cfg.grey, cfg.style)
     if cfg.driver and cfg.driver_dropout > 0:
         kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
         for key in ("driver0", "driver1"):
@@ -331,7 +394,7 @@ def train_step(
     with autocast:
         img0, flow0 = run_generator(net, b, 0)
         img1, flow1 = run_generator(net, b, 1)
-    img0, img1 = img0.float(), img1.float()
+    img0, img1 = as_applied(cfg, img0.float(), b, 0), as_applied(cfg, img1.float(), b, 1)
     w0, w1 = (torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"]))
     loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
     loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(img1, b["target1"], w1)
@@ -373,13 +436,13 @@ def checkpoint(
 ) -> float:
     """Validate (into ``record``), write samples and the checkpoint; the selection score,
     lower is better."""
-    record["val"] = evaluate(nets.shown, data.validation, device)
+    record["val"] = evaluate(nets.shown, data.validation, device, cfg=cfg)
     record["selection"] = (
-        evaluate(nets.shown, data.selection, device)
+        evaluate(nets.shown, data.selection, device, cfg=cfg)
         if data.selection is not data.validation
         else record["val"]
     )
-    sample_grid(nets.shown, data.validation, device, out / f"samples_{step:06d}.png")
+    sample_grid(cfg, nets.shown, data.validation, device, out / f"samples_{step:06d}.png")
     save_checkpoint(out / "checkpoint.pt", cfg, step, **nets.parts())
     logger.info("step %d: validation %s, selection %s", step, record["val"], record["selection"])
     # Whole crop plus mouth, where the warp fails most; on the selection people, so the

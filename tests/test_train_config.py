@@ -67,6 +67,10 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--driver": "driver",
         "--driver-swap": "driver_swap",
         "--grey": "grey",
+        "--style": "style",
+        "--correction": "correction",
+        "--confine": "confine",
+        "--checkpoint-minutes": "checkpoint_minutes",
         "--motion-weight": "w_motion",
     }
     assert all(a.help for a in parser._actions if a.dest in ("layout", "schedule", "w_motion", "flow"))

@@ -99,6 +99,7 @@ for onnx in "${candidates[@]}"; do
 done
 echo "Keep each checkpoint beside its model (weights_only-loadable; the next window goes on from them"
 echo "with: scripts/gpu_session.sh --prepare --resume-runs runs):"
-for run in runs/gpu_*/; do
-    [ -f "$run/checkpoint_compact.pt" ] && echo "  $run/checkpoint_compact.pt ($(du -h "$run/checkpoint_compact.pt" | cut -f1))"
+for run in runs/gpu_*; do
+    [ -d "$run" ] && [ -f "$run/checkpoint_compact.pt" ] && echo "  $run/checkpoint_compact.pt ($(du -h "$run/checkpoint_compact.pt" | cut -f1))"
 done
+true

@@ -3,11 +3,14 @@
 # within a wall-clock budget, and bring everything back in $OUT. The logic is in
 # realtime/train/gpu_session.py (its docstring says what each job is).
 #
-# BEFORE THE WINDOW, here on the CPU (mediapipe and ../shared/media are needed; ~3 min):
-#     scripts/gpu_session.sh --prepare            # writes gpu_carry/ (ignored by git), < 42 MiB:
+# BEFORE THE WINDOW, here on the CPU, in the checkout the session started in (the device tool
+# sends that checkout, e.g. /work/main, whichever worktree calls it); needs mediapipe and
+# ../shared/media; 10-20 min on this CPU (mediapipe tracks all 2448 frames of the swap pair):
+#     scripts/gpu_session.sh --prepare            # writes gpu_carry/ (ignored by git), ~39 MiB:
 #                                                 # the refiner's clip caches (.train_cache, re-encoded
-#                                                 # as WebP, 20 pairs per clip) and every frame of the
-#                                                 # demo swap pair; checks the 64 MiB carry limit
+#                                                 # as WebP, 16 pairs per clip: 26 MiB) and every frame
+#                                                 # of the demo swap pair (13 MiB); it checks that the
+#                                                 # caches and the working tree fit the 64 MiB carried
 #     scripts/gpu_session.sh --prepare --resume-runs runs   # also carry runs/gpu_*/checkpoint_compact.pt
 #                                                 # of the last window, so its jobs go on from there
 #     scripts/gpu_session.sh --dry-run            # the whole path on this CPU, tiny (gpu_carry_dry/
@@ -41,7 +44,7 @@ args=()
 for arg in "$@"; do
     case "$arg" in
         --prepare) mode=prepare ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) args+=("$arg") ;;
     esac
 done

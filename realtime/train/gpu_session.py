@@ -203,10 +203,14 @@ def prepare(
     if resume_runs is not None:
         for job in JOB_NAMES:
             compact = resume_runs / f"gpu_{job}" / "checkpoint_compact.pt"
-            if compact.exists():
-                (out / "resume").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(compact, out / "resume" / f"{job}.pt")
-                resumed.append(job)
+            if not compact.exists():
+                continue
+            if folder_bytes(out) + compact.stat().st_size > CARRY_BUDGET:
+                logger.warning("%s does not fit the carry budget: %s starts afresh", compact, job)
+                continue
+            (out / "resume").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(compact, out / "resume" / f"{job}.pt")
+            resumed.append(job)
     total = folder_bytes(out)
     tree = tree_bytes()
     manifest = {

@@ -352,6 +352,7 @@ def plan(carry: Path, dry_run: bool, deadline: float, workers: int) -> list[Job]
                     "cache": str(carry / "voice"),
                     "max_minutes": round(minutes, 2),
                     "steps": 20 if dry_run else 100_000,
+                    "threads": 1 if dry_run else 4,
                 },
             )
         )

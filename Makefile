@@ -17,8 +17,10 @@ $(VENV)/.runtime-$(ORT): pyproject.toml setup.py | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[$(ORT)]'
 	touch $@
 
+# The tests include the 'serve' extra: they start a real Triton server (pytriton's ~55 MB wheel,
+# a few seconds to install; the Triton tests take about 40 s).
 $(VENV)/.test-$(ORT): pyproject.toml setup.py | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[$(ORT),train,dev]'
+	$(PY) -m pip install -q -e '.[$(ORT),train,dev,serve]'
 	touch $@ $(VENV)/.runtime-$(ORT)
 
 setup: $(VENV)/.runtime-$(ORT)

@@ -93,3 +93,6 @@ class Output:
     t_done: float = 0.0
     face_found: bool = True
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # The camera frame and its tracked landmarks, for the preview window's picture-in-picture
+    # only: no other sink shows it.
+    track: FaceTrack | None = None

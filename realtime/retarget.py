@@ -27,6 +27,9 @@ class RetargetLimits:
     max_translation: float = 0.6  # in avatar face sizes
     scale_range: tuple[float, float] = (0.8, 1.25)
     pose_gain: float = 1.0
+    expression_gain: float = 1.0  # 0: the avatar keeps its own expression; >1 exaggerates
+    # Per part, on top of expression_gain: (mouth and jaw, eyes and lids, brows).
+    part_gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hold_s: float = 0.4  # after losing the face: hold the last pose this long,
     ease_s: float = 0.8  # then ease back to neutral over this long
 
@@ -74,6 +77,30 @@ class Retargeter(Stage):
         below_nose = self.avatar[:, 1] > self.avatar[mesh.NOSE_BOTTOM, 1]
         self._mouth_region = np.flatnonzero(below_nose)
         self._eye_region = np.array(mesh.RIGHT_EYE + mesh.LEFT_EYE + mesh.RIGHT_IRIS + mesh.LEFT_IRIS)
+        self._parts = self._part_masks()
+        self._part_weights: tuple[tuple[float, float, float], np.ndarray] | None = None
+
+    def _part_masks(self) -> np.ndarray:
+        """(3, N) masks of the avatar's mouth (below the nose), eyes and brows, for ``part_gains``."""
+        face = self.avatar[:, :2]
+        size = self._avatar_size
+        mouth = face[:, 1] > face[mesh.NOSE_BOTTOM, 1]
+        irises = face[[mesh.RIGHT_IRIS_CENTRE, mesh.LEFT_IRIS_CENTRE]]
+        near = np.linalg.norm(face[:, None, :] - irises[None], axis=2).min(axis=1)
+        eyes = (near < 0.22 * size) & ~mouth
+        eye_top = face[mesh.RIGHT_EYE + mesh.LEFT_EYE, 1].min()
+        beside = np.abs(face[:, None, 0] - irises[None, :, 0]).min(axis=1) < 0.3 * size
+        brows = (face[:, 1] < eye_top) & (face[:, 1] > eye_top - 0.45 * size) & beside & ~eyes
+        return np.stack([mouth, eyes, brows])
+
+    def _expression_weights(self) -> np.ndarray | float:
+        gains = tuple(float(g) for g in self.limits.part_gains)
+        if gains == (1.0, 1.0, 1.0):
+            return 1.0
+        if self._part_weights is None or self._part_weights[0] != gains:
+            weights = 1.0 + ((np.array(gains)[:, None] - 1.0) * self._parts).sum(axis=0)
+            self._part_weights = (gains, weights[:, None])  # type: ignore[assignment]
+        return self._part_weights[1]
 
     def _adapt_neutral(self, unposed: np.ndarray) -> None:
         """Pull the neutral towards a closed mouth and open eyes.
@@ -102,6 +129,18 @@ class Retargeter(Stage):
         """Take the driver's next tracked face as its neutral reference."""
         self._recalibrate = True
 
+    def set_neutral(self, face: np.ndarray) -> None:
+        """Use ``face`` (478, 3) as the driver's neutral from now on (a synthetic driver, such
+        as the voice's face, knows its own rest pose)."""
+        self.neutral = face[: mesh.NUM_LANDMARKS].astype(np.float64).copy()
+        self._recalibrate = False
+
+    def adopt_neutral(self, other: Retargeter) -> None:
+        """Take over another avatar's driver neutral, so switching avatars needs no new one."""
+        if other.neutral is not None:
+            self.neutral = other.neutral.copy()
+            self._recalibrate = other._recalibrate
+
     def settle_neutral(self, driver: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Let a driver face refine the neutral (see ``_adapt_neutral``), as every
         ``transfer`` does. Returns the driver's head scale and rotation relative to the
@@ -119,13 +158,13 @@ class Retargeter(Stage):
         neutral = self.neutral
         lim = self.limits
         # Expression: compare with the neutral, in driver units.
-        expression = unposed - neutral
+        expression = (unposed - neutral) * lim.expression_gain * self._expression_weights()
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
         expressive = self._avatar_base + s_na * expression @ r_na.T
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
-        rel_scale = float(np.clip(scale, *lim.scale_range))
+        rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))
         shift = driver[mesh.RIGID].mean(axis=0) - neutral[mesh.RIGID].mean(axis=0)
         shift_avatar = s_na * shift @ r_na.T * lim.pose_gain
         max_shift = lim.max_translation * self._avatar_size

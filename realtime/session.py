@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.controls import Tuning
 from realtime.errors import UserError
 from realtime.frames import Mode
 from realtime.pipeline import FrameProcessor
@@ -62,6 +63,13 @@ class PipelineConfig:
     sinks: tuple[str, ...] = ("virtualcam",)
     audio: AudioConfig | None = None
     seconds: float | None = None
+    # Live extras (run, demo): every --avatar (files, folders) to switch between, the starting
+    # tuning, whether the refiner starts on (None: on for a learned --generator), where
+    # recordings and snapshots go.
+    avatars: tuple[str, ...] = ()
+    tuning: Tuning = field(default_factory=Tuning)
+    refiner: bool | None = None
+    record_dir: str = "."
 
 
 def audio_config(
@@ -113,7 +121,7 @@ def make_processor(
 
     avatar = load_avatar(config.avatar, output_size)
     generators = build_generators(
-        config.generator, avatar, list(config.providers) if config.providers else None
+        config.generator, avatar, list(config.providers) if config.providers else None, live=live
     )
     size = driver_size if config.mode is Mode.SWAP and driver_size and not output_size else avatar.size
     controls = Controls(mode=config.mode)
@@ -124,6 +132,25 @@ def generator_info(processor: FrameProcessor) -> tuple[str, str]:
     """The name and execution provider of the generator drawing the current mode."""
     generator = processor.generator()
     return generator.name, generator.provider
+
+
+def make_live(
+    config: PipelineConfig,
+    output_size: tuple[int, int] | None,
+    driver_size: tuple[int, int] | None,
+    window: bool,
+) -> FrameProcessor:
+    """The live processor of `run` and `demo`: every avatar prepared for switching, the tuning
+    applied; with a window (whose keys switch it) the shipped refiner is loaded as well."""
+    from realtime.controls import Controls
+    from realtime.live import make_live_processor, refiner_choice
+
+    generator, refiner_on = refiner_choice(config.generator, config.refiner, want_toggle=window)
+    controls = Controls(mode=config.mode, tuning=config.tuning)
+    controls.tune(refiner=refiner_on)
+    providers = list(config.providers) if config.providers else None
+    paths = config.avatars or (config.avatar,)
+    return make_live_processor(paths, output_size, generator, providers, controls, driver_size)
 
 
 def stream(
@@ -139,8 +166,13 @@ def stream(
     The engine opens and closes the source, the processor and the sinks; the audio bridge,
     when asked for, runs around it and never stops the video if it fails.
     """
+    from realtime.generators.remote import remote_summary, set_remote_budget
     from realtime.loop import Engine
     from realtime.sinks import WindowSink
+
+    pipeline = config.pipeline
+    if pipeline == "auto" and remote_summary(processor.generators) is not None:
+        pipeline = "parallel"  # a remote generator mostly waits: track the next frame meanwhile
 
     with ExitStack() as stack:
         audio = open_audio(config.audio)
@@ -156,13 +188,17 @@ def stream(
             sinks,
             fps=fps,
             budget_ms=budget_ms,
-            pipeline=config.pipeline,
+            pipeline=pipeline,
             on_latency=audio.set_video_latency_ms if audio is not None else None,
             # The engine holds each frame until it is as old as the audio's shortest possible
             # delay (read live from the bridge), so lips and voice meet.
             min_latency_ms=(lambda: audio.min_delay_ms) if hold else None,
         )
+        set_remote_budget(processor.generators, engine.budget_s * 1000.0)
         summary = engine.run(seconds=config.seconds)
+        remote = remote_summary(processor.generators)
+        if remote is not None:
+            summary["remote"] = remote
         if audio is not None:
             summary["audio"] = audio.stats()
     return summary, engine.budget_s * 1000.0

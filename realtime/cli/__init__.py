@@ -13,6 +13,7 @@ from realtime.cli.commands import (
     cmd_eval,
     cmd_render,
     cmd_run,
+    cmd_serve,
     cmd_train,
 )
 from realtime.cli.parser import build_parser
@@ -28,6 +29,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "train": cmd_train,
+    "serve": cmd_serve,
 }
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from realtime.cli.parser import NO_CAMERA
 from realtime.errors import DeviceUnavailable, UserError
+
+if TYPE_CHECKING:
+    from realtime.pipeline import FrameProcessor
+    from realtime.session import PipelineConfig
 
 logger = logging.getLogger("realtime")
 
@@ -47,10 +55,52 @@ def _audio(args: argparse.Namespace):
     return audio_config(args.audio_in, args.audio_out, args.audio_offset_ms, args.audio_mute, args.av_sync)
 
 
+def _live_fields(args: argparse.Namespace) -> dict:
+    """The live settings of `run`/`demo` as ``PipelineConfig`` fields."""
+    from realtime.controls import Tuning
+    from realtime.live import avatar_paths
+
+    return dict(
+        avatar=args.avatar[0],
+        avatars=tuple(avatar_paths(args.avatar)),
+        tuning=Tuning(
+            strength=args.strength,
+            head_share=args.head_share,
+            mirror=args.mirror,
+            mouth=args.mouth,
+            eyes=args.eyes,
+            brows=args.brows,
+        ),
+        refiner=None if args.refiner is None else args.refiner == "on",
+        record_dir=args.record_dir,
+    )
+
+
+def _live_sinks(
+    config: PipelineConfig, processor: FrameProcessor, sinks: list, pip: bool, keys: bool = False
+) -> list:
+    """With a window: its picture-in-picture setting; with keys (a window's or the terminal's):
+    the recorder they start."""
+    from realtime.sinks import WindowSink
+    from realtime.sinks.recorder import RecorderSink
+
+    windows = [sink for sink in sinks if isinstance(sink, WindowSink)]
+    for window in windows:
+        window.pip = pip
+    if windows or keys:
+        audio_out = config.audio.audio_out if config.audio is not None else None
+        sinks = [*sinks, RecorderSink(processor.controls, config.record_dir, audio_out)]
+    return sinks
+
+
 def _finish(summary: dict, metrics_json: str | None) -> None:
     from realtime.metrics import format_summary, write_json
 
     print(format_summary(summary))
+    if "remote" in summary:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summary["remote"]))
     if metrics_json:
         write_json(metrics_json, summary)
         print(f"metrics: {metrics_json}")
@@ -66,21 +116,24 @@ def _print_audio(summary: dict) -> None:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from realtime.frames import Mode
+    from realtime.keys import TerminalKeys
     from realtime.metrics import machine_description
     from realtime.session import (
         CAMERA_SIZE,
         generator_info,
-        make_processor,
+        make_live,
         make_source,
         stream,
     )
     from realtime.sinks import make_sink
 
+    if args.lips == "voice" or args.camera == NO_CAMERA:
+        return _run_voice(args)
     audio = _audio(args)
     camera = args.size or CAMERA_SIZE
     config = pipeline_config(
         args,
-        avatar=args.avatar,
+        **_live_fields(args),
         # --fps is the output's rate; it asks a camera for that rate but never re-paces a file.
         source=_source_config(args, loop=args.loop, fps=None if args.input else args.fps),
         fps=args.fps,
@@ -94,16 +147,81 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A reenacted avatar fills the camera's size unless --size says otherwise; a swap keeps the
     # driver's own frame size.
     output_size = config.size or (camera if config.mode is Mode.REENACT else None)
-    processor = make_processor(config, output_size, (source.width, source.height))
+    window = any(spec.strip().lower() == "window" for spec in config.sinks)
+    processor = make_live(config, output_size, (source.width, source.height), window)
     fps = config.fps or source.fps or 30.0
     sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    # No window: the same keys from the terminal (the virtual camera alone can switch avatars too).
+    terminal = None if window or not sys.stdin.isatty() else TerminalKeys(processor.controls)
+    sinks = _live_sinks(config, processor, sinks, pip=not args.no_pip, keys=terminal is not None)
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
-    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    with terminal or contextlib.nullcontext():
+        summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    name, provider = generator_info(processor)  # a remote generator knows its provider once opened
     summary.update(
         generator=name,
         provider=provider,
         mode=str(config.mode),
+        size=f"{processor.output_size[0]}x{processor.output_size[1]}",
+        budget_ms=round(budget_ms, 2),
+        machine=machine_description(),
+    )
+    _print_audio(summary)
+    _finish(summary, args.metrics_json)
+    return 0
+
+
+def _run_voice(args: argparse.Namespace) -> int:
+    """``run --lips voice --camera none``: the avatar speaks the microphone, no camera."""
+    import numpy as np
+
+    from realtime.metrics import machine_description
+    from realtime.session import SourceConfig, generator_info, make_processor, stream
+    from realtime.sinks import make_sink
+    from realtime.sources import ImageSource
+    from realtime.voice.live import use_voice
+
+    if args.lips != "voice" or args.camera != NO_CAMERA:
+        raise UserError("--camera none needs --lips voice, and --lips voice runs with --camera none for now")
+    if not args.audio_in:
+        raise UserError("--lips voice needs the microphone: --audio-in DEVICE (see `realtime devices`)")
+    if args.mode != "reenact":
+        raise UserError("--lips voice drives the avatar's mouth: use it with --mode reenact")
+    # The voice is the driver: --audio-out (the delayed voice to a call) is optional here.
+    audio = _audio(args) if args.audio_out else None
+    if audio is not None:
+        from dataclasses import replace
+
+        from realtime.voice.live import voice_lag_ms
+
+        # The mouth shows the voice of the model's look-ahead ago: the delayed voice waits that much more.
+        audio = replace(audio, offset_ms=audio.offset_ms + voice_lag_ms())
+    fps = args.fps or 30.0
+    config = pipeline_config(
+        args,
+        avatar=args.avatar,
+        source=SourceConfig(camera=None, fps=fps),
+        fps=fps,
+        budget_ms=args.budget_ms,
+        pipeline=args.pipeline,
+        sinks=tuple(args.sink or ["virtualcam"]),
+        audio=audio,
+        seconds=args.seconds,
+    )
+    processor = make_processor(config, config.size)  # the avatar's own canvas unless --size
+    voice = use_voice(processor, args.audio_in)
+    source = ImageSource(np.zeros((64, 64, 3), np.uint8), fps=fps)  # the clock; nothing to track
+    sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
+    summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
+    name, provider = generator_info(processor)
+    summary.update(
+        generator=name,
+        provider=provider,
+        lips="voice",
+        microphone=voice.microphone.name,
+        voice_blocks=voice.microphone.blocks,
+        voice_errors=voice.microphone.errors,
         size=f"{processor.output_size[0]}x{processor.output_size[1]}",
         budget_ms=round(budget_ms, 2),
         machine=machine_description(),
@@ -123,6 +241,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'out.mp4')}"
         )
+    if args.audio:
+        return _render_voice(args)
+    if not args.driver:
+        raise UserError("render needs --driver VIDEO, --audio SPEECH, or both")
     config = pipeline_config(args, avatar=args.avatar)
     source = VideoFileSource(args.driver, paced=False)
     driver_size = (source.width // 2 * 2, source.height // 2 * 2)
@@ -131,6 +253,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     summary = render_offline(source, processor, [sink], fps=source.fps)
     name, provider = generator_info(processor)
+    from realtime.generators.remote import remote_summary
+
+    if (remote := remote_summary(processor.generators)) is not None:
+        summary["remote"] = remote
     summary.update(
         generator=name,
         provider=provider,
@@ -143,9 +269,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_voice(args: argparse.Namespace) -> int:
+    from realtime.voice.render import DEFAULT_FPS, render_voice
+
+    if args.mode != "reenact":
+        raise UserError("--audio drives the avatar's mouth: use it with --mode reenact")
+    summary = render_voice(
+        args.avatar,
+        args.audio,
+        args.out,
+        size=args.size,
+        fps=args.fps or DEFAULT_FPS,
+        driver=args.driver,
+        generator=args.generator,
+        providers=list(args.provider) if args.provider else None,
+        model_path=args.voice_model,
+        seed=args.seed,
+    )
+    _finish(summary, args.metrics_json)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from realtime.avatar import BUILTIN
-    from realtime.session import PipelineConfig, SourceConfig, make_processor, make_source, stream
+    from realtime.session import PipelineConfig, SourceConfig, make_live, make_source, stream
     from realtime.sinks import FileSink, WindowSink, display_available
 
     driver = SourceConfig(camera=0, size=DEMO_CAMERA, fps=DEMO_FPS)
@@ -159,12 +306,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("driver: no webcam, using the built-in driving sequence")
     window = display_available()
     seconds = args.seconds if window else args.seconds or 10.0
-    config = PipelineConfig(avatar=BUILTIN, size=DEMO_SIZE, source=driver, fps=DEMO_FPS, seconds=seconds)
-    processor = make_processor(config, config.size)
+    config = PipelineConfig(
+        generator=args.generator,
+        size=DEMO_SIZE,
+        source=driver,
+        fps=DEMO_FPS,
+        seconds=seconds,
+        **_live_fields(args),
+    )
+    processor = make_live(config, config.size, None, window)
     out = None
     if window:
-        sinks = [WindowSink(processor.controls)]
-        print("window: n = new neutral pose, m = switch reenact/swap, q = quit")
+        sinks = _live_sinks(config, processor, [WindowSink(processor.controls)], pip=not args.no_pip)
+        print("window: h = keys, p = your camera, 1-9 = avatar, r = record, s = snapshot, q = quit")
     else:
         out = os.path.abspath(args.out)
         sinks = [FileSink(out)]
@@ -197,9 +351,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         audio=audio,
         seconds=args.seconds,
     )
+    if args.clients:
+        return _bench_clients(args, config)
     runs, info = bench.run_bench(config, compare_naive=args.compare_naive)
     summaries = {k: v[0] for k, v in runs.items()}
     print(bench.format_table(summaries))
+    if "remote" in summaries["engine"]:
+        from realtime.generators.remote import format_remote
+
+        print(format_remote(summaries["engine"]["remote"]))
     _print_audio(summaries["engine"])
     result = dict(summaries["engine"])
     if args.compare_naive:
@@ -216,6 +376,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         title = f"{info['generator']} {info['size']} {'paced' if info['paced'] else 'unpaced'} — {info['machine']}"
         bench.plot(runs, args.plot, title)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _bench_clients(args: argparse.Namespace, config) -> int:
+    from realtime import bench_clients
+    from realtime.metrics import machine_description, write_json
+
+    counts = bench_clients.parse_clients(args.clients)
+    rows = bench_clients.run_load(config, counts, args.compare_unbatched, args.metrics_url, args.server_only)
+    print(bench_clients.format_load_table(rows))
+    if args.json:
+        write_json(args.json, {"machine": machine_description(), "seconds": config.seconds, "rounds": rows})
+        print(f"json: {args.json}")
     return 0
 
 
@@ -290,4 +463,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"scores: {args.json}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from realtime.serve import ServeConfig, TritonService
+
+    config = ServeConfig(
+        models=tuple(args.model or ()),
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        batching=args.batching,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        providers=tuple(args.provider) if args.provider else None,
+        threads=args.threads,
+        expose=args.expose,
+    )
+    import signal
+
+    def stop(signum, frame):  # SIGTERM (systemd, docker, kill) stops cleanly, as ctrl-c does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell ignores it
+    with TritonService(config) as service:
+        print(service.ready_line(), flush=True)
+        deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
+        try:
+            while time.monotonic() < deadline:
+                if not service.alive():
+                    raise UserError(f"the Triton server stopped; its log: {service.log_path}")
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 DEFAULT_DEMO_OUT = "realtime-demo.mp4"
 DEFAULT_PIPELINE = "auto"
+NO_CAMERA = -1  # --camera none
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -16,6 +17,16 @@ def _size(text: str) -> tuple[int, int]:
     if not (16 <= w <= 7680 and 16 <= h <= 4320):
         raise argparse.ArgumentTypeError(f"size {text} is out of range (16x16 .. 7680x4320)")
     return w // 2 * 2, h // 2 * 2
+
+
+def _camera(text: str) -> int:
+    """A webcam index, or ``none`` (NO_CAMERA)."""
+    if text.strip().lower() == "none":
+        return NO_CAMERA
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"camera must be an index or none, got {text!r}") from None
 
 
 def _positive(text: str) -> float:
@@ -50,7 +61,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--generator",
         default=None,
-        help="warp, a model shipped in weights/, or PATH.onnx (default: the best shipped generator)",
+        help="warp, a model shipped in weights/, PATH.onnx, or triton://HOST:PORT/NAME (a `realtime serve` "
+        "server; default: the best shipped generator)",
     )
     p.add_argument(
         "--provider",
@@ -93,6 +105,58 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _strength(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    """The settings the window's keys change live (press h in the window for the keys)."""
+    live = p.add_argument_group("live settings (the window's keys change them; h lists the keys)")
+    live.add_argument(
+        "--strength", type=_strength, default=1.0, help="expression transfer strength, 0-2 (default 1)"
+    )
+    live.add_argument(
+        "--head-share",
+        type=_share,
+        default=0.5,
+        help="split between head motion and expression, 0-1: 0.5 (default) both in full, "
+        "towards 0 the head stays still, towards 1 the expression does",
+    )
+    for part, what in (("mouth", "mouth and jaw"), ("eyes", "eyes and lids"), ("brows", "brows")):
+        live.add_argument(
+            f"--{part}", type=_strength, default=1.0, help=f"{what}: expression strength 0-2 (default 1)"
+        )
+    live.add_argument("--mirror", action="store_true", help="mirror the camera (keys: f)")
+    live.add_argument(
+        "--refiner",
+        choices=["on", "off"],
+        default=None,
+        help="draw with the learned refiner or the plain warp (key g); default: on for a learned "
+        "--generator, off otherwise",
+    )
+    live.add_argument(
+        "--no-pip", action="store_true", help="start with the window's picture-in-picture hidden (key p)"
+    )
+    live.add_argument("--record-dir", default=".", help="folder for recordings (key r) and snapshots (key s)")
+
+
 # -- one parser per command ------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="zero-configuration demo")
@@ -103,15 +167,41 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="stop after this long (default: until q with a window, else 10 s)",
     )
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="MP4 written when there is no display")
+    demo.add_argument(
+        "--generator",
+        default=None,
+        help="as for run, e.g. triton://HOST:PORT/NAME (default: the best shipped)",
+    )
+    demo.add_argument(
+        "--avatar",
+        nargs="+",
+        default=["builtin"],
+        help="portrait images and/or folders of them (keys 1-9 and the arrows switch); default builtin",
+    )
+    _add_live_options(demo)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="the live loop")
-    run.add_argument("--avatar", required=True, help="portrait image, or 'builtin'")
+    run.add_argument(
+        "--avatar",
+        required=True,
+        nargs="+",
+        help="portrait images, folders of them, or 'builtin' (keys 1-9 and the arrows switch)",
+    )
     src = run.add_mutually_exclusive_group()
-    src.add_argument("--camera", type=int, default=None, help="webcam index (default 0)")
+    src.add_argument(
+        "--camera", type=_camera, default=None, help="webcam index (default 0), or none (with --lips voice)"
+    )
     src.add_argument("--input", default=None, help="video file played as if it were a camera")
     run.add_argument("--loop", action="store_true", help="loop --input")
+    run.add_argument(
+        "--lips",
+        choices=["video", "voice"],
+        default="video",
+        help="video (default): the mouth follows the camera; voice: it follows --audio-in (with --camera "
+        "none: no camera, idle head motion and blinks)",
+    )
     run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
     run.add_argument(
         "--sink",
@@ -131,12 +221,31 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--metrics-json", default=None, help="write the metrics here as JSON")
     _add_pipeline_choice(run)
     _add_audio_options(run)
+    _add_live_options(run)
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser("render", help="offline: every driver frame, no drops, audio muxed")
     render.add_argument("--avatar", required=True)
-    render.add_argument("--driver", required=True, help="driving video")
+    render.add_argument(
+        "--driver",
+        default=None,
+        help="driving video (with --audio: the head only, the voice drives the mouth)",
+    )
+    render.add_argument(
+        "--audio",
+        default=None,
+        metavar="SPEECH",
+        help="a voice (wav, mp3, m4a, or a video's sound) that drives the mouth; without --driver the head "
+        "moves idly and blinks; the output lasts as long as the audio",
+    )
+    render.add_argument(
+        "--fps", type=_positive, default=None, help="with --audio and no --driver (default 25)"
+    )
+    render.add_argument(
+        "--voice-model", default=None, help="audio-to-mouth ONNX (default weights/voice.onnx)"
+    )
+    render.add_argument("--seed", type=int, default=0, help="idle head motion and blinks (with --audio)")
     render.add_argument("--out", required=True, help="output .mp4")
     render.add_argument("--metrics-json", default=None)
     _add_pipeline_options(render)
@@ -162,6 +271,26 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", default=None)
     bench.add_argument("--plot", default=None, help="PNG: latency over time and histogram")
     bench.add_argument("--compare-naive", action="store_true", help="also run a naive sequential loop")
+    bench.add_argument(
+        "--clients",
+        default=None,
+        metavar="N[,N...]",
+        help="load test: N concurrent paced streams against --generator triton://..., e.g. 1,2,4,8,16",
+    )
+    bench.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="with --clients: also load NAME-nobatch on the same server (`realtime serve --batching both`)",
+    )
+    bench.add_argument(
+        "--server-only",
+        action="store_true",
+        help="with --clients: send only the model's inputs at the stream's fps (no tracking, warp or "
+        "blend), to measure the server apart from the clients' CPU",
+    )
+    bench.add_argument(
+        "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
+    )
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 
@@ -205,6 +334,61 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--pairs-sheet", default=None, help="write the cross-identity contact sheet PNG here")
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range (1..65535)")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve the generators to other machines through NVIDIA Triton (needs the 'serve' extra)"
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="PATH.onnx",
+        help="model to serve (repeatable; default: every weights/*.onnx with a model card)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument(
+        "--expose",
+        action="store_true",
+        help="allow a --host other than loopback: Triton has no authentication, so anyone who can reach "
+        "the port can use the server (put it behind a proxy or on a private network)",
+    )
+    serve.add_argument("--port", type=_port, default=8001, help="gRPC port clients use (default 8001)")
+    serve.add_argument("--http-port", type=_port, default=None, help="HTTP port (default --port minus 1)")
+    serve.add_argument(
+        "--metrics-port", type=_port, default=None, help="Prometheus metrics port (default --port plus 1)"
+    )
+    serve.add_argument(
+        "--batching",
+        choices=["on", "off", "both"],
+        default="on",
+        help="Triton's dynamic batching across clients (both: also serve NAME-nobatch, for comparisons)",
+    )
+    serve.add_argument("--max-batch", type=int, default=16, help="most frames batched into one run")
+    serve.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=1000,
+        help="how long a request may wait for others to batch with",
+    )
+    serve.add_argument("--provider", action="append", default=None, help="onnxruntime provider to prefer")
+    serve.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads per run (default: one per core)"
+    )
+    serve.add_argument(
+        "--seconds", type=_positive, default=None, help="stop after this long (default: ctrl-c)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="realtime", description="Real-time face reenactment to a virtual camera.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -217,4 +401,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
     _add_train(sub)
     _add_eval(sub)
+    _add_serve(sub)
     return parser

@@ -134,6 +134,9 @@ class OnnxRunner:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
 
+# The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
+# server hands these to its clients).
+PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction")
 CORRECTIONS = ("rgb", "luma")
 # Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
 # "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.
@@ -160,8 +163,18 @@ class OnnxRefinerGenerator(Stage):
     OPTIONAL_INPUTS = set(REFINER_DRIVER_INPUTS) - REQUIRED_INPUTS
     REQUIRED_OUTPUTS = set(REFINER_OUTPUTS)
 
-    def __init__(self, path: str, warp, providers: list[str] | None = None) -> None:
-        self.runner = OnnxRunner(path, providers)
+    def __init__(
+        self,
+        path: str,
+        warp,
+        providers: list[str] | None = None,
+        runner=None,
+        card: dict | None = None,
+    ) -> None:
+        # ``runner`` and ``card``: the model runs elsewhere (``realtime.generators.remote``); any
+        # object with OnnxRunner's inputs/outputs/input_shape/provider/warm_up/run will do, and
+        # its ``run`` may return None (no answer in time: the frame keeps the warp).
+        self.runner = runner if runner is not None else OnnxRunner(path, providers)
         self.name = os.path.splitext(os.path.basename(path))[0]
         self.warp = warp
         names = set(self.runner.inputs)
@@ -174,8 +187,10 @@ class OnnxRefinerGenerator(Stage):
             raise UserError(
                 f"model {path} has outputs {self.runner.outputs}; a generator needs {sorted(self.REQUIRED_OUTPUTS)}"
             )
-        card = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
-        self.card = json.load(open(card)) if os.path.exists(card) else {}
+        if card is None:
+            card_path = os.path.splitext(path)[0] + ".json"  # the model card beside the .onnx
+            card = json.load(open(card_path)) if os.path.exists(card_path) else {}
+        self.card = card
         crop = self.card.get("crop", {})
         shape = self.runner.input_shape(IN_WARPED)
         size = shape[-1] if isinstance(shape[-1], int) else int(crop.get("size", 256))
@@ -201,8 +216,8 @@ class OnnxRefinerGenerator(Stage):
             for name in (REGIONS if layout == "regions" else ["face"])
         ]
         # Each crop's correction is gated to these landmark loops (None: applied whole). A face
-        # crop: the card's regions. "confine": each region crop's correction stays inside its own
-        # feature (lips, eye), so skin, moustache and brows around it keep the avatar's look.
+        # crop: the card's regions. A region crop with the card's "confine" (CONFINES): only inside
+        # its own feature or opening, so skin, moustache and brows keep the avatar's look.
         if layout == "face":
             loops = {"mouth": [mesh.OUTER_LIP], "eyes": [mesh.RIGHT_EYE, mesh.LEFT_EYE]}
             self._gate_loops = [[lp for r in self._regions for lp in loops[r]] or None]
@@ -302,6 +317,8 @@ class OnnxRefinerGenerator(Stage):
                 self._driver_maps(target, len(matrices)),
             )
         )
+        if outputs is None:  # a remote runner without an answer in time: this frame is the warp's
+            return base
         # Each crop's correction (already weighted by the model's mask) is mapped back and
         # added to the full-resolution warp, so a small crop never blurs a large face. A
         # model with a flow moves the full-resolution pixels the same way first.

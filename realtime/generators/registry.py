@@ -44,6 +44,10 @@ class Generators:
             generator.close()
 
 
+# Models in weights/ that draw no image (the voice's audio-to-mouth model, realtime.voice).
+NOT_GENERATORS = ("audio_to_mouth",)
+
+
 def weights_dir() -> Path:
     override = os.environ.get("REALTIME_WEIGHTS")
     return Path(override) if override else Path(__file__).resolve().parents[2] / "weights"
@@ -58,6 +62,8 @@ def shipped_models(directory: Path | None = None) -> dict[str, dict]:
     for onnx_path in sorted(directory.glob("*.onnx")):
         card_path = onnx_path.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        if card.get("kind") in NOT_GENERATORS:
+            continue
         card["path"] = str(onnx_path)
         models[onnx_path.stem] = card
     return models
@@ -72,10 +78,19 @@ def default_generator(directory: Path | None = None) -> str:
     return "warp"
 
 
-def build_generators(name: str | None, avatar: Avatar, providers: list[str] | None = None) -> Generators:
-    """Generators for both modes (the mode can be switched live)."""
+def build_generators(
+    name: str | None, avatar: Avatar, providers: list[str] | None = None, live: bool = True
+) -> Generators:
+    """Generators for both modes (the mode can be switched live).
+
+    ``live``: a remote generator (``triton://``) gives each frame only its share of the frame
+    budget; offline it waits for every answer."""
     name = name or default_generator()
     warps = {mode: WarpGenerator(avatar.image, avatar.landmarks, mode=mode) for mode in Mode}
+    from realtime.generators.remote import build_remote, is_remote, parse_address
+
+    if is_remote(name):
+        return Generators(by_mode=build_remote(parse_address(name), warps, live), fallback=dict(warps))
     if name == "warp":
         return Generators(by_mode=dict(warps), fallback=dict(warps))
     path = name

@@ -46,11 +46,13 @@ class FileSink(SinkBase):
         audio_from: str | None = None,
         crf: int = 20,
         trim_audio: bool = True,
+        preset: str = "veryfast",
     ) -> None:
         self.path = Path(path)
         self.audio_from = audio_from
         self.trim_audio = trim_audio
         self.crf = int(crf)
+        self.preset = preset  # a live recording takes "ultrafast": the stream needs the CPU
         self.name = f"file:{self.path}"
         self.frames = 0
         self.tmp_path = self.path.with_name(f".{self.path.name}.part{self.path.suffix or '.mp4'}")
@@ -119,7 +121,7 @@ class FileSink(SinkBase):
             "-c:v",
             "libx264",
             "-preset",
-            "veryfast",
+            self.preset,
             "-crf",
             str(self.crf),
             "-pix_fmt",

@@ -22,7 +22,8 @@
 # minute ~6.75, exports and times every model, and ends by minute 8; checkpoints are packed into
 # $OUT each minute, so a timeout still brings back the latest. What comes back (at most 8 files):
 #     environment.json  summary.json  cyclegan.tar  recycle.tar  refiner_continue.tar
-#     refiner_quality.tar  [voice.tar, when the audio-to-mouth model and its cache exist]
+#     refiner_quality.tar  [voice.tar: the audio-to-mouth model, only if --prepare found its cache
+#     .train_cache_voice and it fitted the carry budget; today's (44 MB) does not fit beside the others]
 # If it fails within the first minute (output_tail says why), fix and rerun at once while the
 # machine is warm; otherwise call give_back. A fresh machine will not start with < 4 min left.
 #

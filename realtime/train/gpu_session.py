@@ -254,7 +254,15 @@ def voice_cache(out: Path) -> str:
     if size + folder_bytes(out) > CARRY_BUDGET:
         return f"skipped: {source.name} is {size / MIB:.0f} MiB, over what is left of the carry budget"
     shutil.copytree(source, out / "voice")
-    return f"carried {source.name} ({size / MIB:.1f} MiB)"
+    # Its feature code needs python_speech_features (pure Python), which the GPU image lacks.
+    import python_speech_features
+
+    shutil.copytree(
+        Path(python_speech_features.__file__).parent,
+        out / "pylib" / "python_speech_features",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return f"carried {source.name} ({size / MIB:.1f} MiB) and python_speech_features"
 
 
 # -- the jobs ---------------------------------------------------------------------------------
@@ -583,10 +591,10 @@ def no_mediapipe_dir() -> Path:
     return folder
 
 
-def job_environment(dry_run: bool, threads: int) -> dict:
+def job_environment(dry_run: bool, threads: int, carry: Path) -> dict:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", TQDM_MININTERVAL="30", OMP_NUM_THREADS=str(threads))
-    paths = [str(REPO)]
+    paths = [str(REPO)] + ([str(carry / "pylib")] if (carry / "pylib").is_dir() else [])
     if dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""
         paths.insert(0, str(no_mediapipe_dir()))
@@ -772,7 +780,7 @@ def session(minutes: float, dry_run: bool, out: Path, carry: Path, runs: Path) -
     logger.info("torch %s, CUDA %s", env_record.get("torch", {}).get("version"), cuda)
     cpus = os.cpu_count() or 2
     jobs = plan(carry, dry_run, deadline, workers=max(1, (cpus - 4) // 2))
-    env = job_environment(dry_run, threads=1 if dry_run else 2)
+    env = job_environment(dry_run, threads=1 if dry_run else 2, carry=carry)
     for job in jobs:
         launch(job, runs, env)
     by_name = {job.name: job for job in jobs}

@@ -70,6 +70,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--style": "style",
         "--correction": "correction",
         "--confine": "confine",
+        "--checkpoint-minutes": "checkpoint_minutes",
         "--motion-weight": "w_motion",
     }
     assert all(a.help for a in parser._actions if a.dest in ("layout", "schedule", "w_motion", "flow"))

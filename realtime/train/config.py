@@ -134,6 +134,12 @@ class RefinerConfig:
     )
     steps: int = flag(2000)
     max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
+    checkpoint_minutes: float = flag(
+        0.0, "also validate and write the checkpoint every this many minutes (0: by --eval-every only)"
+    )
+    # Unix time by which training ends whatever max_minutes says (0: none); set by
+    # scripts/gpu_session.sh so the jobs sharing one GPU window stop together.
+    deadline: float = 0.0
     batch: int = flag(16)
     lr: float = flag(2e-4, "learning rate (AdamW)")
     schedule: str = flag(
@@ -195,6 +201,12 @@ class SwapConfig:
     recycle: bool = flag(False, "Recycle-GAN: add temporal predictors and the recycle loss")
     steps: int = flag(3000)
     max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
+    checkpoint_minutes: float = flag(
+        0.0, "also validate and write the checkpoint every this many minutes (0: by --eval-every only)"
+    )
+    # Unix time by which training ends whatever max_minutes says (0: none); set by
+    # scripts/gpu_session.sh so the jobs sharing one GPU window stop together.
+    deadline: float = 0.0
     batch: int = flag(4)
     lr: float = 2e-4
     w_adv: float = 1.0

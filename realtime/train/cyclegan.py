@@ -41,7 +41,7 @@ from realtime.train import models
 from realtime.train.config import SwapConfig as Config
 from realtime.train.data import ClipCache
 from realtime.train.refiner import collect_caches
-from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
+from realtime.train.runs import CheckpointTimer, TimeBudget, pick_device, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -389,10 +389,11 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     step = resume_checkpoint(ckpt_path, device, nets=nets, opt_g=opt_g, opt_d=opt_d) if resume else 0
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []
-    log = open(out / "log.jsonl", "a")
+    log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="recycle-gan" if cfg.recycle else "cyclegan")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cfg.bf16)
-    budget = TimeBudget(cfg.max_minutes)
+    budget = TimeBudget(cfg.max_minutes, cfg.deadline)
+    timer = CheckpointTimer(cfg.checkpoint_minutes)
     pool_a = faces_a.triplets if cfg.recycle else np.arange(len(faces_a.crops))
     pool_b = faces_b.triplets if cfg.recycle else np.arange(len(faces_b.crops))
     while step < cfg.steps:
@@ -414,10 +415,11 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if not all(math.isfinite(v) for k, v in record.items() if k != "step"):
             raise FloatingPointError(f"loss became non-finite at step {step}: {record}")
         bar.set_postfix(loss=f"{record['loss']:.3f}", cyc=f"{record['cycle']:.3f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps or budget.spent():
+        if step % cfg.eval_every == 0 or step == cfg.steps or budget.spent() or timer.due():
             record["val"] = validate(nets, faces_a, faces_b, device)
             sample_grid(nets, faces_a, faces_b, device, out / f"samples_{step:06d}.png")
             save_checkpoint(ckpt_path, cfg, step, nets=nets, opt_g=opt_g, opt_d=opt_d)
+            timer.reset()
             logger.info("step %d: %s", step, record["val"])
         history.append(record)
         log.write(json.dumps(record) + "\n")

@@ -46,11 +46,28 @@ CONTEXT = 320  # side of the per-clip context crop
 CONTEXT_FACE_SCALE = 0.25
 
 
+def encode_image(image: np.ndarray, quality: int = 93, image_format: str = ".jpg") -> np.ndarray:
+    """One cached frame, compressed (JPEG, or WebP at about half the bytes); ``ClipCache.load``
+    decodes either."""
+    option = cv2.IMWRITE_WEBP_QUALITY if image_format == ".webp" else cv2.IMWRITE_JPEG_QUALITY
+    ok, data = cv2.imencode(image_format, image, [option, quality])
+    if not ok:
+        raise ValueError(f"could not encode a frame as {image_format}")
+    return data.ravel()
+
+
 def build_clip_cache(
-    video: str | Path, out_dir: str | Path, pairs: int = 40, jpeg_quality: int = 93
+    video: str | Path,
+    out_dir: str | Path,
+    pairs: int = 40,
+    jpeg_quality: int = 93,
+    frames: list[int] | None = None,
+    context: int = CONTEXT,
+    image_format: str = ".jpg",
 ) -> Path | None:
-    """Cache ``pairs`` consecutive-frame pairs of ``video``. Returns the .npz path, or None
-    when too few frames have a face."""
+    """Cache ``pairs`` consecutive-frame pairs of ``video`` (or exactly the frame indices
+    ``frames``) as ``context``-pixel crops. Returns the .npz path, or None when too few frames
+    have a face."""
     from realtime.analysis import read_frames, video_frame_count
     from realtime.tracking import FaceTracker
 
@@ -58,16 +75,26 @@ def build_clip_cache(
     total = video_frame_count(str(video))
     if total < 4:
         return None
-    starts = np.unique(np.linspace(0, total - 2, min(pairs, total - 1)).astype(int))
-    indices = sorted({int(i) for s in starts for i in (s, s + 1)})
+    if frames is None:
+        starts = np.unique(np.linspace(0, total - 2, min(pairs, total - 1)).astype(int))
+        indices = sorted({int(i) for s in starts for i in (s, s + 1)})
+    else:
+        indices = sorted({int(i) for i in frames if 0 <= int(i) < total})
+    if len(indices) < 8:
+        return None
     wanted = set(indices)
     # Only the sampled frames are kept: a long HD clip would not fit in memory whole.
-    frames = {i: image for i, image in enumerate(read_frames(str(video))) if i in wanted}
+    frames_by_index: dict[int, np.ndarray] = {}
+    for i, image in enumerate(read_frames(str(video))):
+        if i in wanted:
+            frames_by_index[i] = image
+        if i >= indices[-1]:  # the rest of the video is not needed
+            break
     tracker = FaceTracker(smoothing=False, track_width=0)
     found: dict[int, np.ndarray] = {}
     try:
-        for i in sorted(frames):
-            faces = tracker.detect(frames[i])
+        for i in sorted(frames_by_index):
+            faces = tracker.detect(frames_by_index[i])
             if faces:
                 found[i] = faces[0]
     finally:
@@ -79,17 +106,21 @@ def build_clip_cache(
     landmarks = np.stack([found[i] for i in keep])
     centre = np.median(landmarks[:, mesh.RIGID, :2].mean(axis=1), axis=0)
     size = float(np.median([mesh.face_size(lm) for lm in landmarks]))
-    scale = CONTEXT_FACE_SCALE * CONTEXT / size
+    scale = CONTEXT_FACE_SCALE * context / size
     matrix = np.array(
-        [[scale, 0.0, CONTEXT / 2 - scale * centre[0]], [0.0, scale, CONTEXT * 0.45 - scale * centre[1]]]
+        [[scale, 0.0, context / 2 - scale * centre[0]], [0.0, scale, context * 0.45 - scale * centre[1]]]
     )
     blobs, offsets = [], [0]
     for i in keep:
         crop = cv2.warpAffine(
-            frames[i], matrix, (CONTEXT, CONTEXT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+            frames_by_index[i],
+            matrix,
+            (context, context),
+            flags=cv2.INTER_AREA,
+            borderMode=cv2.BORDER_REPLICATE,
         )
-        ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        blobs.append(data.ravel())
+        data = encode_image(crop, jpeg_quality, image_format)
+        blobs.append(data)
         offsets.append(offsets[-1] + data.size)
     local = landmarks.copy()
     local[..., :2] = landmarks[..., :2] * scale + matrix[:, 2]
@@ -122,7 +153,10 @@ class ClipCache:
                 cv2.imdecode(jpeg[offsets[k] : offsets[k + 1]], cv2.IMREAD_COLOR)
                 for k in range(len(offsets) - 1)
             ]
-            return cls(str(data["clip"]), images, data["landmarks"], data["frame_index"])
+            landmarks = data["landmarks"]
+            if "landmarks_step" in data.files:  # stored as integers (the compact caches the GPU carries)
+                landmarks = landmarks.astype(np.float32) * float(data["landmarks_step"])
+            return cls(str(data["clip"]), images, landmarks, data["frame_index"])
 
     def consecutive(self) -> list[int]:
         """Positions k whose frame k+1 is the next video frame."""

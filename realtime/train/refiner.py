@@ -23,7 +23,7 @@ from realtime.train import models
 from realtime.train.config import RefinerConfig as Config
 from realtime.train.data import build_clip_cache, make_dataset
 from realtime.train.people import person_of, split
-from realtime.train.runs import TimeBudget, pick_device, resume_checkpoint, save_checkpoint
+from realtime.train.runs import CheckpointTimer, TimeBudget, pick_device, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -466,10 +466,25 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
     log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    budget = TimeBudget(cfg.max_minutes)
+    budget = TimeBudget(cfg.max_minutes, cfg.deadline)
+    timer = CheckpointTimer(cfg.checkpoint_minutes)
     best_score = math.inf
+    saved_at = step
+
+    def save(record: dict) -> None:
+        nonlocal best_score, saved_at
+        # The adversarial terms trade some L1 for realism: keep the best checkpoint too.
+        score = checkpoint(cfg, nets, data, out, step, record, device)
+        if score < best_score:
+            best_score = score
+            save_checkpoint(out / "refiner_best.pt", cfg, step, model=nets.shown)
+        timer.reset()
+        saved_at = step
+
     while step < cfg.steps:
-        if budget.spent() and step % cfg.eval_every == 0:
+        # With timed checkpoints the run stops at once (and saves below), else at the next
+        # --eval-every step, which saves.
+        if budget.spent() and (step % cfg.eval_every == 0 or cfg.checkpoint_minutes):
             logger.info("time budget reached at step %d", step)
             break
         if cfg.schedule == "cosine":
@@ -482,14 +497,16 @@ def train(cfg: Config, out: Path, resume: bool = True) -> dict:
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            # The adversarial terms trade some L1 for realism: keep the best checkpoint too.
-            score = checkpoint(cfg, nets, data, out, step, record, device)
-            if score < best_score:
-                best_score = score
-                save_checkpoint(out / "refiner_best.pt", cfg, step, model=nets.shown)
+        if step % cfg.eval_every == 0 or step == cfg.steps or timer.due():
+            save(record)
         history.append(record)
         log.write(json.dumps(record) + "\n")
+    if step != saved_at and history:
+        save(history[-1])
+        log.write(
+            json.dumps({"step": step, "val": history[-1]["val"], "selection": history[-1]["selection"]})
+            + "\n"
+        )
     bar.close()
     log.close()
     save_checkpoint(out / "refiner.pt", cfg, step, model=nets.shown)

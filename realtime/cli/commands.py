@@ -189,6 +189,8 @@ def _run_voice(args: argparse.Namespace) -> int:
         raise UserError("--lips voice needs the microphone: --audio-in DEVICE (see `realtime devices`)")
     if args.mode != "reenact":
         raise UserError("--lips voice drives the avatar's mouth: use it with --mode reenact")
+    if len(args.avatar) > 1:
+        raise UserError("--lips voice takes one --avatar for now (switching avatars needs a camera)")
     # The voice is the driver: --audio-out (the delayed voice to a call) is optional here.
     audio = _audio(args) if args.audio_out else None
     if audio is not None:
@@ -201,7 +203,7 @@ def _run_voice(args: argparse.Namespace) -> int:
     fps = args.fps or 30.0
     config = pipeline_config(
         args,
-        avatar=args.avatar,
+        avatar=args.avatar[0],
         source=SourceConfig(camera=None, fps=fps),
         fps=fps,
         budget_ms=args.budget_ms,

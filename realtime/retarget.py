@@ -78,13 +78,13 @@ class Retargeter(Stage):
         self._mouth_region = np.flatnonzero(below_nose)
         self._eye_region = np.array(mesh.RIGHT_EYE + mesh.LEFT_EYE + mesh.RIGHT_IRIS + mesh.LEFT_IRIS)
         self._parts = self._part_masks()
-        self._part_weights: tuple[tuple[float, float, float], np.ndarray] | None = None
 
     def _part_masks(self) -> np.ndarray:
         """(3, N) masks of the avatar's mouth (below the nose), eyes and brows, for ``part_gains``."""
         face = self.avatar[:, :2]
         size = self._avatar_size
-        mouth = face[:, 1] > face[mesh.NOSE_BOTTOM, 1]
+        mouth = np.zeros(len(face), bool)
+        mouth[self._mouth_region] = True
         irises = face[[mesh.RIGHT_IRIS_CENTRE, mesh.LEFT_IRIS_CENTRE]]
         near = np.linalg.norm(face[:, None, :] - irises[None], axis=2).min(axis=1)
         eyes = (near < 0.22 * size) & ~mouth
@@ -94,13 +94,11 @@ class Retargeter(Stage):
         return np.stack([mouth, eyes, brows])
 
     def _expression_weights(self) -> np.ndarray | float:
-        gains = tuple(float(g) for g in self.limits.part_gains)
-        if gains == (1.0, 1.0, 1.0):
+        """Each landmark's expression gain from ``part_gains`` ((N, 1); 1.0 when all are 1)."""
+        gains = np.asarray(self.limits.part_gains, np.float64)
+        if np.all(gains == 1.0):
             return 1.0
-        if self._part_weights is None or self._part_weights[0] != gains:
-            weights = 1.0 + ((np.array(gains)[:, None] - 1.0) * self._parts).sum(axis=0)
-            self._part_weights = (gains, weights[:, None])  # type: ignore[assignment]
-        return self._part_weights[1]
+        return (1.0 + ((gains[:, None] - 1.0) * self._parts).sum(axis=0))[:, None]
 
     def _adapt_neutral(self, unposed: np.ndarray) -> None:
         """Pull the neutral towards a closed mouth and open eyes.

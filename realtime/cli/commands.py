@@ -118,7 +118,6 @@ def _print_audio(summary: dict) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from realtime.frames import Mode
     from realtime.keys import TerminalKeys
-    from realtime.metrics import machine_description
     from realtime.session import (
         CAMERA_SIZE,
         generator_info,
@@ -159,26 +158,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
     with terminal or contextlib.nullcontext():
         summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
-    name, provider = generator_info(processor)  # a remote generator knows its provider once opened
-    summary.update(
-        generator=name,
-        provider=provider,
-        mode=str(config.mode),
-        size=f"{processor.output_size[0]}x{processor.output_size[1]}",
-        budget_ms=round(budget_ms, 2),
-        machine=machine_description(),
-    )
-    _print_audio(summary)
-    _finish(summary, args.metrics_json)
-    return 0
+    return _finish_live(args, summary, processor, budget_ms, mode=str(config.mode))
 
 
 def _run_voice(args: argparse.Namespace) -> int:
     """``run --lips voice --camera none``: the avatar speaks the microphone, no camera."""
     import numpy as np
 
-    from realtime.metrics import machine_description
-    from realtime.session import SourceConfig, generator_info, make_processor, stream
+    from realtime.session import SourceConfig, make_processor, stream
     from realtime.sinks import make_sink
     from realtime.sources import ImageSource
     from realtime.voice.live import use_voice
@@ -217,14 +204,30 @@ def _run_voice(args: argparse.Namespace) -> int:
     source = ImageSource(np.zeros((64, 64, 3), np.uint8), fps=fps)  # the clock; nothing to track
     sinks = [make_sink(spec, processor.controls) for spec in config.sinks]
     summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
-    name, provider = generator_info(processor)
-    summary.update(
-        generator=name,
-        provider=provider,
+    return _finish_live(
+        args,
+        summary,
+        processor,
+        budget_ms,
         lips="voice",
         microphone=voice.microphone.name,
         voice_blocks=voice.microphone.blocks,
         voice_errors=voice.microphone.errors,
+    )
+
+
+def _finish_live(
+    args: argparse.Namespace, summary: dict, processor: FrameProcessor, budget_ms: float, **extra
+) -> int:
+    """A live run's summary: what ran (a remote generator knows its provider once opened) and how."""
+    from realtime.metrics import machine_description
+    from realtime.session import generator_info
+
+    name, provider = generator_info(processor)
+    summary.update(
+        generator=name,
+        provider=provider,
+        **extra,
         size=f"{processor.output_size[0]}x{processor.output_size[1]}",
         budget_ms=round(budget_ms, 2),
         machine=machine_description(),

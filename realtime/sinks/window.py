@@ -108,9 +108,9 @@ def draw_pip(image: np.ndarray, track: FaceTrack | None, share: float = 0.28) ->
     if small.ndim == 2:
         small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
     if track.landmarks is not None:
-        for x, y in (track.landmarks[:, :2] * scale).astype(np.int32):
-            if 0 <= x < pip_w and 0 <= y < pip_h:
-                small[y, x] = (0, 255, 0)
+        points = (track.landmarks[:, :2] * scale).astype(np.int32)
+        inside = (points[:, 0] >= 0) & (points[:, 0] < pip_w) & (points[:, 1] >= 0) & (points[:, 1] < pip_h)
+        small[points[inside, 1], points[inside, 0]] = (0, 255, 0)
     else:
         cv2.putText(
             small, "no face", (6, pip_h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA

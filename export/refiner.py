@@ -148,6 +148,7 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         # What the runtime applies of the output, as the model was trained to be applied.
         "correction": config.get("correction", "rgb"),
         **({"confine": config["confine"]} if config.get("confine") else {}),
+        **({"darken_only": config["darken_only"]} if config.get("darken_only") else {}),
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
         + (", flow that moves the warp's pixels first" if config.get("flow") else "")
         + (", sees the user's mouth and eye openings" if config.get("driver") else ""),
@@ -171,9 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorrt", action="store_true", help="check the TensorRT provider path")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--summary", default=None, help="training summary.json to quote in the card")
+    parser.add_argument(
+        "--darken-only",
+        default=None,
+        help="comma-separated regions (mouth, eyes) whose correction may only darken the warp "
+        "(default: as trained)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net, config, step = load_refiner(args.checkpoint)
+    if args.darken_only is not None:
+        config = config | {"darken_only": [r for r in args.darken_only.split(",") if r]}
     size, crops = config["size"], crops_per_frame(config)
     out = export_onnx(net, size, args.out, crops=crops)
     checks = {

@@ -62,6 +62,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--schedule": "schedule",
         "--init": "init",
         "--mouth-boost": "mouth_boost",
+        "--eye-boost": "eye_boost",
         "--retargeted": "retargeted",
         "--flow": "flow",
         "--driver": "driver",
@@ -70,6 +71,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--style": "style",
         "--correction": "correction",
         "--confine": "confine",
+        "--darken-only": "darken_only",
         "--checkpoint-minutes": "checkpoint_minutes",
         "--motion-weight": "w_motion",
     }

@@ -689,3 +689,51 @@ def test_a_confined_brightness_refiner_changes_only_the_openings_and_keeps_colou
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(UserError, match="confine"):
         OnnxRefinerGenerator(str(path), warp)
+
+
+def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same(
+    tiny_region_run, tmp_path, builtin_avatar
+):
+    import cv2
+
+    from realtime import mesh
+    from realtime.blend import Blender
+    from realtime.errors import UserError
+    from realtime.export.refiner import export_onnx, load_refiner, write_card
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+    from realtime.train.refiner import as_applied
+
+    cfg = tiny_config([], layout="regions", size=48, correction="luma", darken_only="mouth")
+    warped = torch.full((6, 3, 48, 48), 0.5)
+    image = warped + torch.linspace(-0.3, 0.3, 48)[None, None, None, :]  # darker left, brighter right
+    b = {"warped0": warped, "kind": torch.arange(6) % 3}
+    delta = as_applied(cfg, image, b, 0) - warped
+    assert delta[b["kind"] == 0].max() <= 0 and delta[b["kind"] == 0].min() < -0.2  # mouth: shade only
+    assert delta[b["kind"] > 0].max() > 0.2  # the eyes still brighten
+
+    out, _, _ = tiny_region_run
+    net, config, step = load_refiner(out / "refiner.pt")
+    path = export_onnx(net, config["size"], tmp_path / "darkened.onnx", crops=3)
+    card = json.loads(write_card(path, config | {"darken_only": ["mouth"]}, step, {}).read_text())
+    assert card["darken_only"] == ["mouth"]
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
+    plain = Blender().process(warp.render(target)).astype(int)
+    free = json.loads(json.dumps(card))
+    del free["darken_only"]
+    path.with_suffix(".json").write_text(json.dumps(free))
+    brightened = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
+    path.with_suffix(".json").write_text(json.dumps(card))
+    darkened = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
+    mouth = np.zeros(plain.shape[:2], np.uint8)
+    cv2.fillPoly(mouth, [np.round(target.landmarks[mesh.OUTER_LIP, :2]).astype(np.int32)], 1)
+    mouth = cv2.dilate(mouth, np.ones((9, 9), np.uint8)).astype(bool)
+    assert (brightened - plain)[mouth].max() > 3  # the untrained model does brighten somewhere
+    assert (darkened - plain)[mouth].max() <= 1  # rounding only
+
+    card["darken_only"] = ["lips"]
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match="darken_only"):
+        OnnxRefinerGenerator(str(path), warp)

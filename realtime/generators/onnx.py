@@ -136,7 +136,7 @@ class OnnxRunner:
 
 # The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
 # server hands these to its clients).
-PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction")
+PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction", "darken_only")
 CORRECTIONS = ("rgb", "luma")
 # Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
 # "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.
@@ -145,6 +145,9 @@ CONFINES = {
     "features": [mesh.OUTER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE],
     "openings": [mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE],
 }
+# Card "darken_only": region crops ("mouth", "eyes") whose correction may only darken the warp.
+# A bright band painted over a cavity reads as a closed mouth; shading keeps the opening readable.
+DARKENABLE = ("mouth", "eyes")
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
 
 
@@ -232,6 +235,16 @@ class OnnxRefinerGenerator(Stage):
         if correction not in CORRECTIONS:
             raise UserError(f"model card of {path} names an unknown correction {correction!r}")
         self._luma_only = correction == "luma"
+        darken_only = self.card.get("darken_only", [])
+        if not set(darken_only) <= set(DARKENABLE) or (darken_only and layout != "regions"):
+            raise UserError(
+                f"model card of {path} names darken_only {darken_only!r}: region crops {DARKENABLE}"
+            )
+        self._darken_only = (
+            [("mouth" if name == "mouth" else "eyes") in darken_only for name in REGIONS]
+            if layout == "regions"
+            else [False]
+        )
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros, zeros))
@@ -347,6 +360,8 @@ class OnnxRefinerGenerator(Stage):
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._luma_only:
                 delta[:] = (delta @ LUMA_BGR)[..., None]
+            if self._darken_only[k]:
+                np.minimum(delta, 0.0, out=delta)
             if self._gate_loops[k]:
                 delta *= self._region_gate(points[k], size, self._gate_loops[k])[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(

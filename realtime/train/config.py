@@ -132,6 +132,12 @@ class RefinerConfig:
         "(inner mouth, eyes; the lips, skin and moustache stay the warp's)",
         choices=("", "openings"),
     )
+    darken_only: str = flag(
+        "",
+        "regions whose correction applied live may only darken the warp: mouth, eyes, or mouth,eyes "
+        "(a bright band over a cavity reads as a closed mouth)",
+        choices=("", "mouth", "eyes", "mouth,eyes"),
+    )
     steps: int = flag(2000)
     max_minutes: float = flag(0.0, "stop after this much training time")  # 0: no limit
     checkpoint_minutes: float = flag(
@@ -157,6 +163,7 @@ class RefinerConfig:
     gan_start: int = flag(500, "step at which the adversarial losses join")
     w_l1: float = 10.0
     mouth_boost: float = flag(1.0, "multiplies the mouth's weight in the loss")
+    eye_boost: float = flag(1.0, "multiplies the eyes' weight in the loss")
     w_lap: float = 5.0
     w_temporal: float = 5.0
     w_adv: float = 0.1

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realtime.crops import CropSpec
+from realtime.crops import CropSpec, crop_count
 from realtime.train import models
 from realtime.train.config import RefinerConfig as Config
 from realtime.train.data import build_clip_cache, make_dataset
@@ -140,16 +140,30 @@ def opening_gate(fill: torch.Tensor) -> torch.Tensor:
     )
 
 
+def crops_per_row(cfg: Config) -> int:
+    """How many crops each frame gives (the data's rows cycle through them)."""
+    return crop_count(cfg.layout)
+
+
 def as_applied(cfg: Config, image: torch.Tensor, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
     """What the runtime makes of the model's ``image``: the warp plus the correction it applies
     (its brightness only with ``cfg.correction`` luma, inside the openings with ``cfg.confine``)."""
-    if cfg.correction == "rgb" and not cfg.confine:
+    if cfg.correction == "rgb" and not cfg.confine and not cfg.darken_only:
         return image
     warped = b[f"warped{step}"]
     delta = image - warped
     if cfg.correction == "luma":
         luma = torch.tensor(LUMA_RGB, device=image.device, dtype=image.dtype)[None, :, None, None]
         delta = (delta * luma).sum(1, keepdim=True).expand_as(delta)
+    if cfg.darken_only:
+        # Crops of the regions layout: kind 0 the mouth, 1 and 2 the eyes.
+        regions = cfg.darken_only.split(",")
+        darkened = torch.zeros_like(b["kind"], dtype=torch.bool)
+        if "mouth" in regions:
+            darkened |= b["kind"] == 0
+        if "eyes" in regions:
+            darkened |= b["kind"] > 0
+        delta = torch.where(darkened[:, None, None, None], delta.clamp(max=0.0), delta)
     if cfg.confine == "openings":
         delta = delta * opening_gate(b[f"fill{step}"])
     return (warped + delta).clamp(0.0, 1.0)
@@ -193,6 +207,9 @@ def evaluate(
     n = len(val["warped0"])
     for start in range(0, n, batch):
         b = to_tensors({k: v[start : start + batch] for k, v in val.items() if k.endswith("0")}, device)
+        b["kind"] = torch.arange(start, start + len(b["warped0"]), device=device) % (
+            crops_per_row(cfg) if cfg else 1
+        )
         image, _ = run_generator(net, b, 0)
         image = as_applied(cfg, image, b, 0) if cfg else image
         target, warped, weight = b["target0"], b["warped0"], b["weight0"]
@@ -378,11 +395,19 @@ def sample_batch(
     """A random, augmented batch; with ``cfg.driver``, some samples' driver input blanked."""
     idx = torch.randint(0, len(data["warped0"]), (cfg.batch,), generator=gen).numpy()
     b = augment(to_tensors({k: v[idx] for k, v in data.items()}, device), gen, cfg.grey, cfg.style)
+    b["kind"] = torch.from_numpy(idx % crops_per_row(cfg)).to(device)  # rows cycle through the crops
     if cfg.driver and cfg.driver_dropout > 0:
         kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
         for key in ("driver0", "driver1"):
             b[key] = b[key] * kept[:, None, None, None]
     return b
+
+
+def boosted(cfg: Config, weight: torch.Tensor) -> torch.Tensor:
+    """The loss weights with the mouth's and the eyes' shares multiplied by their boosts."""
+    eyes = (weight > 1.5) & (weight < MOUTH_WEIGHT)
+    weight = torch.where(weight >= MOUTH_WEIGHT, weight * cfg.mouth_boost, weight)
+    return torch.where(eyes, weight * cfg.eye_boost, weight)
 
 
 def train_step(
@@ -395,7 +420,7 @@ def train_step(
         img0, flow0 = run_generator(net, b, 0)
         img1, flow1 = run_generator(net, b, 1)
     img0, img1 = as_applied(cfg, img0.float(), b, 0), as_applied(cfg, img1.float(), b, 1)
-    w0, w1 = (torch.where(w >= MOUTH_WEIGHT, w * cfg.mouth_boost, w) for w in (b["weight0"], b["weight1"]))
+    w0, w1 = (boosted(cfg, w) for w in (b["weight0"], b["weight1"]))
     loss_l1 = ((img0 - b["target0"]).abs() * w0).mean() + ((img1 - b["target1"]).abs() * w1).mean()
     loss_lap = models.laplacian_loss(img0, b["target0"], w0) + models.laplacian_loss(img1, b["target1"], w1)
     # Temporal: the output should change from frame to frame the way the real face does.

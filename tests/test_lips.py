@@ -1,0 +1,217 @@
+"""``--lips auto|voice`` with a camera: the mouth's source chooser (``realtime.voice.lips``) on real clips.
+
+A real GRID clip (a frontal speaker with his own voice) is tracked by the real mediapipe
+tracker; its voice goes through the shipped voice model; a real hand (HaGRID photo, cut
+out along its landmarks) is pasted over the mouth for some frames and other frames are
+blanked to lose the face. The real hand model decides when the mouth is covered.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime import mesh
+from realtime.frames import Frame
+from realtime.stages import Stage
+from realtime.voice import mouth
+from tests.conftest import cli, media
+
+FPS = 25.0
+BLANK = range(26, 40)  # frames with no face at all (the clip is played twice: 150 frames)
+HAND = range(100, 114)  # frames with a hand over the mouth; both while he speaks
+
+
+class ReplayVoice(Stage):
+    """The real model's mouth for a clip's audio, handed out frame by frame as a microphone would."""
+
+    def __init__(self, offsets: np.ndarray) -> None:
+        self.offsets, self.index = offsets, 0
+
+    def latest(self) -> np.ndarray:
+        return self.offsets[min(self.index, len(self.offsets) - 1)]
+
+
+def assert_one_line_error(proc, fragment: str) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def grid_clip():
+    """(frames, voice offsets per frame) of GRID bbaf2n, played twice, with a hand over the
+    mouth and blank frames."""
+    from realtime.analysis import read_frames
+    from realtime.occlusion import HandDetector, hand_mask
+    from realtime.tracking import find_face
+    from realtime.voice import features
+    from realtime.voice.audio_file import read_audio
+    from realtime.voice.model import VoiceMouthModel, default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no shipped voice model in weights/")
+    clip = media("clips/LipNet_grid_bbaf2n.mpg")
+    frames = [cv2.resize(f, (720, 576)) for f in read_frames(str(clip), 75)] * 2
+    model = VoiceMouthModel().open()
+    times, offsets = model.offsets(np.tile(read_audio(str(clip), features.RATE), 2))
+    voice = model.at(np.arange(len(frames)) / FPS, times, offsets)
+
+    photo = cv2.imread(str(media("occlusion/mediapipe_hagrid_call_5.jpg")))
+    with HandDetector(complexity=1, tracking=False) as detector:
+        hand = max(detector.detect(photo), key=lambda h: float(np.ptp(h[:, 1])))
+    cut = hand_mask([hand], photo.shape[:2], (0, 0), 0)
+    face = find_face(frames[HAND.start])
+    scale = mesh.face_size(face) / mesh.face_size(find_face(photo))
+    shift = face[mesh.LOWER_LIP_INNER_MID, :2] - scale * hand[[0, 5, 9, 13, 17]].mean(axis=0)
+    matrix = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]], np.float32)
+    size = frames[0].shape[1::-1]
+    pasted = cv2.warpAffine(photo, matrix, size)
+    alpha = cv2.warpAffine(cut, matrix, size).astype(np.float32)[..., None] / 255.0
+    for i in HAND:
+        frames[i] = (frames[i] * (1 - alpha) + pasted * alpha).astype(np.uint8)
+    for i in BLANK:
+        frames[i] = np.zeros_like(frames[i])
+    return frames, voice
+
+
+def run_chooser(frames, voice, mode: str, occlusion: bool = True):
+    """Per frame: the chooser's output face, the camera's face (None if lost), the voice's mouth
+    offsets, the chooser's state."""
+    from dataclasses import replace
+
+    from realtime.occlusion import HandOccluder
+    from realtime.tracking import FaceTracker
+    from realtime.voice.lips import LipSource
+
+    tracker = FaceTracker()
+    replay = ReplayVoice(voice)
+    occluder = HandOccluder(isolated=False) if occlusion else None
+    seen = []
+
+    class Recording(Stage):
+        def process(self, frame):
+            track = tracker.process(frame)
+            seen.append(None if not track.found else track.landmarks.astype(np.float64))
+            return track
+
+    chooser = LipSource(Recording(), replay, mode=mode, occluder=occluder)
+    rows = []
+    with chooser:
+        for i, image in enumerate(frames):
+            replay.index = i
+            track = chooser.process(Frame(image, i, i / FPS))
+            rows.append((track.landmarks.astype(np.float64), seen[-1], voice[i], replace(chooser.state)))
+    tracker.close()
+    return rows, chooser
+
+
+def lower_face(face: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+    """The mouth points' canonical offsets from the neutral (head pose undone), (K, 2)."""
+    return mouth.displacement(face, neutral)
+
+
+@pytest.mark.slow
+def test_auto_follows_the_camera_while_it_sees_the_mouth_and_the_voice_when_it_cannot(grid_clip):
+    frames, voice = grid_clip
+    rows, chooser = run_chooser(frames, voice, "auto")
+    neutral = chooser._neutral
+    fade = int(np.ceil(chooser.policy.fade_s * FPS))
+    back = fade + int(np.ceil(chooser.policy.trust_after_s * FPS)) + 2  # + the trackers settling
+
+    def error_to(i: int, which: str) -> float:
+        out, camera, spoken, _ = rows[i]
+        want = lower_face(camera, neutral) if which == "camera" else spoken
+        return float(np.abs(lower_face(out, neutral) - want).max())
+
+    camera_frames = [i for i in range(len(rows)) if i < BLANK.start or BLANK.stop + back <= i < HAND.start - 1]
+    camera_frames += [i for i in range(HAND.stop + back, len(rows))]
+    voice_frames = [i for i in BLANK if i >= BLANK.start + fade + 1]
+    # The real hand model must see the hand first (about one frame); then the fade.
+    hand_voice = [i for i in HAND if i >= HAND.start + fade + 2]
+    assert len(camera_frames) > 90 and len(voice_frames) >= 8 and len(hand_voice) >= 4
+
+    for i in camera_frames:  # the camera's mouth; once the head is back too, the camera's face itself
+        out, camera, _, state = rows[i]
+        assert state.voice_share == 0.0 and state.source == "camera", (i, state)
+        assert error_to(i, "camera") < 1e-3, i
+        if state.idle_share == 0.0:
+            assert np.abs(out - camera).max() < 0.05, i
+    for i in voice_frames:
+        assert rows[i][3].reason == "lost" and rows[i][3].voice_share == 1.0
+        # Face sizes: the voice's mouth, also while the head eases from its last pose into idle motion.
+        assert error_to(i, "voice") < 2e-3, i
+    reasons = [rows[i][3].reason for i in HAND]
+    assert reasons.count("covered") >= len(HAND) - 2, reasons
+    for i in hand_voice:
+        assert rows[i][3].voice_share == 1.0 and error_to(i, "voice") < 2e-3, (i, rows[i][3])
+    # The voice really differs from the camera there (else the test could not tell them apart).
+    spread = [float(np.abs(lower_face(rows[i][1], neutral) - rows[i][2]).max()) for i in camera_frames]
+    assert np.median(spread) > 0.01
+
+    # Each switch is a cross-fade: the voice's share moves by at most 0.31 a frame (smoothstep over
+    # 5 frames), passes through intermediate values, and the mouth moves no faster than its sources.
+    shares = np.array([r[3].voice_share for r in rows])
+    assert np.abs(np.diff(shares)).max() <= 0.31
+    for start in (BLANK.start, BLANK.stop, HAND.start, HAND.stop):
+        window = shares[start - 2 : start + back + 3]
+        assert ((window > 0.01) & (window < 0.99)).sum() >= 3, (start, window)
+    opening = np.array([mesh.mouth_opening(r[0]) for r in rows])
+    voice_opening = np.array([mesh.mouth_opening(mouth.apply(neutral, r[2])) for r in rows])
+    held = None
+    camera_opening = []
+    for r in rows:  # the camera's mouth as the chooser fades it: the last trusted one when untrusted
+        if r[1] is not None and not r[3].reason:
+            held = mesh.mouth_opening(r[1])
+        camera_opening.append(held if held is not None else 0.0)
+    camera_opening = np.array(camera_opening)
+    source_step = np.maximum(np.abs(np.diff(voice_opening)), np.abs(np.diff(camera_opening)))
+    gap = np.abs(voice_opening - camera_opening)[1:]
+    assert (np.abs(np.diff(opening)) <= source_step + 0.31 * gap + 0.01).all()
+
+
+@pytest.mark.slow
+def test_lips_voice_keeps_the_cameras_head_and_eyes_and_takes_the_voices_mouth(grid_clip):
+    frames, voice = grid_clip
+    rows, chooser = run_chooser(frames[:20], voice[:20], "voice", occlusion=False)
+    neutral = chooser._neutral
+    above = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), chooser._lower)  # above the nose, and the rigid points
+    assert len(above) > 250
+    for out, camera, spoken, state in rows:
+        assert state.voice_share == 1.0
+        assert np.abs(out[above] - camera[above]).max() < 0.05  # head, eyes and brows: the camera's
+        assert np.abs(lower_face(out, neutral) - spoken).max() < 1e-3  # the mouth: the voice's
+
+
+@pytest.mark.slow
+def test_a_lost_face_idles_and_keeps_talking(grid_clip):
+    """Long after the face is gone the head still moves (idle motion) and the mouth follows the voice."""
+    frames, voice = grid_clip
+    blank = [np.zeros_like(frames[0])] * 40
+    rows, chooser = run_chooser(frames[:10] + blank, voice[:50], "auto", occlusion=False)
+    tail = rows[25:]
+    assert all(r[3].idle_share == 1.0 and r[3].reason == "lost" for r in tail)
+    centres = np.array([r[0][mesh.RIGID, :2].mean(axis=0) for r in tail])
+    assert np.ptp(centres, axis=0).max() > 0.3  # px: the head is not frozen
+    neutral = chooser._neutral
+    errors = [np.abs(lower_face(r[0], neutral) - r[2]).max() for r in tail]
+    assert max(errors) < 2e-3
+    assert np.ptp([mesh.mouth_opening(r[0]) for r in tail]) > 0.02  # and it talks
+
+
+def test_lips_choice_and_bad_combinations_fail_in_one_line():
+    from realtime.voice.lips import resolve_lips
+
+    assert resolve_lips(None, "pulse:mic", camera=True, swap=False) == "auto"
+    assert resolve_lips(None, "pulse:mic", camera=False, swap=False) == "voice"
+    assert resolve_lips(None, None, camera=True, swap=False) == "video"
+    assert resolve_lips(None, "pulse:mic", camera=True, swap=True) == "video"
+    assert resolve_lips("voice", "pulse:mic", camera=True, swap=False) == "voice"
+    proc = cli("run", "--avatar", "builtin", "--lips", "auto", "--sink", "null", "--seconds", "1")
+    assert_one_line_error(proc, "--audio-in")
+    proc = cli(
+        "run", "--avatar", "builtin", "--mode", "swap", "--lips", "voice", "--audio-in", "x", "--sink", "null"
+    )
+    assert_one_line_error(proc, "--mode reenact")

@@ -62,7 +62,9 @@ def speech_bursts(
     return np.concatenate(pieces).astype(np.float32)
 
 
-def onsets_s(signal: np.ndarray, rate: int, threshold_db: float = -30.0, min_gap_s: float = 0.6) -> np.ndarray:
+def onsets_s(
+    signal: np.ndarray, rate: int, threshold_db: float = -30.0, min_gap_s: float = 0.6
+) -> np.ndarray:
     """Sample times (s) where the 5 ms level first rises over ``threshold_db`` re the peak after at
     least ``min_gap_s`` below it."""
     hop = rate // 200
@@ -84,7 +86,6 @@ class MouthLog(Stage):
         self.tracker = tracker
         self.opening: dict[int, float] = {}
         self.tracked: dict[int, float] = {}  # when each frame's mouth was commanded
-        self.blocks: dict[int, int] = {}
 
     def open(self) -> MouthLog:
         self.tracker.open()
@@ -98,8 +99,6 @@ class MouthLog(Stage):
         if track.found:
             self.opening[frame.index] = mesh.mouth_opening(track.landmarks)
             self.tracked[frame.index] = time.monotonic()
-            if "microphone" in self.__dict__:
-                self.blocks[frame.index] = self.microphone.blocks
         return track
 
     def __getattr__(self, name: str) -> Any:  # the wrapped stage's own state (summary, voice)
@@ -123,7 +122,7 @@ class UntilSource(SourceBase):
 
 
 class StampSink(SinkBase):
-    """Notes when each frame reached the sink (``time.monotonic()``)."""
+    """Notes when each frame first reached the sink (``time.monotonic()``)."""
 
     def __init__(self) -> None:
         self.name = "stamp"
@@ -133,7 +132,7 @@ class StampSink(SinkBase):
         self.sent = {}
 
     def send(self, out: Output) -> None:
-        self.sent[out.index] = time.monotonic()
+        self.sent.setdefault(out.index, time.monotonic())  # a repeated frame was shown when first sent
 
     def close(self) -> None:
         pass
@@ -182,7 +181,9 @@ def measure_mouth_latency(
         # voice on; the avatar's own rest face stands in for it, as with --camera none.
         from realtime.retarget import Retargeter
 
-        processor.retargeter.set_neutral(Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64)))
+        processor.retargeter.set_neutral(
+            Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64))
+        )
     else:
         from realtime.retarget import Retargeter
         from realtime.voice.driver import IdleMotion, VoiceFace
@@ -191,7 +192,6 @@ def measure_mouth_latency(
         tracker = LiveVoiceTracker(VoiceFace(rest, IdleMotion(0)), microphone)
         processor.retargeter.set_neutral(rest)
     log = MouthLog(tracker)
-    log.microphone = microphone
     processor.tracker = log
     stamps = StampSink()
     bridge = loopback_bridge(sink, isolated=True, offset_ms=offset)
@@ -254,12 +254,6 @@ def measure_mouth_latency(
                 stream.close()
         bridge_stats = bridge.stats()
         bridge.close()
-    import os
-    if os.environ.get("VOICE_PROBE_DUMP"):
-        np.savez(os.environ["VOICE_PROBE_DUMP"], rec=np.concatenate([b for _, b in recorded]),
-                 t=np.array([t for t, _ in recorded]), idx=np.array(list(log.opening)), op=np.array(list(log.opening.values())),
-                 sidx=np.array(list(stamps.sent)), st=np.array(list(stamps.sent.values())),
-                 tidx=np.array(list(log.tracked)), tt=np.array(list(log.tracked.values())), bl=np.array(list(log.blocks.values())))
     report = analyse(recorded, log.opening, stamps.sent, bridge_stats, result, lips, fps, offset, log.tracked)
     report["microphone_blocks"], report["microphone_errors"] = microphone.blocks, microphone.errors
     return report
@@ -282,8 +276,14 @@ def sample_times(recorded: list[tuple[float, np.ndarray]], window_s: float = 2.0
     return np.concatenate(out)
 
 
-def mouth_onset(t: np.ndarray, opening: np.ndarray, t_sound: float, before_s: float = 0.3,
-                after_s: float = 1.2, min_peak: float = 0.02) -> float | None:
+def mouth_onset(
+    t: np.ndarray,
+    opening: np.ndarray,
+    t_sound: float,
+    before_s: float = 0.3,
+    after_s: float = 1.2,
+    min_peak: float = 0.02,
+) -> float | None:
     """When the mouth first opens past a third of its widest for the sound starting at ``t_sound``:
     the first crossing after it was last below that (a mouth still open from before doesn't count);
     None when it hardly opens."""

@@ -126,10 +126,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream,
     )
     from realtime.sinks import make_sink
-
     from realtime.voice.lips import resolve_lips
 
-    lips = resolve_lips(args.lips, args.audio_in, camera=args.camera != NO_CAMERA, swap=args.mode == "swap")
+    lips = resolve_lips(
+        args.lips,
+        args.audio_in,
+        camera=args.camera != NO_CAMERA,
+        swap=args.mode == "swap",
+        audio_out=args.audio_out,
+    )
     if args.camera == NO_CAMERA:
         return _run_voice(args, lips)
     audio = _audio(args) if lips == "video" else _voice_audio(args, lips)
@@ -164,7 +169,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from realtime.voice.live import use_lips
 
         chooser = use_lips(
-            processor, lips, args.audio_in, occlusion=config.occlusion, camera_delay_s=_camera_delay_s(lips, audio)
+            processor,
+            lips,
+            args.audio_in,
+            occlusion=config.occlusion,
+            camera_delay_s=_camera_delay_s(lips, audio),
+            # With a bridge on the same microphone, its one line already says the microphone failed.
+            report_voice_failure=audio is None,
         )
     with terminal or contextlib.nullcontext():
         summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
@@ -367,10 +378,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_lips(args: argparse.Namespace) -> int:
+    from realtime.bench_lips import format_lips, run_lips_bench
+    from realtime.metrics import write_json
+
+    report = run_lips_bench(
+        args.lips, args.speech, bursts=args.bursts, fps=args.fps or 30.0, avatar=args.avatar
+    )
+    print(format_lips(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"json: {args.json}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from realtime import bench
     from realtime.metrics import write_json
 
+    if args.lips:
+        return _bench_lips(args)
     audio = _audio(args)
     config = pipeline_config(
         args,

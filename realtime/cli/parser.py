@@ -299,6 +299,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
     )
+    bench.add_argument(
+        "--lips",
+        choices=["voice", "auto"],
+        default=None,
+        help="measure the mouth from the voice instead: the per-block cost of the features and the "
+        "model, and the mouth's lag behind the A/V-delayed voice through a PulseAudio null sink",
+    )
+    bench.add_argument(
+        "--speech", default=None, metavar="FILE", help="with --lips: the recording (default: a shared one)"
+    )
+    bench.add_argument("--bursts", type=int, default=8, help="with --lips: speech bursts to time (default 8)")
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 

@@ -98,6 +98,7 @@ class LipSource(Stage):
         idle: IdleMotion | None = None,
         neutral_of: Callable[[], np.ndarray | None] | None = None,
         camera_delay_s: float = 0.0,
+        report_voice_failure: bool = True,
     ) -> None:
         if mode not in ("voice", "auto"):
             raise ValueError(f"LipSource mixes in the voice: mode voice or auto, not {mode!r}")
@@ -112,8 +113,11 @@ class LipSource(Stage):
         # The camera's mouth shown this much later, to meet a voice mouth that trails its sound.
         self.camera_delay_s = camera_delay_s
         self.state = LipState()
+        # A microphone that can't open is logged here unless something else already says so
+        # (the A/V bridge on the same microphone).
+        self.report_voice_failure = report_voice_failure
+        self._voice_ok: bool | None = None
         self._neutral: np.ndarray | None = None
-        
         self._lower: np.ndarray | None = None  # the lower face: below the nose, and the mouth points
         self._camera_lower: deque[tuple[float, np.ndarray]] = deque()  # trusted lower faces, unposed
         self._pose: tuple[float, np.ndarray, np.ndarray] | None = None  # last tracked (s, R, t)
@@ -129,7 +133,17 @@ class LipSource(Stage):
 
     def open(self) -> LipSource:
         self.tracker.open()
-        self.voice.open()
+        if self._voice_ok is None:
+            try:
+                self.voice.open()
+                self._voice_ok = True
+            except Exception as exc:  # no microphone: the camera keeps the mouth, the video runs on
+                self._voice_ok = False
+                logger.log(
+                    logging.ERROR if self.report_voice_failure else logging.DEBUG,
+                    "voice: %s; the mouth follows the camera only",
+                    exc,
+                )
         if self.occluder is not None and hasattr(self.occluder, "start"):
             self.occluder.start()  # loads in the background; frames before it go unchecked
         return self
@@ -139,6 +153,7 @@ class LipSource(Stage):
             self.tracker.close()
         finally:
             self.voice.close()
+            self._voice_ok = None
             if self.occluder is not None:
                 self.occluder.close()
 
@@ -211,6 +226,8 @@ class LipSource(Stage):
 
     def process(self, frame: Frame) -> FaceTrack:
         track = self.tracker.process(frame)
+        if self._voice_ok is False:
+            return track
         t = frame.t_capture
         dt = 0.0 if self._t is None else max(0.0, t - self._t)
         self._t = t
@@ -240,18 +257,19 @@ class LipSource(Stage):
         camera_ok = (
             self.mode == "auto"
             and self._trusted_since is not None
-            and (
-                self.state.source == "camera"
-                or t - self._trusted_since >= self.policy.trust_after_s
-            )
+            and (self.state.source == "camera" or t - self._trusted_since >= self.policy.trust_after_s)
         )
         wanted = "camera" if camera_ok and self._camera_lower else "voice"
         if self.state.frames == 0:
             self._voice_w = 0.0 if wanted == "camera" else 1.0
         step = dt / max(self.policy.fade_s, 1e-6)
-        self._voice_w = min(1.0, self._voice_w + step) if wanted == "voice" else max(0.0, self._voice_w - step)
+        self._voice_w = (
+            min(1.0, self._voice_w + step) if wanted == "voice" else max(0.0, self._voice_w - step)
+        )
         head_step = dt / max(self.policy.head_fade_s, 1e-6)
-        self._idle_w = min(1.0, self._idle_w + head_step) if face is None else max(0.0, self._idle_w - head_step)
+        self._idle_w = (
+            min(1.0, self._idle_w + head_step) if face is None else max(0.0, self._idle_w - head_step)
+        )
         if face is None and self._was_found:
             self._t_lost = t
         self._was_found = face is not None
@@ -309,10 +327,13 @@ class LipSource(Stage):
         }
 
 
-def resolve_lips(lips: str | None, audio_in: str | None, camera: bool, swap: bool) -> str:
-    """The ``--lips`` a run uses: auto when a microphone comes with a camera (reenact), else video."""
+def resolve_lips(
+    lips: str | None, audio_in: str | None, camera: bool, swap: bool, audio_out: str | None = None
+) -> str:
+    """The ``--lips`` a run uses when not given: with a camera, auto when the microphone is bridged to a
+    virtual microphone (reenact), else video; without a camera, voice when there is a microphone."""
     if lips is not None:
         return lips
-    if audio_in and not swap:
+    if audio_in and not swap and (audio_out or not camera):
         return "auto" if camera else "voice"
     return "video"

@@ -178,6 +178,7 @@ def use_lips(
     camera_delay_s: float = 0.0,
     model_path: str | None = None,
     seed: int = 0,
+    report_voice_failure: bool = True,
 ) -> Any:
     """Make ``processor``'s camera tracker share the mouth with the microphone (``--lips voice|auto``
     with a camera): the head, eyes and brows stay the camera's (``realtime.voice.lips.LipSource``)."""
@@ -193,6 +194,7 @@ def use_lips(
         idle=IdleMotion(seed),
         neutral_of=lambda: processor.retargeter.neutral,
         camera_delay_s=camera_delay_s,
+        report_voice_failure=report_voice_failure,
     )
     processor.tracker = chooser
     return chooser

@@ -169,26 +169,26 @@ def measure_mouth_latency(
         PipelineConfig(avatar=avatar, mode=Mode.REENACT, generator="warp", size=size, occlusion=False), size
     )
     microphone = MicrophoneMouth(f"pulse:{sink}.monitor", model_path, input_channels=2, input_channel=0)
+    from realtime.retarget import Retargeter
+
+    rest = Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64))
     if lips == "auto":
         from realtime.voice.driver import IdleMotion
         from realtime.voice.lips import LipSource
 
+        # A blank camera never shows a face: the chooser's stand-in (the avatar's rest face) talks.
         tracker: Stage = LipSource(
-            processor.tracker, microphone, mode="auto", idle=IdleMotion(0),
+            processor.tracker,
+            microphone,
+            mode="auto",
+            idle=IdleMotion(0),
             neutral_of=lambda: processor.retargeter.neutral,
-        )  # fmt: skip
-        # A blank camera never shows a face: the chooser needs the driver's neutral to put the
-        # voice on; the avatar's own rest face stands in for it, as with --camera none.
-        from realtime.retarget import Retargeter
-
-        processor.retargeter.set_neutral(
-            Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64))
+            rest_face=rest,
+            set_neutral=processor.retargeter.set_neutral,
         )
     else:
-        from realtime.retarget import Retargeter
         from realtime.voice.driver import IdleMotion, VoiceFace
 
-        rest = Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64))
         tracker = LiveVoiceTracker(VoiceFace(rest, IdleMotion(0)), microphone)
         processor.retargeter.set_neutral(rest)
     log = MouthLog(tracker)

@@ -306,3 +306,46 @@ def test_a_face_turned_away_hands_the_mouth_to_the_voice():
         for i in range(8):
             chooser.process(Frame(turned, i, i / FPS))
     assert chooser.state.reason == "turned" and chooser.state.voice_share == 1.0
+
+
+@pytest.mark.slow
+def test_before_any_face_the_avatar_already_talks_then_the_camera_takes_over(grid_clip):
+    """Nobody in view at the start: the voice drives a stand-in rest face (as with --camera none);
+    the first real face becomes the driver's neutral and the camera takes the mouth back."""
+    from realtime.retarget import Retargeter
+    from realtime.tracking import FaceTracker, find_face
+    from realtime.voice.lips import LipSource
+
+    frames, voice = grid_clip
+    rest = Retargeter.closed_mouth(
+        find_face(cv2.imread(str(media("avatars/liveportrait_s0.jpg")))).astype(float)
+    )
+    start = BLANK.start  # the voice speaks from here on; the face appears 14 frames later
+    clip = [np.zeros_like(frames[0])] * 14 + frames[start + 14 : start + 40]
+    spoken = voice[start : start + 40]
+    neutrals = []
+    replay = ReplayVoice(spoken)
+    rows = []
+    with LipSource(FaceTracker(), replay, "auto", rest_face=rest, set_neutral=neutrals.append) as chooser:
+        for i, image in enumerate(clip):
+            replay.index = i
+            rows.append(
+                (chooser.process(Frame(image, i, i / FPS)).landmarks.astype(float), replace_state(chooser))
+            )
+    assert len(neutrals) == 2 and np.array_equal(neutrals[0], rest)  # the stand-in, then the real face
+    for i in range(14):  # the stand-in talks with the voice's mouth
+        assert rows[i][1].reason == "lost"
+        assert np.abs(lower_face(rows[i][0], rest) - spoken[i]).max() < 2e-3
+    assert np.ptp([mouth.opening(spoken[i]) for i in range(14)]) > 0.02
+    assert mesh.mouth_opening(neutrals[1]) < 0.03  # the user's own face, closed
+    settled = [
+        i for i in range(14, len(rows)) if rows[i][1].voice_share == 0.0 and rows[i][1].idle_share == 0.0
+    ]
+    assert len(settled) > 10 and settled[0] < 14 + 16
+    assert all(rows[i][1].source == "camera" and not rows[i][1].reason for i in settled)
+
+
+def replace_state(chooser):
+    from dataclasses import replace
+
+    return replace(chooser.state)

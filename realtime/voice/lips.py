@@ -99,6 +99,8 @@ class LipSource(Stage):
         neutral_of: Callable[[], np.ndarray | None] | None = None,
         camera_delay_s: float = 0.0,
         report_voice_failure: bool = True,
+        rest_face: np.ndarray | None = None,
+        set_neutral: Callable[[np.ndarray], None] | None = None,
     ) -> None:
         if mode not in ("voice", "auto"):
             raise ValueError(f"LipSource mixes in the voice: mode voice or auto, not {mode!r}")
@@ -110,6 +112,10 @@ class LipSource(Stage):
         self.idle = idle or IdleMotion()
         # The retargeter's driver neutral when there is one (so "closed" means the same to both).
         self.neutral_of = neutral_of
+        # Before any face is seen the voice drives a stand-in: ``rest_face`` (the avatar's own rest
+        # face) becomes the driver's neutral through ``set_neutral``, until the first real face.
+        self.rest_face, self.set_neutral = rest_face, set_neutral
+        self._stand_in = False
         # The camera's mouth shown this much later, to meet a voice mouth that trails its sound.
         self.camera_delay_s = camera_delay_s
         self.state = LipState()
@@ -144,7 +150,7 @@ class LipSource(Stage):
                     "voice: %s; the mouth follows the camera only",
                     exc,
                 )
-        if self.occluder is not None and hasattr(self.occluder, "start"):
+        if self._voice_ok and self.occluder is not None and hasattr(self.occluder, "start"):
             self.occluder.start()  # loads in the background; frames before it go unchecked
         return self
 
@@ -197,11 +203,22 @@ class LipSource(Stage):
 
     # -- the face -----------------------------------------------------------------------
     def _current_neutral(self, face: np.ndarray | None) -> np.ndarray | None:
-        neutral = self.neutral_of() if self.neutral_of is not None else None
-        if neutral is None and self._neutral is None and face is not None:
-            from realtime.retarget import Retargeter
+        from realtime.retarget import Retargeter
 
-            neutral = Retargeter.closed_mouth(face.astype(np.float64))
+        neutral = self.neutral_of() if self.neutral_of is not None else None
+        if self._stand_in and face is not None:
+            # The first real face: it becomes the neutral, as the retargeter would have made it.
+            neutral, self._stand_in = Retargeter.closed_mouth(face.astype(np.float64)), False
+            self._camera_lower.clear()
+            if self.set_neutral is not None:
+                self.set_neutral(neutral)
+        elif neutral is None and self._neutral is None:
+            if face is not None:
+                neutral = Retargeter.closed_mouth(face.astype(np.float64))
+            elif self.rest_face is not None:
+                neutral, self._stand_in = np.asarray(self.rest_face, np.float64), True
+                if self.set_neutral is not None:
+                    self.set_neutral(neutral)
         if neutral is not None:
             neutral = np.asarray(neutral, np.float64)[: mesh.NUM_LANDMARKS]
             if self._neutral is None or not np.array_equal(neutral, self._neutral):
@@ -234,7 +251,7 @@ class LipSource(Stage):
         face = track.landmarks.astype(np.float64) if track.found else None
         neutral = self._current_neutral(face)
         if neutral is None:
-            return track  # no face seen yet: nothing to put a mouth on
+            return track  # no face seen yet and no stand-in: nothing to put a mouth on
         reason = self.untrusted_reason(track)
         trusted = reason == ""
         if trusted:
@@ -262,6 +279,7 @@ class LipSource(Stage):
         wanted = "camera" if camera_ok and self._camera_lower else "voice"
         if self.state.frames == 0:
             self._voice_w = 0.0 if wanted == "camera" else 1.0
+            self._idle_w = 0.0 if face is not None else 1.0
         step = dt / max(self.policy.fade_s, 1e-6)
         self._voice_w = (
             min(1.0, self._voice_w + step) if wanted == "voice" else max(0.0, self._voice_w - step)

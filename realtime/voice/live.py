@@ -183,6 +183,7 @@ def use_lips(
     """Make ``processor``'s camera tracker share the mouth with the microphone (``--lips voice|auto``
     with a camera): the head, eyes and brows stay the camera's (``realtime.voice.lips.LipSource``)."""
     from realtime.occlusion import HandOccluder
+    from realtime.retarget import Retargeter
     from realtime.voice.lips import LipSource
 
     chooser = LipSource(
@@ -195,6 +196,9 @@ def use_lips(
         neutral_of=lambda: processor.retargeter.neutral,
         camera_delay_s=camera_delay_s,
         report_voice_failure=report_voice_failure,
+        # Nobody in view yet: the avatar talks from its own rest face until the camera finds one.
+        rest_face=Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64)),
+        set_neutral=lambda face: processor.retargeter.set_neutral(face),
     )
     processor.tracker = chooser
     return chooser

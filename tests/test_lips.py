@@ -8,6 +8,8 @@ blanked to lose the face. The real hand model decides when the mouth is covered.
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -349,3 +351,57 @@ def replace_state(chooser):
     from dataclasses import replace
 
     return replace(chooser.state)
+
+
+@pytest.mark.slow
+def test_run_lips_voice_with_a_camera_talks_with_the_microphone(tmp_path, null_sink):
+    """`run --input CLIP --lips voice --audio-in MIC`: the clip is the camera (head, eyes), a real
+    PulseAudio monitor the microphone; every tracked frame's mouth is the voice's."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    from realtime.analysis import track_video
+    from realtime.voice.model import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no shipped voice model in weights/")
+    if shutil.which("paplay") is None:
+        pytest.skip("paplay not installed (pulseaudio-utils)")
+    speech = media("audio/dreamtalk_out_of_domain_narrative.wav")
+    # Repeated: the run may take longer to start than one playing lasts on a busy host.
+    loop = f"for i in 1 2 3 4 5 6; do paplay --device={null_sink} '{speech}'; done"
+    player = subprocess.Popen(["sh", "-c", loop], start_new_session=True)
+    try:
+        out, metrics = tmp_path / "live.mp4", tmp_path / "m.json"
+        proc = cli(
+            "run",
+            "--avatar",
+            media("avatars/liveportrait_s0.jpg"),
+            "--input",
+            media("clips/LipNet_grid_bbaf2n.mpg"),
+            "--loop",
+            "--lips",
+            "voice",
+            "--audio-in",
+            f"pulse:{null_sink}.monitor",
+            "--sink",
+            f"file:{out}",
+            "--seconds",
+            "6",
+            "--size",
+            "320x384",
+            "--metrics-json",
+            metrics,
+            timeout=180,
+        )
+    finally:
+        os.killpg(player.pid, signal.SIGTERM)  # the loop and its paplay
+        player.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(metrics.read_text())
+    assert report["lips"] == "voice" and report["voice_errors"] == 0 and report["voice_blocks"] > 50
+    assert report["lips_frames"] > 20 and report["lips_voice_frames"] == report["lips_frames"]
+    opening = track_video(str(out)).mouth
+    assert np.nanmax(opening) > 0.05 and np.nanstd(opening) > 0.01, opening

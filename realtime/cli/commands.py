@@ -179,7 +179,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     with terminal or contextlib.nullcontext():
         summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
-    extra = chooser.summary() | {"microphone": chooser.voice.name} if chooser is not None else {}
+    extra = {}
+    if chooser is not None:
+        voice = chooser.voice
+        extra = chooser.summary() | dict(
+            microphone=voice.name, voice_blocks=voice.blocks, voice_errors=voice.errors
+        )
     return _finish_live(args, summary, processor, budget_ms, mode=str(config.mode), **extra)
 
 

@@ -304,10 +304,13 @@ def test_a_face_turned_away_hands_the_mouth_to_the_voice():
     assert abs(yaw_deg(find_face(frontal))) < 10
     assert abs(yaw_deg(find_face(turned))) > 25
     voice = ReplayVoice(np.zeros((1, len(mouth.MOUTH_POINTS), 2)))
-    with LipSource(FaceTracker(), voice, "auto", LipPolicy(max_yaw_deg=25.0)) as chooser:
+    lines = []
+    policy = LipPolicy(max_yaw_deg=25.0)
+    with LipSource(FaceTracker(), voice, "auto", policy, on_status=lines.append) as chooser:
         for i in range(8):
             chooser.process(Frame(turned, i, i / FPS))
     assert chooser.state.reason == "turned" and chooser.state.voice_share == 1.0
+    assert lines == ["mouth: voice (face turned away)"]  # the overlay's line, told once
 
 
 @pytest.mark.slow

@@ -206,9 +206,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         choices=["video", "voice", "auto"],
         default=None,
         help="where the mouth comes from: video: the camera; voice: --audio-in (the head, eyes and brows "
-        "stay the camera's; with --camera none: idle head motion and blinks); auto (the default with "
-        "--audio-in): the camera while it sees the mouth, the voice when the face is lost, turned away "
-        "or the mouth is covered, cross-fading between them",
+        "stay the camera's; with --camera none: idle head motion and blinks); auto (the default with a "
+        "camera, --audio-in and --audio-out): the camera while it sees the mouth, the voice when the face "
+        "is lost, turned away or the mouth is covered, cross-fading between them",
     )
     run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
     run.add_argument(

@@ -41,6 +41,14 @@ from realtime.voice.driver import IdleMotion, VoiceFace
 logger = logging.getLogger(__name__)
 
 LIPS_CHOICES = ("video", "voice", "auto")
+# Why the camera's mouth isn't trusted, as the window's overlay says it.
+REASONS = {
+    "lost": "no face",
+    "small": "face too small",
+    "turned": "face turned away",
+    "outside": "mouth out of frame",
+    "covered": "mouth covered",
+}
 # Face-oval points at the widest part of the face (the person's right and left): their depth
 # difference gives the head's yaw without a reference face.
 CHEEK_RIGHT, CHEEK_LEFT = 234, 454
@@ -101,6 +109,7 @@ class LipSource(Stage):
         report_voice_failure: bool = True,
         rest_face: np.ndarray | None = None,
         set_neutral: Callable[[np.ndarray], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> None:
         if mode not in ("voice", "auto"):
             raise ValueError(f"LipSource mixes in the voice: mode voice or auto, not {mode!r}")
@@ -116,6 +125,7 @@ class LipSource(Stage):
         # face) becomes the driver's neutral through ``set_neutral``, until the first real face.
         self.rest_face, self.set_neutral = rest_face, set_neutral
         self._stand_in = False
+        self.on_status = on_status  # told a line whenever the mouth's source or the reason changes
         # The camera's mouth shown this much later, to meet a voice mouth that trails its sound.
         self.camera_delay_s = camera_delay_s
         self.state = LipState()
@@ -327,6 +337,10 @@ class LipSource(Stage):
         state = self.state
         if state.frames and wanted != state.source:
             state.switches += 1
+        if self.on_status is not None and (
+            not state.frames or (wanted, reason) != (state.source, state.reason)
+        ):
+            self.on_status(f"mouth: {wanted}" + (f" ({REASONS.get(reason, reason)})" if reason else ""))
         state.source, state.reason = wanted, reason
         state.voice_share, state.idle_share = voice_share, idle_share
         state.frames += 1

@@ -199,6 +199,7 @@ def use_lips(
         # Nobody in view yet: the avatar talks from its own rest face until the camera finds one.
         rest_face=Retargeter.closed_mouth(processor.avatar.landmarks.astype(np.float64)),
         set_neutral=lambda face: processor.retargeter.set_neutral(face),
+        on_status=lambda line: processor.controls.set_status("lips", line),  # the window's overlay
     )
     processor.tracker = chooser
     return chooser

@@ -83,7 +83,7 @@ def grid_clip():
     return frames, voice
 
 
-def run_chooser(frames, voice, mode: str, occlusion: bool = True):
+def run_chooser(frames, voice, mode: str, occlusion: bool = True, camera_delay_s: float = 0.0):
     """Per frame: the chooser's output face, the camera's face (None if lost), the voice's mouth
     offsets, the chooser's state."""
     from dataclasses import replace
@@ -103,7 +103,7 @@ def run_chooser(frames, voice, mode: str, occlusion: bool = True):
             seen.append(None if not track.found else track.landmarks.astype(np.float64))
             return track
 
-    chooser = LipSource(Recording(), replay, mode=mode, occluder=occluder)
+    chooser = LipSource(Recording(), replay, mode=mode, occluder=occluder, camera_delay_s=camera_delay_s)
     rows = []
     with chooser:
         for i, image in enumerate(frames):
@@ -408,3 +408,23 @@ def test_run_lips_voice_with_a_camera_talks_with_the_microphone(tmp_path, null_s
     assert report["lips_frames"] > 20 and report["lips_voice_frames"] == report["lips_frames"]
     opening = track_video(str(out)).mouth
     assert np.nanmax(opening) > 0.05 and np.nanstd(opening) > 0.01, opening
+
+
+@pytest.mark.slow
+def test_auto_can_hold_the_cameras_mouth_back_to_meet_a_delayed_voice(grid_clip):
+    """With the bridge delaying the voice for the voice's mouth, auto shows the camera's mouth that
+    much later too (0.1 s: three frames back at 25 fps), while the head stays current."""
+    frames, voice = grid_clip
+    rows, chooser = run_chooser(frames[:20], voice[:20], "auto", occlusion=False, camera_delay_s=0.1)
+    neutral = chooser._neutral
+    above = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), chooser._lower)
+    for i in range(3, 20):
+        out, camera, _, state = rows[i]
+        assert state.source == "camera" and state.voice_share == 0.0
+        assert np.abs(out[above] - camera[above]).max() < 0.05
+        assert np.abs(lower_face(out, neutral) - lower_face(rows[i - 3][1], neutral)).max() < 1e-3
+    moved = [
+        np.abs(lower_face(rows[i][1], neutral) - lower_face(rows[i - 3][1], neutral)).max()
+        for i in range(3, 20)
+    ]
+    assert max(moved) > 0.01  # the mouth moved in those frames, so the delay is visible

@@ -40,7 +40,6 @@ from realtime.voice.driver import IdleMotion, VoiceFace
 
 logger = logging.getLogger(__name__)
 
-LIPS_CHOICES = ("video", "voice", "auto")
 # Why the camera's mouth isn't trusted, as the window's overlay says it.
 REASONS = {
     "lost": "no face",

@@ -5,7 +5,8 @@
 Scenarios: 480p, 720p and 1080p output; the `warp` and the learned `refiner` generators;
 input paced at its own 30 fps and unpaced; plus the 720p engine-vs-naive comparison and the
 60-second 720p deadline run; and swap mode at 720p output, from 720p and from 1080p input, with
-and without hand occlusion (``--swap-only`` runs just these and prints their rows). Numbers are medians/percentiles of one run each on this
+and without hand occlusion (``--swap-only`` runs just these and prints their rows); the mouth from the
+voice, ``--lips voice`` and ``auto`` (``--lips-only`` likewise). Numbers are medians/percentiles of one run each on this
 machine, measured in the same invocation; the machine is recorded with them.
 """
 
@@ -109,6 +110,34 @@ def swap_scenarios(inputs: dict[str, str], short: str, long: str) -> list[dict]:
     return results
 
 
+def lips_scenarios() -> list[dict]:
+    """``--lips voice`` and ``auto``: the voice's cost per 20 ms block and the mouth against the
+    A/V-delayed voice, speech bursts through a PulseAudio null sink (``realtime bench --lips``)."""
+    return [bench(f"lips_{lips}", ["--lips", lips, "--bursts", "8"]) for lips in ("voice", "auto")]
+
+
+def lips_row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['name']} | error: {r['error']} |" + " |" * 7
+    cost, lat = r["cost"], r["latency"]
+    out = lat.get("mouth_vs_output_ms") or {}
+    mic = lat.get("mouth_vs_input_ms") or {}
+    spread = f"{out['min']:+.0f}..{out['max']:+.0f}" if out else "-"
+    return (
+        f"| {r['name']} | {cost['features']['median_ms']:.2f} / {cost['features']['p95_ms']:.2f} "
+        f"| {cost['model']['median_ms']:.2f} / {cost['model']['p95_ms']:.2f} | {cost['block_cpu']['median_ms']:.2f} "
+        f"| {lat.get('bridge_offset_ms', '-')} | {out.get('median', '-')} | {spread} | {mic.get('median', '-')} "
+        f"| {lat.get('opened', 0)} / {lat.get('bursts', 0)} | {r['load_1min']} |"
+    )
+
+
+LIPS_HEADER = [
+    "| scenario | features ms p50 / p95 | model ms p50 / p95 | CPU ms per block | bridge offset ms "
+    "| mouth vs delayed voice p50 ms | range ms | mouth vs microphone p50 ms | bursts opened | load |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", default=str(DEFAULT_INPUT))
@@ -116,7 +145,14 @@ def main() -> int:
     parser.add_argument(
         "--swap-only", action="store_true", help="only the swap scenarios; print, don't write"
     )
+    parser.add_argument(
+        "--lips-only", action="store_true", help="only the --lips voice/auto scenarios; print, don't write"
+    )
     args = parser.parse_args()
+    if args.lips_only:
+        RESULTS.mkdir(exist_ok=True)
+        print("\n".join([*LIPS_HEADER, *(lips_row(r) for r in lips_scenarios())]))
+        return 0
     if not Path(args.input).exists():
         print(f"input not found: {args.input} (needs ../shared/media or --input)", file=sys.stderr)
         return 2
@@ -192,6 +228,7 @@ def main() -> int:
                     )
                 )
     results += swap_scenarios(inputs, short, long)
+    lips = lips_scenarios()
     machine = next((r["machine"] for r in results if "machine" in r), "unknown")
     naive_runs = [r for r in results if r.get("name", "").endswith("_vs_naive") and "naive" in r]
     lines = [
@@ -222,6 +259,17 @@ def main() -> int:
             f"late frames {nv['late_frames']}; p95 latency ratio (naive / engine) {ratio['p95_latency_ratio']:.2f}, "
             f"throughput ratio (engine / naive) {ratio['throughput_ratio']:.2f}",
         ]
+    lines += [
+        "",
+        "## Lips from the voice, live (`realtime bench --lips voice|auto`)",
+        "",
+        "Per 20 ms microphone block at 48 kHz: features (resampling, log-mel, speech gate) and the ONNX",
+        "model (wall ms), the thread's CPU per block; then 8 bursts of speech through a PulseAudio null sink",
+        "into the live engine and the A/V bridge: the mouth's onset minus the delayed voice's (+ = mouth late).",
+        "",
+        *LIPS_HEADER,
+        *[lips_row(r) for r in lips],
+    ]
     lines += [
         "",
         "## GPU",

@@ -126,10 +126,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream,
     )
     from realtime.sinks import make_sink
+    from realtime.voice.lips import resolve_lips
 
-    if args.lips == "voice" or args.camera == NO_CAMERA:
-        return _run_voice(args)
-    audio = _audio(args)
+    lips = resolve_lips(
+        args.lips,
+        args.audio_in,
+        camera=args.camera != NO_CAMERA,
+        swap=args.mode == "swap",
+        audio_out=args.audio_out,
+    )
+    if args.camera == NO_CAMERA:
+        return _run_voice(args, lips)
+    audio = _audio(args) if lips == "video" else _voice_audio(args, lips)
     camera = args.size or CAMERA_SIZE
     config = pipeline_config(
         args,
@@ -156,12 +164,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     sinks = _live_sinks(config, processor, sinks, pip=not args.no_pip, keys=terminal is not None)
     name, provider = generator_info(processor)
     logger.info("generator %s on %s, %dx%d at %.1f fps", name, provider, *processor.output_size, fps)
+    chooser = None
+    if lips != "video":
+        from realtime.voice.live import use_lips
+
+        chooser = use_lips(
+            processor,
+            lips,
+            args.audio_in,
+            occlusion=config.occlusion,
+            camera_delay_s=_camera_delay_s(lips, audio),
+            # With a bridge on the same microphone, its one line already says the microphone failed.
+            report_voice_failure=audio is None,
+        )
     with terminal or contextlib.nullcontext():
         summary, budget_ms = stream(config, source, processor, sinks, fps, config.budget_ms)
-    return _finish_live(args, summary, processor, budget_ms, mode=str(config.mode))
+    extra = {}
+    if chooser is not None:
+        voice = chooser.voice
+        extra = chooser.summary() | dict(
+            microphone=voice.name, voice_blocks=voice.blocks, voice_errors=voice.errors
+        )
+    return _finish_live(args, summary, processor, budget_ms, mode=str(config.mode), **extra)
 
 
-def _run_voice(args: argparse.Namespace) -> int:
+def _voice_audio(args: argparse.Namespace, lips: str):
+    """The audio of a run whose mouth may come from the voice: --audio-out (the delayed voice for a
+    call) is optional, and the delayed voice waits for the voice's mouth, which trails its sound."""
+    if not args.audio_in:
+        raise UserError(f"--lips {lips} needs the microphone: --audio-in DEVICE (see `realtime devices`)")
+    if args.mode != "reenact":
+        raise UserError(f"--lips {lips} drives the avatar's mouth: use it with --mode reenact")
+    if not args.audio_out:
+        return None
+    from dataclasses import replace
+
+    from realtime.voice.live import voice_lag_ms
+
+    return replace(_audio(args), offset_ms=args.audio_offset_ms + voice_lag_ms())
+
+
+def _camera_delay_s(lips: str, audio) -> float:
+    """auto with a delayed voice: the camera's mouth waits as long as the voice's mouth trails its
+    sound, so both meet the voice (head and eyes stay undelayed)."""
+    if lips != "auto" or audio is None:
+        return 0.0
+    from realtime.voice.live import voice_lag_ms
+
+    return voice_lag_ms() / 1000.0
+
+
+def _run_voice(args: argparse.Namespace, lips: str) -> int:
     """``run --lips voice --camera none``: the avatar speaks the microphone, no camera."""
     import numpy as np
 
@@ -170,23 +223,11 @@ def _run_voice(args: argparse.Namespace) -> int:
     from realtime.sources import ImageSource
     from realtime.voice.live import use_voice
 
-    if args.lips != "voice" or args.camera != NO_CAMERA:
-        raise UserError("--camera none needs --lips voice, and --lips voice runs with --camera none for now")
-    if not args.audio_in:
-        raise UserError("--lips voice needs the microphone: --audio-in DEVICE (see `realtime devices`)")
-    if args.mode != "reenact":
-        raise UserError("--lips voice drives the avatar's mouth: use it with --mode reenact")
+    if lips == "video":
+        raise UserError("--camera none needs --lips voice (the mouth from --audio-in)")
     if len(args.avatar) > 1:
         raise UserError("--lips voice takes one --avatar for now (switching avatars needs a camera)")
-    # The voice is the driver: --audio-out (the delayed voice to a call) is optional here.
-    audio = _audio(args) if args.audio_out else None
-    if audio is not None:
-        from dataclasses import replace
-
-        from realtime.voice.live import voice_lag_ms
-
-        # The mouth shows the voice of the model's look-ahead ago: the delayed voice waits that much more.
-        audio = replace(audio, offset_ms=audio.offset_ms + voice_lag_ms())
+    audio = _voice_audio(args, "voice")
     fps = args.fps or 30.0
     config = pipeline_config(
         args,
@@ -342,10 +383,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_lips(args: argparse.Namespace) -> int:
+    from realtime.bench_lips import format_lips, run_lips_bench
+    from realtime.metrics import write_json
+
+    report = run_lips_bench(
+        args.lips, args.speech, bursts=args.bursts, fps=args.fps or 30.0, avatar=args.avatar
+    )
+    print(format_lips(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"json: {args.json}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from realtime import bench
     from realtime.metrics import write_json
 
+    if args.lips:
+        return _bench_lips(args)
     audio = _audio(args)
     config = pipeline_config(
         args,

@@ -74,7 +74,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-occlusion",
         action="store_true",
-        help="swap mode: don't look for hands in front of the face (saves the hand model's CPU)",
+        help="swap mode and --lips auto: don't look for hands in front of the face (saves the hand "
+        "model's CPU)",
     )
 
 
@@ -202,10 +203,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--loop", action="store_true", help="loop --input")
     run.add_argument(
         "--lips",
-        choices=["video", "voice"],
-        default="video",
-        help="video (default): the mouth follows the camera; voice: it follows --audio-in (with --camera "
-        "none: no camera, idle head motion and blinks)",
+        choices=["video", "voice", "auto"],
+        default=None,
+        help="where the mouth comes from: video: the camera; voice: --audio-in (the head, eyes and brows "
+        "stay the camera's; with --camera none: idle head motion and blinks); auto (the default with a "
+        "camera, --audio-in and --audio-out): the camera while it sees the mouth, the voice when the face "
+        "is lost, turned away or the mouth is covered, cross-fading between them",
     )
     run.add_argument("--unpaced", action="store_true", help="read --input as fast as possible")
     run.add_argument(
@@ -296,6 +299,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--metrics-url", default=None, help="Triton's metrics endpoint (default: the gRPC port plus 1)"
     )
+    bench.add_argument(
+        "--lips",
+        choices=["voice", "auto"],
+        default=None,
+        help="measure the mouth from the voice instead: the per-block cost of the features and the "
+        "model, and the mouth's lag behind the A/V-delayed voice through a PulseAudio null sink",
+    )
+    bench.add_argument(
+        "--speech", default=None, metavar="FILE", help="with --lips: the recording (default: a shared one)"
+    )
+    bench.add_argument("--bursts", type=int, default=8, help="with --lips: speech bursts to time (default 8)")
     _add_pipeline_choice(bench)
     _add_audio_options(bench)
 

@@ -26,6 +26,7 @@ from realtime.metrics import Metrics
 from realtime.occlusion import HandOccluder
 from realtime.retarget import Retargeter, RetargetLimits, SwapTargeter
 from realtime.stages import Stage, Targeter, Tracker
+from realtime.steady import CoveredHold
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,13 @@ class FrameProcessor(Stage):
         output_size: tuple[int, int],
         limits: RetargetLimits | None = None,
         occlusion: HandOccluder | None = None,
+        hold_covered: bool = True,
     ) -> None:
         self.avatar = avatar
         # Swap mode: hands in front of the face stay in front (None: no hand model).
         self.occlusion = occlusion
+        # ... and the landmarks under them hold rather than jump (None: follow the tracker).
+        self.covered_hold = CoveredHold() if occlusion is not None and hold_covered else None
         self.generators = generators
         self.tracker = tracker
         self.controls = controls
@@ -183,15 +187,16 @@ class FrameProcessor(Stage):
             self.retargeter.recalibrate()
         mode = self.controls.mode
         targeter = self.targeters[mode]
-        target, stage_ms["retarget"] = self._timed("retarget", lambda: targeter.process(track))
         image: np.ndarray | None = None
         occluding = mode is Mode.SWAP and self.occlusion is not None
-        if occluding and target is not None:
+        if occluding:
             # Handed over first: in its own process the hand model runs while this one renders.
             _, stage_ms["occlusion"] = self._timed(
                 "occlusion",
                 lambda: self.occlusion.update(track.frame.image, track.landmarks, track.frame.t_capture),
             )
+            track = self._hold_covered(track)
+        target, stage_ms["retarget"] = self._timed("retarget", lambda: targeter.process(track))
         if target is not None:
             rendered, stage_ms["generate"] = self._timed("generate", lambda: self._generate(target, mode))
             if rendered is not None and occluding and rendered.driver_landmarks is not None:
@@ -221,6 +226,18 @@ class FrameProcessor(Stage):
             stage_ms=stage_ms,
         )
 
+    def _hold_covered(self, track: FaceTrack) -> FaceTrack:
+        """Swap mode: the landmarks a hand covers hold their last seen shape (``CoveredHold``)."""
+        if self.covered_hold is None or self.occlusion is None:
+            return track
+        if not track.found:
+            self.covered_hold.reset()
+            return track
+        covered = self.occlusion.covered(
+            track.landmarks, track.frame.t_capture, mesh.face_size(track.landmarks)
+        )
+        return replace(track, landmarks=self.covered_hold(track.landmarks, covered))
+
     def process(self, frame: Frame) -> Output:
         return self.render(self.track(frame))
 
@@ -232,6 +249,7 @@ def offline_processor(
     mode: Mode = Mode.REENACT,
     size: tuple[int, int] | None = None,
     occlusion: bool = True,
+    hold_covered: bool = True,
 ) -> FrameProcessor:
     """The per-frame path with mediapipe in this process: for evaluations and scripts."""
     from realtime.tracking import FaceTracker
@@ -245,4 +263,5 @@ def offline_processor(
         Metrics(),
         size or avatar.size,
         occlusion=HandOccluder(isolated=False) if occlusion else None,
+        hold_covered=hold_covered,
     )

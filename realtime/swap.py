@@ -65,6 +65,9 @@ COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wide
 # brighter skin tone is added as an offset).
 DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
+EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
+TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
+CONTRAST_LIMIT = 1.3  # the relit avatar's texture may be at most this much stronger than the user's
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -104,6 +107,21 @@ def _area_down(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     while image.shape[1] >= 4 * size[0] and image.shape[0] >= 4 * size[1]:
         image = cv2.pyrDown(image)
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _typical(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """1 where the luma is within TYPICAL of its local (mask-normalised, ``sigma``) mean, fading
+    to 0 beyond: spots and rims stand out from their surroundings, shading does not."""
+    luma = image @ np.array([0.114, 0.587, 0.299], np.float32)
+    local = cv2.GaussianBlur(luma * weight, (0, 0), sigma) / np.maximum(
+        cv2.GaussianBlur(weight, (0, 0), sigma), 1e-4
+    )
+    ratio = (luma + 1.0) / (local + 1.0)
+    low, high = TYPICAL
+    # linear fades over a tenth either side of the bounds
+    return np.clip(
+        np.minimum((ratio - low * 0.9) / (low * 0.1), (high * 1.1 - ratio) / (high * 0.1)), 0.0, 1.0
+    )
 
 
 def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -168,12 +186,13 @@ class SwapCompositor:
         self._detail_gain: float | None = None
         self._grain: float | None = None
         self._eyes_open: float | None = None
+        self._cap: float | None = None
         self._frames = 0
         self._rng = np.random.default_rng(seed)
         self._noise = _channels(self._rng.standard_normal((512, 512)).astype(np.float32), np.empty((1, 1, 3)))
 
     def reset(self) -> None:
-        self._detail_gain = self._grain = self._eyes_open = None
+        self._detail_gain = self._grain = self._eyes_open = self._cap = None
 
     def masks(
         self, shape: tuple[int, int], landmarks: np.ndarray, origin: tuple[int, int]
@@ -211,6 +230,12 @@ class SwapCompositor:
         # and a rim around them: lip shadows and lipstick edges are not light either
         rim = max(1, int(round(0.08 * mesh.face_size(points))))
         cv2.polylines(weight, lips, True, 0, rim, cv2.LINE_AA, 4)
+        # Nor are the eyes, or the glasses' rims and lens reflections around them.
+        around = max(1, int(round(EYE_RIM * mesh.face_size(points))))
+        for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+            loop = [np.round(points[eye] * 16).astype(np.int32)]
+            cv2.fillPoly(weight, loop, 0, cv2.LINE_AA, 4)
+            cv2.polylines(weight, loop, True, 0, around, cv2.LINE_AA, 4)
         return weight.astype(np.float32) * (1.0 / 255.0)
 
     def composite(
@@ -334,6 +359,12 @@ class SwapCompositor:
         small_patch = _area_down(patch_u8, small).astype(np.float32)
         small_clip = _area_down(clip, small)[..., None]
         small_avatar = small_user + (small_patch - small_user) * small_clip
+        # Robust statistics: on the user's face, what is far brighter or darker than its skin
+        # (specular highlights, a glasses frame) is not the light. (The avatar's shadows are
+        # its photo's light, to be replaced, so its statistics keep them.)
+        weight = weight * _typical(small_user, weight, sigma)
+        if float(weight.sum()) < 4.0:
+            return front
         # Brightness follows the user's shading closely; colour only region by region, so a
         # feature the two faces don't share (lipstick, a beard's shadow) doesn't tint the skin.
         low_avatar = _box_mean(small_avatar, weight, sigma)
@@ -349,12 +380,48 @@ class SwapCompositor:
         # past DETAIL_GAIN the rest of the change is added (low-frequency), not multiplied: a
         # dark avatar on a light face would otherwise get its texture, and every jitter of it,
         # several times stronger.
-        gain = np.clip(ratio, *DETAIL_GAIN)
+        gain = np.clip(ratio, *DETAIL_GAIN) * self._contrast_cap(
+            under_u8, front, weight, np.clip(ratio, *DETAIL_GAIN) @ luma, size
+        )
         offset = (low_avatar + 1.0) * (ratio - gain)
         size_full = (w, h)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
         front += cv2.resize(offset, size_full, interpolation=cv2.INTER_LINEAR)
         return front
+
+    def _contrast_cap(
+        self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float
+    ) -> float:
+        """How much of the detail gain to keep so the relit avatar's texture (its mid and fine
+        bands, on a 48-px-per-face grid) is at most CONTRAST_LIMIT times the user's: a dark,
+        hard-lit avatar on a light face would otherwise come out harsh and over-saturated.
+        Never below the avatar's own contrast; smoothed over frames."""
+        h, w = front.shape[:2]
+        scale = min(1.0, 48.0 / max(size, 1.0))
+        grid = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
+        skin = cv2.resize(weight, grid, interpolation=cv2.INTER_LINEAR)
+        gain_grid = cv2.resize(gain, grid, interpolation=cv2.INTER_LINEAR)
+        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        sigma = max(1.0, 0.08 * size * scale)
+
+        def texture(image: np.ndarray) -> float:
+            grey = _area_down(image, grid).astype(np.float32) @ luma
+            local = cv2.GaussianBlur(grey * skin, (0, 0), sigma) / np.maximum(
+                cv2.GaussianBlur(skin, (0, 0), sigma), 1e-4
+            )
+            detail = grey - local
+            return float(np.sqrt((detail**2 * skin).sum() / max(float(skin.sum()), 1e-3)))
+
+        if float(skin.sum()) < 8.0:
+            return 1.0
+        mean_gain = float((gain_grid * skin).sum() / skin.sum())
+        user, avatar = texture(under_u8), texture(front) * mean_gain
+        cap = 1.0
+        if avatar > CONTRAST_LIMIT * user and mean_gain > 1.0:
+            cap = max(1.0 / mean_gain, CONTRAST_LIMIT * user / avatar)
+        previous = self._cap if self._cap is not None else cap
+        self._cap = 0.8 * previous + 0.2 * cap
+        return self._cap
 
     def _match_detail(
         self, front: np.ndarray, under_u8: np.ndarray, patch_u8: np.ndarray, clip: np.ndarray

@@ -65,9 +65,10 @@ class CoveredHold:
         else:
             # The head's motion since the face was last fully seen, from points still seen.
             s, r, t = mesh.umeyama(self._shape[anchors], points[anchors])
-            # What is seen updates the remembered shape (in that pose).
+            # What is seen (and no longer held) updates the remembered shape (in that pose).
             local = (points - t) @ r / s
-            self._shape[visible] = local[visible]
+            seen = visible & (hold == 0.0)
+            self._shape[seen] = local[seen]
             held = s * self._shape @ r.T + t
         out = points + hold[:, None] * (held - points)
         self._last = out

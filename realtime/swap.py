@@ -380,22 +380,24 @@ class SwapCompositor:
         # past DETAIL_GAIN the rest of the change is added (low-frequency), not multiplied: a
         # dark avatar on a light face would otherwise get its texture, and every jitter of it,
         # several times stronger.
-        gain = np.clip(ratio, *DETAIL_GAIN) * self._contrast_cap(
-            under_u8, front, weight, np.clip(ratio, *DETAIL_GAIN) @ luma, size
-        )
+        gain = np.clip(ratio, *DETAIL_GAIN)
+        if self._cap is None or self._frames % DETAIL_EVERY == 0:
+            self._update_contrast_cap(under_u8, front, weight, gain @ luma, size)
+        gain *= self._cap if self._cap is not None else 1.0
         offset = (low_avatar + 1.0) * (ratio - gain)
         size_full = (w, h)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
         front += cv2.resize(offset, size_full, interpolation=cv2.INTER_LINEAR)
         return front
 
-    def _contrast_cap(
+    def _update_contrast_cap(
         self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float
-    ) -> float:
+    ) -> None:
         """How much of the detail gain to keep so the relit avatar's texture (its mid and fine
         bands, on a 48-px-per-face grid) is at most CONTRAST_LIMIT times the user's: a dark,
         hard-lit avatar on a light face would otherwise come out harsh and over-saturated.
-        Never below the avatar's own contrast; smoothed over frames."""
+        Never below the avatar's own contrast; smoothed over frames, re-measured every
+        DETAIL_EVERY frames."""
         h, w = front.shape[:2]
         scale = min(1.0, 48.0 / max(size, 1.0))
         grid = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
@@ -413,15 +415,14 @@ class SwapCompositor:
             return float(np.sqrt((detail**2 * skin).sum() / max(float(skin.sum()), 1e-3)))
 
         if float(skin.sum()) < 8.0:
-            return 1.0
+            return
         mean_gain = float((gain_grid * skin).sum() / skin.sum())
         user, avatar = texture(under_u8), texture(front) * mean_gain
         cap = 1.0
         if avatar > CONTRAST_LIMIT * user and mean_gain > 1.0:
             cap = max(1.0 / mean_gain, CONTRAST_LIMIT * user / avatar)
         previous = self._cap if self._cap is not None else cap
-        self._cap = 0.8 * previous + 0.2 * cap
-        return self._cap
+        self._cap = 0.6 * previous + 0.4 * cap  # every DETAIL_EVERY frames: about 0.8 per frame
 
     def _match_detail(
         self, front: np.ndarray, under_u8: np.ndarray, patch_u8: np.ndarray, clip: np.ndarray

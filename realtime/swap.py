@@ -67,7 +67,8 @@ DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
 EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
 TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
-CONTRAST_LIMIT = 1.3  # the relit avatar's texture may be at most this much stronger than the user's
+LIPS_RIM = 0.12  # the lips and this many face sizes around them keep their contrast
+CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -389,6 +390,8 @@ class SwapCompositor:
             lips = np.zeros((small[1], small[0]), np.uint8)
             outline = np.round(points[mesh.OUTER_LIP] * (small[0] / w) * 16).astype(np.int32)
             cv2.fillPoly(lips, [outline], 255, cv2.LINE_AA, 4)
+            around = max(1, int(round(LIPS_RIM * size * small[0] / w)))
+            cv2.polylines(lips, [outline], True, 255, around, cv2.LINE_AA, 4)
             lips_f = cv2.GaussianBlur(lips.astype(np.float32) * (1.0 / 255.0), (0, 0), 0.8)[..., None]
             gain *= self._cap + (1.0 - self._cap) * np.minimum(1.0, 1.5 * lips_f)
         offset = (low_avatar + 1.0) * (ratio - gain)

@@ -273,3 +273,30 @@ class HandOccluder(Stage):
         grow = 0.04 * face_size + age * 4.0 * face_size
         mask = hand_mask(hands.landmarks, shape, origin, grow)
         return mask if mask.any() else None
+
+    def covered(self, landmarks: np.ndarray, t_capture: float, face_size: float) -> np.ndarray | None:
+        """(N,) in [0, 1]: how much each face landmark is under a hand (None: no hands now).
+
+        The hands are grown a little more than for the mask: mediapipe's guesses go wrong a
+        little way beyond the hand's edge too."""
+        hands = self.latest
+        if hands is None or not hands.landmarks:
+            return None
+        age = max(0.0, t_capture - hands.t_capture)
+        if age > MAX_AGE_S:
+            return None
+        return covered_landmarks(hands.landmarks, landmarks, 0.12 * face_size + age * 4.0 * face_size)
+
+
+def covered_landmarks(hands: list[np.ndarray], landmarks: np.ndarray, grow: float) -> np.ndarray:
+    """(N,) in [0, 1]: each landmark's value in the hands' mask (``hand_mask``, grown by ``grow``)."""
+    points = landmarks[:, :2]
+    margin = int(grow) + 4
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - margin
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + margin
+    mask = hand_mask(hands, (y1 - y0, x1 - x0), (x0, y0), grow)
+    if not mask.any():
+        return np.zeros(len(points), np.float32)
+    cols = np.clip(np.round(points[:, 0] - x0).astype(int), 0, x1 - x0 - 1)
+    rows = np.clip(np.round(points[:, 1] - y0).astype(int), 0, y1 - y0 - 1)
+    return mask[rows, cols].astype(np.float32) * (1.0 / 255.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
@@ -25,6 +26,7 @@ from realtime.metrics import Metrics
 from realtime.occlusion import HandOccluder
 from realtime.retarget import Retargeter, RetargetLimits, SwapTargeter
 from realtime.stages import Stage, Targeter, Tracker
+from realtime.steady import CoveredHold
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +57,13 @@ class FrameProcessor(Stage):
         output_size: tuple[int, int],
         limits: RetargetLimits | None = None,
         occlusion: HandOccluder | None = None,
+        hold_covered: bool = True,
     ) -> None:
         self.avatar = avatar
         # Swap mode: hands in front of the face stay in front (None: no hand model).
         self.occlusion = occlusion
+        # ... and the landmarks under them hold rather than jump (None: follow the tracker).
+        self.covered_hold = CoveredHold() if occlusion is not None and hold_covered else None
         self.generators = generators
         self.tracker = tracker
         self.controls = controls
@@ -74,6 +79,9 @@ class FrameProcessor(Stage):
         self._errors = OnceLogger(logger)
         self._last_output: np.ndarray | None = None
         self._neutral = self._fit(avatar.image)
+        # Swap mode from a camera larger than the output: the frame is scaled here while the
+        # tracker (mostly a wait for its process) works on the full frame.
+        self._scaler: ThreadPoolExecutor | None = None
 
     def open(self) -> FrameProcessor:
         with ExitStack() as opened:  # a generator that fails to open must not leave the tracker running
@@ -83,6 +91,9 @@ class FrameProcessor(Stage):
         return self
 
     def close(self) -> None:
+        if self._scaler is not None:
+            self._scaler.shutdown(wait=True)
+            self._scaler = None
         if self.occlusion is not None:
             self.occlusion.close()
         self.generators.close()
@@ -121,8 +132,38 @@ class FrameProcessor(Stage):
             self.controls.mode is Mode.SWAP
             and (frame.image.shape[1], frame.image.shape[0]) != self.output_size
         ):
-            frame = replace(frame, image=self._fit_camera(frame.image))
+            return self._track_and_scale(frame)
         track, ms = self._timed("track", lambda: self.tracker.process(frame))
+        track.stage_ms["track"] = ms
+        return track
+
+    def _track_and_scale(self, frame: Frame) -> FaceTrack:
+        """Swap mode from a camera of another size: the tracker works on the camera frame (a
+        1080p frame halves exactly to its 960-px tracking width, cheaper than 720p's 3/4)
+        while another thread scales it to the output (OpenCV releases the GIL), then the
+        landmarks are brought into the output's pixels."""
+        if self._scaler is None:
+            self._scaler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scale")
+        scaled = self._scaler.submit(self._fit_camera, frame.image)
+        try:
+            track, ms = self._timed("track", lambda: self.tracker.process(frame))
+        finally:
+            image = scaled.result()
+        factor = np.array(
+            [image.shape[1] / frame.image.shape[1], image.shape[0] / frame.image.shape[0]], np.float32
+        )
+        # z is in x's scale
+        factor = np.append(factor, factor[0])
+
+        def to_output(points: np.ndarray | None) -> np.ndarray | None:
+            return None if points is None else points * factor[: points.shape[1]]
+
+        track = replace(
+            track,
+            frame=replace(frame, image=image),
+            landmarks=to_output(track.landmarks),
+            raw_landmarks=to_output(track.raw_landmarks),
+        )
         track.stage_ms["track"] = ms
         return track
 
@@ -146,15 +187,16 @@ class FrameProcessor(Stage):
             self.retargeter.recalibrate()
         mode = self.controls.mode
         targeter = self.targeters[mode]
-        target, stage_ms["retarget"] = self._timed("retarget", lambda: targeter.process(track))
         image: np.ndarray | None = None
         occluding = mode is Mode.SWAP and self.occlusion is not None
-        if occluding and target is not None:
+        if occluding:
             # Handed over first: in its own process the hand model runs while this one renders.
             _, stage_ms["occlusion"] = self._timed(
                 "occlusion",
                 lambda: self.occlusion.update(track.frame.image, track.landmarks, track.frame.t_capture),
             )
+            track = self._hold_covered(track)
+        target, stage_ms["retarget"] = self._timed("retarget", lambda: targeter.process(track))
         if target is not None:
             rendered, stage_ms["generate"] = self._timed("generate", lambda: self._generate(target, mode))
             if rendered is not None and occluding and rendered.driver_landmarks is not None:
@@ -184,6 +226,18 @@ class FrameProcessor(Stage):
             stage_ms=stage_ms,
         )
 
+    def _hold_covered(self, track: FaceTrack) -> FaceTrack:
+        """Swap mode: the landmarks a hand covers hold their last seen shape (``CoveredHold``)."""
+        if self.covered_hold is None or self.occlusion is None:
+            return track
+        if not track.found:
+            self.covered_hold.reset()
+            return track
+        covered = self.occlusion.covered(
+            track.landmarks, track.frame.t_capture, mesh.face_size(track.landmarks)
+        )
+        return replace(track, landmarks=self.covered_hold(track.landmarks, covered))
+
     def process(self, frame: Frame) -> Output:
         return self.render(self.track(frame))
 
@@ -195,6 +249,7 @@ def offline_processor(
     mode: Mode = Mode.REENACT,
     size: tuple[int, int] | None = None,
     occlusion: bool = True,
+    hold_covered: bool = True,
 ) -> FrameProcessor:
     """The per-frame path with mediapipe in this process: for evaluations and scripts."""
     from realtime.tracking import FaceTracker
@@ -208,4 +263,5 @@ def offline_processor(
         Metrics(),
         size or avatar.size,
         occlusion=HandOccluder(isolated=False) if occlusion else None,
+        hold_covered=hold_covered,
     )

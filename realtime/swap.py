@@ -65,6 +65,10 @@ COLOUR_SIGMA_FACTOR = 2.5  # colour is matched over regions this many times wide
 # brighter skin tone is added as an offset).
 DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
+EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
+TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
+LIPS_RIM = 0.12  # the lips and this many face sizes around them keep their contrast
+CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -90,6 +94,37 @@ class SwapSettings:
     smoothing: float = 0.8  # per-frame smoothing of the detail and grain estimates
 
 
+def _channels(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``mask`` (h, w) repeated to ``like``'s channels: numpy broadcasting over a trailing axis of 3
+    runs an inner loop of 3 and is about ten times slower than a same-shape operation."""
+    if like.ndim == 2:
+        return mask
+    return cv2.merge([mask] * like.shape[2])
+
+
+def _area_down(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area resampling to a much smaller ``size`` (w, h): halved by pyrDown first, since area
+    resampling by a large non-integer factor is slow (~1 ms for a face box to a 20 px grid)."""
+    while image.shape[1] >= 4 * size[0] and image.shape[0] >= 4 * size[1]:
+        image = cv2.pyrDown(image)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _typical(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """1 where the luma is within TYPICAL of its local (mask-normalised, ``sigma``) mean, fading
+    to 0 beyond: spots and rims stand out from their surroundings, shading does not."""
+    luma = image @ np.array([0.114, 0.587, 0.299], np.float32)
+    local = cv2.GaussianBlur(luma * weight, (0, 0), sigma) / np.maximum(
+        cv2.GaussianBlur(weight, (0, 0), sigma), 1e-4
+    )
+    ratio = (luma + 1.0) / (local + 1.0)
+    low, high = TYPICAL
+    # linear fades over a tenth either side of the bounds
+    return np.clip(
+        np.minimum((ratio - low * 0.9) / (low * 0.1), (high * 1.1 - ratio) / (high * 0.1)), 0.0, 1.0
+    )
+
+
 def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     """Mask-normalised Gaussian blur: the local mean of ``image`` where ``weight`` > 0."""
     w = cv2.GaussianBlur(weight, (0, 0), sigma)
@@ -99,21 +134,35 @@ def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray
 
 def laplacian_blend(front: np.ndarray, back: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
     """Multi-band blend (Burt & Adelson): each band of ``front`` over ``back`` under the mask
-    at that band's scale, so fine detail switches sharply and shading changes gently.
+    at that band's scale, so fine detail switches sharply and shading changes gently."""
+    return back + blend_difference(front - back, mask, levels)
+
+
+def blend_difference(diff: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """The multi-band blend of ``diff`` = front − back under ``mask``, to be added to back.
 
     Bands are linear, so ``m·band(front) + (1-m)·band(back) = band(back) + m·band(front-back)``:
     one pyramid of the difference does the work of two.
     """
-    g_diff, g_mask = [front - back], [mask]
+    g_diff, g_mask = [diff], [_channels(mask, diff)]
     for _ in range(levels):
         g_diff.append(cv2.pyrDown(g_diff[-1]))
         g_mask.append(cv2.pyrDown(g_mask[-1]))
-    out = g_diff[-1] * g_mask[-1][..., None]
+    out = g_diff[-1] * g_mask[-1]
     for level in range(levels - 1, -1, -1):
         size = (g_diff[level].shape[1], g_diff[level].shape[0])
         band = g_diff[level] - cv2.pyrUp(g_diff[level + 1], dstsize=size)
-        out = cv2.pyrUp(out, dstsize=size) + band * g_mask[level][..., None]
-    return back + out
+        band *= g_mask[level]
+        out = cv2.pyrUp(out, dstsize=size)
+        out += band
+    return out
+
+
+def _box(points: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The points' bounding box grown by ``margin`` px, clipped to ``shape`` (h, w): x0, y0, x1, y1."""
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - margin
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + margin + 1
+    return max(0, x0), max(0, y0), min(shape[1], x1), min(shape[0], y1)
 
 
 def _fine_energy(image: np.ndarray, where: np.ndarray, median: bool = False) -> float:
@@ -138,12 +187,13 @@ class SwapCompositor:
         self._detail_gain: float | None = None
         self._grain: float | None = None
         self._eyes_open: float | None = None
+        self._cap: float | None = None
         self._frames = 0
         self._rng = np.random.default_rng(seed)
-        self._noise = self._rng.standard_normal((512, 512)).astype(np.float32)
+        self._noise = _channels(self._rng.standard_normal((512, 512)).astype(np.float32), np.empty((1, 1, 3)))
 
     def reset(self) -> None:
-        self._detail_gain = self._grain = self._eyes_open = None
+        self._detail_gain = self._grain = self._eyes_open = self._cap = None
 
     def masks(
         self, shape: tuple[int, int], landmarks: np.ndarray, origin: tuple[int, int]
@@ -164,8 +214,9 @@ class SwapCompositor:
         blend = np.zeros(shape, np.uint8)
         cv2.fillPoly(blend, [np.round(inner * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
         k = 2 * int(inset) + 1
-        blend = cv2.GaussianBlur(blend, (k, k), 0)
-        return blend.astype(np.float32) * (1.0 / 255.0), clip.astype(np.float32) * (1.0 / 255.0)
+        # In float: OpenCV's uint8 Gaussian with a wide kernel is several times slower.
+        blend = cv2.GaussianBlur(blend.astype(np.float32) * (1.0 / 255.0), (k, k), 0)
+        return blend, clip.astype(np.float32) * (1.0 / 255.0)
 
     def skin_weight(self, small: tuple[int, int], landmarks: np.ndarray, scale: float) -> np.ndarray:
         """Skin for the shading estimate, on the small grid: the inner face without the mouth
@@ -180,6 +231,12 @@ class SwapCompositor:
         # and a rim around them: lip shadows and lipstick edges are not light either
         rim = max(1, int(round(0.08 * mesh.face_size(points))))
         cv2.polylines(weight, lips, True, 0, rim, cv2.LINE_AA, 4)
+        # Nor are the eyes, or the glasses' rims and lens reflections around them.
+        around = max(1, int(round(EYE_RIM * mesh.face_size(points))))
+        for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+            loop = [np.round(points[eye] * 16).astype(np.int32)]
+            cv2.fillPoly(weight, loop, 0, cv2.LINE_AA, 4)
+            cv2.polylines(weight, loop, True, 0, around, cv2.LINE_AA, 4)
         return weight.astype(np.float32) * (1.0 / 255.0)
 
     def composite(
@@ -207,17 +264,19 @@ class SwapCompositor:
         size = mesh.face_size(points)
         blend, clip = self.masks((h, w), points, (0, 0))
         if s.mouth_from_user and mesh.mouth_opening(points) > 0.02:
-            hole = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(hole, [np.round(points[mesh.INNER_LIP] * 4).astype(np.int32)], 255, cv2.LINE_AA, 2)
             k = 2 * max(1, int(size * 0.03)) + 1
-            keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
-            blend *= keep
-            clip *= keep  # after the pyramid too, or its coarse bands would fill the mouth with skin
+            # Only the mouth's box (the hole's blur reaches k/2 past it): the rest keeps 1.
+            bx0, by0, bx1, by1 = _box(points[mesh.INNER_LIP], k, (h, w))
+            if bx1 > bx0 and by1 > by0:
+                hole = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+                lips = np.round((points[mesh.INNER_LIP] - (bx0, by0)) * 4).astype(np.int32)
+                cv2.fillPoly(hole, [lips], 255, cv2.LINE_AA, 2)
+                keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
+                blend[by0:by1, bx0:bx1] *= keep
+                # after the pyramid too, or its coarse bands would fill the mouth with skin
+                clip[by0:by1, bx0:bx1] *= keep
         if s.blinks_from_user:
-            keep = self._blink_keep((h, w), points, size)
-            if keep is not None:
-                blend *= keep
-                clip *= keep
+            self._apply_blink((blend, clip), points, size)
         occ = None
         if occluder is not None:
             occ = occluder[:h, :w].astype(np.float32)
@@ -228,21 +287,28 @@ class SwapCompositor:
         under = under_u8.astype(np.float32)
         # Outside the inner face the avatar warp is not a face: the frame stands in for it,
         # so the pyramid's coarse bands average face with frame, never with garbage.
-        clip3 = clip[..., None]
-        front = under + (patch[:h, :w].astype(np.float32) - under) * clip3
+        clip3 = _channels(clip, under)
+        front = patch[:h, :w].astype(np.float32)
+        front -= under
+        front *= clip3
+        front += under
         front = self._relight(front, under_u8, patch[:h, :w], clip, points, size, occ)
         front = self._match_detail(front, under_u8, patch[:h, :w], clip)
         levels = max(1, min(s.levels, int(math.log2(max(2, min(h, w)) / 8))))
-        mixed = laplacian_blend(front, under, blend, levels)
+        front -= under
+        change = blend_difference(front, blend, levels)
         # Clip to the jaw line: the coarse bands must not carry avatar skin past it.
-        mixed = under + (mixed - under) * clip3
-        np.clip(mixed + 0.5, 0, 255, out=mixed)  # rounded: the frame outside the jaw comes back exact
-        under_u8[:] = mixed.astype(np.uint8)
+        change *= clip3
+        change += under
+        np.maximum(change, 0.0, out=change)
+        # rounded and saturated: the frame outside the jaw comes back exact
+        under_u8[:] = cv2.convertScaleAbs(change)
         return out
 
-    def _blink_keep(self, shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray | None:
-        """1 − how much of the user's own eyes to show: nothing while they are open as usual,
-        all of both eye regions at the bottom of a blink (a warped lid is too faint to read)."""
+    def _apply_blink(self, masks: tuple[np.ndarray, ...], points: np.ndarray, size: float) -> None:
+        """Multiply ``masks`` by 1 − how much of the user's own eyes to show: nothing while they
+        are open as usual, all of both eye regions at the bottom of a blink (a warped lid is
+        too faint to read)."""
         opening = mesh.eye_opening(points)
         reference = self._eyes_open if self._eyes_open is not None else opening
         # The usual opening: follows a wider eye at once, a narrower one only slowly.
@@ -251,15 +317,21 @@ class SwapCompositor:
             np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0)
         )
         if closed <= 0.0:
-            return None
-        eyes = np.zeros(shape, np.uint8)
+            return
         lids = max(1, int(round(0.12 * size)))
+        k = 2 * lids + 1
+        eyes_points = points[mesh.RIGHT_EYE + mesh.LEFT_EYE]
+        bx0, by0, bx1, by1 = _box(eyes_points, k + lids, masks[0].shape[:2])
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        eyes = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
         for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
-            loop = [np.round(points[eye] * 4).astype(np.int32)]
+            loop = [np.round((points[eye] - (bx0, by0)) * 4).astype(np.int32)]
             cv2.fillPoly(eyes, loop, 255, cv2.LINE_AA, 2)
             cv2.polylines(eyes, loop, True, 255, lids, cv2.LINE_AA, 2)
-        k = 2 * lids + 1
-        return 1.0 - cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
+        keep = 1.0 - cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
+        for mask in masks:
+            mask[by0:by1, bx0:bx1] *= keep
 
     def _relight(
         self,
@@ -280,14 +352,20 @@ class SwapCompositor:
         sigma = max(0.8, s.relight_sigma * size * scale)
         weight = self.skin_weight(small, points, small[0] / w)
         if occ is not None:
-            weight *= 1.0 - cv2.resize(occ, small, interpolation=cv2.INTER_AREA)
+            weight *= 1.0 - _area_down(occ, small)
         if float(weight.sum()) < 4.0:
             return front
         # Measured on small uint8 copies (cheap); ``front`` is the patch inside the jaw line.
-        small_user = cv2.resize(under_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
-        small_patch = cv2.resize(patch_u8, small, interpolation=cv2.INTER_AREA).astype(np.float32)
-        small_clip = cv2.resize(clip, small, interpolation=cv2.INTER_AREA)[..., None]
+        small_user = _area_down(under_u8, small).astype(np.float32)
+        small_patch = _area_down(patch_u8, small).astype(np.float32)
+        small_clip = _area_down(clip, small)[..., None]
         small_avatar = small_user + (small_patch - small_user) * small_clip
+        # Robust statistics: on the user's face, what is far brighter or darker than its skin
+        # (specular highlights, a glasses frame) is not the light. (The avatar's shadows are
+        # its photo's light, to be replaced, so its statistics keep them.)
+        weight = weight * _typical(small_user, weight, sigma)
+        if float(weight.sum()) < 4.0:
+            return front
         # Brightness follows the user's shading closely; colour only region by region, so a
         # feature the two faces don't share (lipstick, a beard's shadow) doesn't tint the skin.
         low_avatar = _box_mean(small_avatar, weight, sigma)
@@ -304,11 +382,57 @@ class SwapCompositor:
         # dark avatar on a light face would otherwise get its texture, and every jitter of it,
         # several times stronger.
         gain = np.clip(ratio, *DETAIL_GAIN)
+        if self._cap is None or self._frames % DETAIL_EVERY == 0:
+            self._update_contrast_cap(under_u8, front, weight, gain @ luma, size)
+        if self._cap is not None and self._cap < 1.0:
+            # not on the lips: they keep their contrast (mediapipe, and people, read the mouth
+            # from it; washed out, mouth r on the glasses pair fell from 0.68 to 0.12)
+            lips = np.zeros((small[1], small[0]), np.uint8)
+            outline = np.round(points[mesh.OUTER_LIP] * (small[0] / w) * 16).astype(np.int32)
+            cv2.fillPoly(lips, [outline], 255, cv2.LINE_AA, 4)
+            around = max(1, int(round(LIPS_RIM * size * small[0] / w)))
+            cv2.polylines(lips, [outline], True, 255, around, cv2.LINE_AA, 4)
+            lips_f = cv2.GaussianBlur(lips.astype(np.float32) * (1.0 / 255.0), (0, 0), 0.8)[..., None]
+            gain *= self._cap + (1.0 - self._cap) * np.minimum(1.0, 1.5 * lips_f)
         offset = (low_avatar + 1.0) * (ratio - gain)
         size_full = (w, h)
-        return front * cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR) + cv2.resize(
-            offset, size_full, interpolation=cv2.INTER_LINEAR
-        )
+        front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
+        front += cv2.resize(offset, size_full, interpolation=cv2.INTER_LINEAR)
+        return front
+
+    def _update_contrast_cap(
+        self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float
+    ) -> None:
+        """How much of the detail gain to keep so the relit avatar's texture (its mid and fine
+        bands, on a 48-px-per-face grid) is at most CONTRAST_LIMIT times the user's: a dark,
+        hard-lit avatar on a light face would otherwise come out harsh and over-saturated.
+        Never below the avatar's own contrast; smoothed over frames, re-measured every
+        DETAIL_EVERY frames."""
+        h, w = front.shape[:2]
+        scale = min(1.0, 48.0 / max(size, 1.0))
+        grid = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
+        skin = cv2.resize(weight, grid, interpolation=cv2.INTER_LINEAR)
+        gain_grid = cv2.resize(gain, grid, interpolation=cv2.INTER_LINEAR)
+        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        sigma = max(1.0, 0.08 * size * scale)
+
+        def texture(image: np.ndarray) -> float:
+            grey = _area_down(image, grid).astype(np.float32) @ luma
+            local = cv2.GaussianBlur(grey * skin, (0, 0), sigma) / np.maximum(
+                cv2.GaussianBlur(skin, (0, 0), sigma), 1e-4
+            )
+            detail = grey - local
+            return float(np.sqrt((detail**2 * skin).sum() / max(float(skin.sum()), 1e-3)))
+
+        if float(skin.sum()) < 8.0:
+            return
+        mean_gain = float((gain_grid * skin).sum() / skin.sum())
+        user, avatar = texture(under_u8), texture(front) * mean_gain
+        cap = 1.0
+        if avatar > CONTRAST_LIMIT * user and mean_gain > 1.0:
+            cap = max(1.0 / mean_gain, CONTRAST_LIMIT * user / avatar)
+        previous = self._cap if self._cap is not None else cap
+        self._cap = 0.6 * previous + 0.4 * cap  # every DETAIL_EVERY frames: about 0.8 per frame
 
     def _match_detail(
         self, front: np.ndarray, under_u8: np.ndarray, patch_u8: np.ndarray, clip: np.ndarray
@@ -337,19 +461,22 @@ class SwapCompositor:
             return front
         if abs(self._detail_gain - 1.0) > 0.05:
             low = cv2.GaussianBlur(front, (3, 3), 0)
-            front = low + (front - low) * self._detail_gain
+            front = cv2.addWeighted(front, self._detail_gain, low, 1.0 - self._detail_gain, 0.0)
         if self._grain > 0.3:
             h, w = front.shape[:2]
             # The grain's 3x3 Laplacian response is about 2.6 times its standard deviation.
-            front += self._noise_tile(h, w)[..., None] * (self._grain / 2.6)
+            front += self._noise_tile(h, w) * np.float32(self._grain / 2.6)
         return front
 
     def _noise_tile(self, h: int, w: int) -> np.ndarray:
-        """Fresh-looking camera noise each frame: a random window of a fixed noise field."""
-        nh, nw = self._noise.shape
+        """Fresh-looking camera noise each frame: a random window of a fixed noise field, the
+        same in the three channels (grey grain)."""
+        nh, nw = self._noise.shape[:2]
         if h > nh or w > nw:
-            self._noise = self._rng.standard_normal((max(h, nh), max(w, nw))).astype(np.float32)
-            nh, nw = self._noise.shape
+            self._noise = _channels(
+                self._rng.standard_normal((max(h, nh), max(w, nw))).astype(np.float32), np.empty((1, 1, 3))
+            )
+            nh, nw = self._noise.shape[:2]
         y, x, flip = self._rng.integers(0, (nh - h + 1, nw - w + 1, 2))
         tile = self._noise[y : y + h, x : x + w]
         return tile[::-1] if flip else tile

@@ -703,7 +703,7 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
-    from realtime.train.refiner import as_applied
+    from realtime.train.refiner import as_applied, evaluate, sample_grid
 
     cfg = tiny_config([], layout="regions", size=48, correction="luma", darken_only="mouth")
     warped = torch.full((6, 3, 48, 48), 0.5)
@@ -715,6 +715,16 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
 
     out, _, _ = tiny_region_run
     net, config, step = load_refiner(out / "refiner.pt")
+    # Validation and the sample grid apply it too (they cut their own batches).
+    rng, n = np.random.default_rng(0), config["size"]
+    val = {
+        f"{k}0": rng.integers(0, 255, (6, n, n, 3), dtype=np.uint8) for k in ("warped", "target", "source")
+    }
+    val |= {f"{k}0": rng.integers(0, 255, (6, n, n), dtype=np.uint8) for k in ("landmarks", "fill", "driver")}
+    val["weight0"] = np.ones((6, n, n), np.float32)
+    assert evaluate(net, val, torch.device("cpu"), cfg=cfg)["l1"] > 0
+    sample_grid(cfg, net, val, torch.device("cpu"), tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").exists()
     path = export_onnx(net, config["size"], tmp_path / "darkened.onnx", crops=3)
     card = json.loads(write_card(path, config | {"darken_only": ["mouth"]}, step, {}).read_text())
     assert card["darken_only"] == ["mouth"]

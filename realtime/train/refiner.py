@@ -251,6 +251,7 @@ def sample_grid(
     net.eval()
     pick = np.linspace(0, len(val["warped0"]) - 1, rows).astype(int)
     b = to_tensors({k: v[pick] for k, v in val.items() if k.endswith("0")}, device)
+    b["kind"] = torch.from_numpy(pick % crops_per_row(cfg)).to(device)
     image = as_applied(cfg, run_generator(net, b, 0)[0], b, 0)
     net.train()
     to_img = lambda t: (t.clamp(0, 1).permute(0, 2, 3, 1).flip(-1).cpu().numpy() * 255).astype(np.uint8)  # noqa: E731

@@ -109,6 +109,23 @@ def test_a_tiny_model_trains_and_its_loss_falls(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists()
 
 
+def test_training_resumes_from_a_checkpoint_with_averaged_weights(tmp_path):
+    pytest.importorskip("torch")
+    from realtime.train.voice import train
+
+    clips = [synthetic_clip(f"train{i}", "train", i) for i in range(3)] + [
+        synthetic_clip("sel", "selection", 9)
+    ]
+    first = train(tiny_config(tmp_path, ema_decay=0.9), clips)
+    again = train(
+        tiny_config(tmp_path, out=str(tmp_path / "again"), init=str(tmp_path / "run" / "best.pt"), steps=20),
+        clips,
+    )
+    # The resumed run starts where the first one ended, not from scratch.
+    assert again["first_loss"] < 0.5 * first["first_loss"], (first["first_loss"], again["first_loss"])
+    assert first["best"]["opening_r"] > 0.5 and again["best"]["opening_r"] > 0.5
+
+
 def test_stretched_crops_keep_sound_and_mouth_together_and_babble_joins_the_noise(tmp_path):
     pytest.importorskip("torch")
     from realtime.train.voice import Batches, clip_arrays, noise_bank

@@ -121,7 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(Path(args.summary).read_text())
         extra["training_summary"] = {
             k: summary[k]
-            for k in ("steps", "best", "groups", "minutes", "first_loss", "last_loss", "dropped_out_of_sync")
+            for k in (
+                "steps",
+                "stages",
+                "best",
+                "groups",
+                "minutes",
+                "first_loss",
+                "last_loss",
+                "dropped_out_of_sync",
+            )
             if k in summary
         }
     if args.evaluation:

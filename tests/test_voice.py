@@ -109,6 +109,50 @@ def test_a_tiny_model_trains_and_its_loss_falls(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists()
 
 
+def test_training_resumes_from_a_checkpoint_with_averaged_weights(tmp_path):
+    pytest.importorskip("torch")
+    from realtime.train.voice import train
+
+    clips = [synthetic_clip(f"train{i}", "train", i) for i in range(3)] + [
+        synthetic_clip("sel", "selection", 9)
+    ]
+    first = train(tiny_config(tmp_path, ema_decay=0.9), clips)
+    again = train(
+        tiny_config(tmp_path, out=str(tmp_path / "again"), init=str(tmp_path / "run" / "best.pt"), steps=20),
+        clips,
+    )
+    # The resumed run starts where the first one ended, not from scratch.
+    assert again["first_loss"] < 0.5 * first["first_loss"], (first["first_loss"], again["first_loss"])
+    assert first["best"]["opening_r"] > 0.5 and again["best"]["opening_r"] > 0.5
+
+
+def test_stretched_crops_keep_sound_and_mouth_together_and_babble_joins_the_noise(tmp_path):
+    pytest.importorskip("torch")
+    from realtime.train.voice import Batches, clip_arrays, noise_bank
+
+    arrays = [clip_arrays(synthetic_clip(f"c{i}", "train", i)) for i in range(2)]
+    rng = np.random.default_rng(0)
+    plain = noise_bank(2.0, rng)
+    voices = [syllables(6.0, 10 + i)[0] for i in range(4)]
+    bank = noise_bank(2.0, rng, voices, babble_seconds=3.0, babble_voices=3)
+    assert len(bank) - len(plain) == pytest.approx(300, abs=3)  # 3 s of babble, 100 frames a second
+    babble = bank[len(plain) :]
+    assert babble.mean(axis=1).std() > 0.3  # voices come and go: not a steady hiss
+    cfg = tiny_config(tmp_path, stretch=0.25, noise_p=0.0, noise_only_p=0.0, eq_db=0.0, warp=0.0, batch=16)
+    mel, target, mask = Batches(arrays, bank, cfg, seed=3)()
+    assert mel.shape == (16, cfg.crop_frames, features.N_MELS) and target.shape[:2] == (16, cfg.crop_frames)
+    # Sound and mouth are stretched alike: the synthetic mouth opens with the buzz, and output j's
+    # target is the mouth 80 ms (8 frames) before frame j's sound ends, so loudness matches the
+    # target 8 frames on, better than at no shift.
+    loud, opened, m = mel.mean(dim=2).numpy(), mouth.opening(target.numpy()), mask.numpy()
+
+    def r_at(lag: int) -> float:
+        a, b, keep = loud[:, : loud.shape[1] - lag], opened[:, lag:], m[:, lag:]
+        return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+    assert r_at(8) > 0.6 and r_at(8) > r_at(0) + 0.2, (r_at(0), r_at(8))
+
+
 def test_export_round_trip_matches_through_the_runtime(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")

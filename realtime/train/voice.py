@@ -18,6 +18,7 @@ and crops of noise alone whose target is the closed, neutral mouth.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -71,6 +72,21 @@ class VoiceConfig:
     # Training clips whose loudness and mouth opening never agree (best correlation within
     # ±200 ms below this) are dubbed or out of sync: left out of training, never of evaluation.
     min_sync_r: float = 0.15
+    # Crops are drawn in proportion to clip length to this power: below 1, the two long news
+    # clips (2 min of the 5) stop drowning out the other 20-odd people.
+    clip_weight_power: float = 1.0
+    # Seconds of babble (``babble_voices`` voices at once, cut from the training clips) in the
+    # noise bank: a crowd's chatter alone must not open
+    # the mouth, and one voice over it must still drive it.
+    babble_seconds: float = 0.0
+    babble_voices: int = 6
+    # Evaluate and keep an exponential moving average of the weights (0: off): with a few
+    # minutes of speech the raw weights swing from step to step.
+    ema_decay: float = 0.0
+    stretch: float = 0.0  # time-stretch crops by up to ± this (speaking rate)
+    # Start from this checkpoint (same architecture; its feature normalisation and PCA basis are
+    # kept): fine-tuning with new augmentation costs a fraction of a fresh run.
+    init: str = ""
 
 
 LOOKAHEAD_S = 0.080  # the mouth at time t hears the voice up to t + 80 ms
@@ -155,9 +171,32 @@ def sync_score(mel: np.ndarray, target: np.ndarray, mask: np.ndarray, max_lag: i
     return best
 
 
-def noise_bank(seconds: float, rng: np.random.Generator) -> np.ndarray:
+def babble(seconds: float, voices: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` voices at once, each a run of random cuts from ``voices`` at its own level."""
+    n = int(seconds * features.RATE)
+    usable = [v for v in voices if len(v) > features.RATE]
+    mix = np.zeros(n)
+    for _ in range(count if usable else 0):
+        track, filled = np.zeros(n), 0
+        while filled < n:
+            voice = usable[rng.integers(len(usable))]
+            start = rng.integers(0, len(voice) - features.RATE // 2)
+            piece = voice[start : start + min(n - filled, int(rng.uniform(1.0, 4.0) * features.RATE))]
+            track[filled : filled + len(piece)] = piece / (np.std(piece) + 1e-6)
+            filled += len(piece)
+        mix += track * 10 ** (rng.uniform(-6, 6) / 20)
+    return mix
+
+
+def noise_bank(
+    seconds: float,
+    rng: np.random.Generator,
+    voices: list[np.ndarray] | None = None,
+    babble_seconds: float = 0.0,
+    babble_voices: int = 6,
+) -> np.ndarray:
     """Log-mel of non-speech sounds: white, pink and brown noise, mains hum, fan rumble,
-    each with a slowly varying level."""
+    each with a slowly varying level; and babble of ``voices`` when ``babble_seconds``."""
     n = int(seconds * features.RATE)
     spectrum_f = np.fft.rfftfreq(n, 1 / features.RATE)
     parts = []
@@ -166,10 +205,12 @@ def noise_bank(seconds: float, rng: np.random.Generator) -> np.ndarray:
         parts.append(np.fft.irfft(shaped, n))
     t = np.arange(n) / features.RATE
     parts.append(sum(np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8)))
+    if babble_seconds and voices:
+        parts.append(babble(babble_seconds, voices, babble_voices, rng))
     banks = []
     for sig in parts:
         sig = sig / (np.std(sig) + 1e-9) * 0.1
-        level = np.exp(np.cumsum(rng.standard_normal(n)) * 2e-4)  # slow random level drift
+        level = np.exp(np.cumsum(rng.standard_normal(len(sig))) * 2e-4)  # slow random level drift
         banks.append(features.log_mel(np.clip(sig * level / level.max(), -1, 1)))
     return np.concatenate(banks)
 
@@ -185,7 +226,7 @@ class Batches:
         seed: int,
     ) -> None:
         self.clips = [c for c in clips if len(c[0]) > cfg.crop_frames]
-        self.weights = np.array([len(c[0]) for c in self.clips], dtype=np.float64)
+        self.weights = np.array([len(c[0]) for c in self.clips], dtype=np.float64) ** cfg.clip_weight_power
         self.weights /= self.weights.sum()
         self.noise = noise
         self.cfg = cfg
@@ -197,12 +238,21 @@ class Batches:
         floor = math.log(features.ENERGY_FLOOR)
         for _ in range(cfg.batch):
             mel, target, mask = self.clips[rng.choice(len(self.clips), p=self.weights)]
-            start = rng.integers(0, len(mel) - n)
-            mel, target, mask = (
-                mel[start : start + n],
-                target[start : start + n],
-                mask[start : start + n].copy(),
-            )
+            # Speaking rate: read the crop from a span stretched by up to ± cfg.stretch (the
+            # look-ahead in frames changes by a few ms at most).
+            span = min(len(mel) - 1, int(round(n * (1 + rng.uniform(-cfg.stretch, cfg.stretch)))))
+            start = rng.integers(0, len(mel) - span)
+            if span == n:
+                mel, target, mask = mel[start : start + n], target[start : start + n], mask[start : start + n]
+            else:
+                pos = start + np.arange(n) * (span - 1) / (n - 1)
+                lo = np.floor(pos).astype(int)
+                w = (pos - lo)[:, None]
+                hi = np.minimum(lo + 1, len(mel) - 1)
+                mel = mel[lo] * (1 - w) + mel[hi] * w
+                target = target[lo] * (1 - w[:, :, None]) + target[hi] * w[:, :, None]
+                mask = mask[lo] & mask[hi]
+            mask = mask.copy()
             bins = np.linspace(-0.5, 0.5, features.N_MELS)
             eq_db = rng.uniform(-1, 1) * cfg.eq_db * bins + rng.uniform(-1, 1) * cfg.eq_db / 4 * np.cos(
                 2 * np.pi * rng.uniform(0.5, 2.0) * bins + rng.uniform(0, 2 * np.pi)
@@ -214,7 +264,9 @@ class Batches:
                     0,
                     features.N_MELS - 1,
                 )
-                mel = np.stack([np.interp(source, np.arange(features.N_MELS), row) for row in mel])
+                lo = np.minimum(np.floor(source).astype(int), features.N_MELS - 2)
+                frac = source - lo
+                mel = mel[:, lo] * (1 - frac) + mel[:, lo + 1] * frac
             speech = np.exp(mel + (rng.uniform(*cfg.gain_db) + eq_db) / 10 * math.log(10))
             draw = rng.random()
             if draw < cfg.noise_only_p + cfg.noise_p:
@@ -267,16 +319,28 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: VoiceToMouth, clips: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """Mean over clips of the opening correlation and the offsets' RMS error (face sizes)."""
+def evaluate(
+    model: VoiceToMouth,
+    clips: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    gates: list[np.ndarray] | None = None,
+) -> dict:
+    """Mean over clips of the opening correlation and the offsets' RMS error (face sizes); with
+    ``gates`` (per-frame ``SpeechGate`` weights of each clip) also the correlation of the gated
+    mouth, the one the runtime shows."""
     model.eval()
-    rs, errors = [], []
-    for mel, target, mask in clips:
+    rs, errors, gated = [], [], []
+    for i, (mel, target, mask) in enumerate(clips):
         pred = model(torch.from_numpy(mel)[None])[0].numpy()
         rs.append(correlation(mouth.opening(pred[mask]), mouth.opening(target[mask])))
         errors.append(float(np.sqrt(((pred[mask] - target[mask]) ** 2).mean())))
+        if gates is not None:
+            shown = mouth.opening(pred) * gates[i][: len(pred)]
+            gated.append(correlation(shown[mask], mouth.opening(target[mask])))
     model.train()
-    return {"opening_r": float(np.nanmean(rs)), "rmse": float(np.mean(errors)), "per_clip_r": rs}
+    out = {"opening_r": float(np.nanmean(rs)), "rmse": float(np.mean(errors)), "per_clip_r": rs}
+    if gates is not None:
+        out["opening_r_gated"] = float(np.nanmean(gated))
+    return out
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -296,6 +360,10 @@ def train(cfg: VoiceConfig, clips: list[dict] | None = None) -> dict:
     groups["train"] = [n for n in groups["train"] if n not in dropped]
     train_set = [arrays[n] for n in groups["train"]]
     selection = [arrays[n] for n in groups["selection"]]
+    from realtime.voice.model import SpeechGate
+
+    audio = {c["name"]: c["audio"] for c in clips}
+    selection_gates = [SpeechGate()(audio[n]) for n in groups["selection"]]
     if not train_set or not selection:
         raise ValueError(
             f"need training and selection clips, got { ({g: len(v) for g, v in groups.items()}) }"
@@ -307,10 +375,18 @@ def train(cfg: VoiceConfig, clips: list[dict] | None = None) -> dict:
     basis, mean = pca_basis([a[1] for a in train_set], [a[2] for a in train_set], cfg.components)
     model.basis.copy_(torch.from_numpy(basis))
     model.offset_mean.copy_(torch.from_numpy(mean))
-    batches = Batches(
-        train_set, noise_bank(cfg.noise_seconds, np.random.default_rng(cfg.seed)), cfg, cfg.seed
+    if cfg.init:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True)["model"])
+    voices = []
+    if cfg.babble_seconds:
+        # Training people only: the evaluation's babble is mixed from the shared speech-only files.
+        voices = [audio[n] for n in groups["train"]]
+    noise = noise_bank(
+        cfg.noise_seconds, np.random.default_rng(cfg.seed), voices, cfg.babble_seconds, cfg.babble_voices
     )
+    batches = Batches(train_set, noise, cfg, cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    averaged = copy.deepcopy(model) if cfg.ema_decay else model
     t0 = time.time()
     best = {"opening_r": -1.0}
     log = []
@@ -336,21 +412,27 @@ def train(cfg: VoiceConfig, clips: list[dict] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if cfg.ema_decay:
+            with torch.no_grad():
+                for mine, ours in zip(averaged.parameters(), model.parameters(), strict=True):
+                    mine.lerp_(ours, 1 - cfg.ema_decay)
         losses.append(loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            scores = evaluate(model, selection)
+            scores = evaluate(averaged, selection, selection_gates)
+            scores["train_r"] = evaluate(averaged, train_set)["opening_r"]
             entry = {
                 "step": step,
                 "loss": float(np.mean(losses[-cfg.eval_every :])),
                 "minutes": round((time.time() - t0) / 60, 2),
             }
             entry.update({k: v for k, v in scores.items() if k != "per_clip_r"})
+            entry["selection_r"] = [round(float(r), 3) for r in scores["per_clip_r"]]
             log.append(entry)
             logger.info("%s", entry)
             if scores["opening_r"] > best["opening_r"]:
                 best = {**entry}
                 torch.save(
-                    {"model": model.state_dict(), "step": step, "config": json.dumps(asdict(cfg))},
+                    {"model": averaged.state_dict(), "step": step, "config": json.dumps(asdict(cfg))},
                     out / "best.pt",
                 )
         if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:

@@ -148,7 +148,7 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         # What the runtime applies of the output, as the model was trained to be applied.
         "correction": config.get("correction", "rgb"),
         **({"confine": config["confine"]} if config.get("confine") else {}),
-        **({"darken_only": config["darken_only"]} if config.get("darken_only") else {}),
+        **({"darken_only": darken_only(config["darken_only"])} if config.get("darken_only") else {}),
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
         + (", flow that moves the warp's pixels first" if config.get("flow") else "")
         + (", sees the user's mouth and eye openings" if config.get("driver") else ""),
@@ -162,6 +162,11 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         },
     }
     return save_card(onnx_path, card, checks, extra)
+
+
+def darken_only(regions: str | list[str]) -> list[str]:
+    """The card's list of regions from the training flag's "mouth,eyes" (or a list already)."""
+    return [r for r in (regions.split(",") if isinstance(regions, str) else regions) if r]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net, config, step = load_refiner(args.checkpoint)
     if args.darken_only is not None:
-        config = config | {"darken_only": [r for r in args.darken_only.split(",") if r]}
+        config = config | {"darken_only": args.darken_only}
     size, crops = config["size"], crops_per_frame(config)
     out = export_onnx(net, size, args.out, crops=crops)
     checks = {

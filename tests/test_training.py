@@ -726,7 +726,7 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     sample_grid(cfg, net, val, torch.device("cpu"), tmp_path / "grid.png")
     assert (tmp_path / "grid.png").exists()
     path = export_onnx(net, config["size"], tmp_path / "darkened.onnx", crops=3)
-    card = json.loads(write_card(path, config | {"darken_only": ["mouth"]}, step, {}).read_text())
+    card = json.loads(write_card(path, config | {"darken_only": "mouth"}, step, {}).read_text())
     assert card["darken_only"] == ["mouth"]
     warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
     target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))

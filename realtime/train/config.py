@@ -70,6 +70,8 @@ def add_config_flags(
             options["type"] = _int_tuple
         else:
             options["type"] = kind
+        if spec["required"]:
+            options["required"] = True
         if spec["choices"]:
             options["choices"] = spec["choices"]
         if spec["metavar"]:
@@ -229,3 +231,38 @@ class SwapConfig:
     b: list[str] = flag(
         default_factory=list, help="who the user becomes: videos, cached clips or folders", required=True
     )
+
+
+@dataclass
+class EnrollConfig:
+    """``realtime enroll``: the refiner fine-tuned on one person's video, as a personal avatar."""
+
+    video: str = flag("", "30-120 s of the person, face visible, talking and blinking", required=True)
+    out: str = flag("", "the avatar folder to write, e.g. avatars/NAME", required=True)
+    max_minutes: float = flag(20.0, "wall-clock budget of the whole enrolment (tracking, training, export)")
+    steps: int = flag(3000, "most training steps (the time budget usually ends training first)")
+    init: str = flag("", "the refiner checkpoint to start from (default: the shipped weights/refiner.pt)")
+    # rgb and everywhere: the avatar IS the person, so their own teeth, eye colour and skin
+    # are what the correction should draw (the shipped recipe's luma/openings protect other
+    # people's avatars from the training people's colours).
+    correction: str = flag(
+        "rgb", "the correction applied live: rgb, or luma (brightness only)", choices=("rgb", "luma")
+    )
+    confine: str = flag(
+        "",
+        "where the correction may land: everywhere (default) or the openings only",
+        choices=("", "openings"),
+    )
+    holdout: float = flag(0.25, "last share of the video kept out of training, to measure the gain on")
+    gap_seconds: float = 1.0  # between the training part and the held-out part
+    min_seconds: float = 30.0
+    allow_short: bool = flag(False, "enrol from a video shorter than 30 s anyway (the model learns less)")
+    frames: int = flag(400, "frames tracked in the training part (in consecutive pairs)")
+    heldout_frames: int = 80  # frames tracked in the held-out part, for the card's metrics
+    pairs: int = flag(600, "training examples made from the tracked frames")
+    batch: int = flag(32)
+    lr: float = flag(1e-4, "learning rate (AdamW, cosine decay over the budget)")
+    checkpoint_minutes: float = 4.0  # validate on the held-out part (reported, never chosen on)
+    workers: int = flag(1, "processes that build training examples")
+    seed: int = 0
+    export_minutes: float = 1.0  # kept from the budget for the export and the card

@@ -79,36 +79,92 @@ def generator_of(name: str, folder) -> str:
 
 
 def heldout(folders: list[str], max_frames: int, still: bool, sheet: str | None) -> dict:
+    """Each folder's refiner on its held-out frames, next to the warp and the shipped refiner
+    (scored once per video and split: folders enrolled from one video with different settings
+    share them)."""
     scores: dict[str, list] = {name: [] for name in GENERATORS}
     rows = {}
+    shared: dict[tuple, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in folders:
             folder = read_avatar_folder(path)
             manifest = dict(folder.manifest, _folder=path)
-            clip = cut_heldout(manifest, Path(tmp) / f"{folder.name}_heldout.mp4", max_frames)
-            image = cv2.imread(folder.image) if still else None
+            key = (manifest["video"]["sha256"], manifest_split(manifest), still and folder.image)
+            if key not in shared:
+                clip = cut_heldout(manifest, Path(tmp) / f"{len(shared)}_heldout.mp4", max_frames)
+                image = cv2.imread(folder.image) if still else None
+                shared[key] = {"clip": clip, "image": image}
+                for name in ("warp", "shipped"):
+                    shared[key][name] = evaluate.evaluate_clip(
+                        str(clip), generator_of(name, folder), max_frames, None, image
+                    )
+            clip, image = shared[key]["clip"], shared[key]["image"]
+            per = {
+                "warp": shared[key]["warp"],
+                "shipped": shared[key]["shipped"],
+                "enrolled": evaluate.evaluate_clip(str(clip), folder.refiner, max_frames, None, image),
+            }
             for name in GENERATORS:
-                score = evaluate.evaluate_clip(str(clip), generator_of(name, folder), max_frames, None, image)
-                scores[name].append(score)
-            rows[folder.name] = {
-                name: {k: round(float(getattr(scores[name][-1], k)), 4) for k in evaluate.SCORES}
+                scores[name].append(per[name])
+            label = Path(path).name
+            rows[label] = {
+                name: {k: round(float(getattr(per[name], k)), 4) for k in evaluate.SCORES}
                 for name in GENERATORS
             }
-            warp = rows[folder.name]["warp"]
+            warp = rows[label]["warp"]
             for name in GENERATORS:
-                r = rows[folder.name][name]
+                r = rows[label][name]
                 print(
-                    f"{folder.name:>14} {name:>9}: face {r['l1']:.4f} ({r['l1'] / warp['l1']:.3f}x)  "
+                    f"{label:>18} {name:>9}: face {r['l1']:.4f} ({r['l1'] / warp['l1']:.3f}x)  "
                     f"mouth {r['mouth_l1']:.4f} ({r['mouth_l1'] / warp['mouth_l1']:.3f}x)  "
                     f"eyes {r['eyes_l1']:.4f} ({r['eyes_l1'] / warp['eyes_l1']:.3f}x)  "
                     f"lips {r['lips_l1']:.4f}  mouth r {r['mouth_r']:.3f}  blink r {r['blink_r']:.3f}  "
-                    f"frames {scores[name][-1].frames}",
+                    f"frames {per[name].frames}",
                     flush=True,
                 )
     if sheet:
         evaluate.contact_sheet(scores, sheet)
         print(f"contact sheet: {sheet}")
+        zoom = str(Path(sheet).with_name(Path(sheet).stem + "_zoom.png"))
+        zoom_sheet(scores, list(rows), zoom)
+        print(f"eyes and mouth, 2x: {zoom}")
     return {"avatars": rows, "mean": {name: evaluate.summarise(scores[name])["mean"] for name in GENERATORS}}
+
+
+# Where the eyes and the mouth lie in realtime.evaluate's 256 px face crop.
+EYES_BAND = (slice(92, 128), slice(72, 184))
+MOUTH_BAND = (slice(148, 204), slice(86, 170))
+
+
+def zoom_sheet(scores: dict[str, list], labels: list[str], path: str, zoom: int = 2) -> None:
+    """Rows: samples of each avatar's held-out frames; columns: real, then each generator; each
+    cell the eyes over the mouth at ``zoom``x, where the generators differ."""
+
+    def cell(crop: np.ndarray) -> np.ndarray:
+        eyes = cv2.resize(crop[EYES_BAND], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
+        mouth = cv2.resize(crop[MOUTH_BAND], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
+        pad = (eyes.shape[1] - mouth.shape[1]) // 2
+        mouth = np.pad(
+            mouth, ((0, 0), (pad, eyes.shape[1] - mouth.shape[1] - pad), (0, 0)), constant_values=255
+        )
+        return np.concatenate([eyes, mouth], axis=0)
+
+    rows = []
+    for i, label in enumerate(labels):
+        for j, (real, _) in enumerate(scores[GENERATORS[0]][i].samples[:3]):
+            cells = [cell(real)] + [cell(scores[name][i].samples[j][1]) for name in GENERATORS]
+            row = np.concatenate(
+                [np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255) for c in cells], axis=1
+            )
+            cv2.putText(row, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            rows.append(np.pad(row, ((0, 4), (0, 0), (0, 0)), constant_values=255))
+    if not rows:
+        return
+    grid = np.concatenate(rows, axis=0)
+    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    text = "held-out frames, eyes over mouth: real | " + " | ".join(GENERATORS)
+    cv2.putText(header, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(path, np.concatenate([header, grid], axis=0))
 
 
 def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 192) -> np.ndarray:

@@ -265,4 +265,6 @@ class EnrollConfig:
     checkpoint_minutes: float = 4.0  # validate on the held-out part (reported, never chosen on)
     workers: int = flag(1, "processes that build training examples")
     seed: int = 0
-    export_minutes: float = 1.5  # kept from the budget for the export, the held-out scores and the card
+    # Kept from the budget for the held-out scores, the export and its checks: 1.5 min overran by
+    # up to 1.2 min at load 15-21 (RESULTS.md, "Personal avatars").
+    export_minutes: float = 2.5

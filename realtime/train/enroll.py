@@ -269,6 +269,11 @@ def enroll(cfg: EnrollConfig) -> dict:
     shipped_config(init)  # a missing or unreadable checkpoint fails before the long work
     fps, count, width, height = check_video(cfg)
     train_frames, heldout_frames = split_frames(count, fps, cfg.holdout, cfg.gap_seconds)
+    if len(train_frames) < 16:
+        raise UserError(
+            f"video {cfg.video} leaves only {len(train_frames)} frames to train on after holding out "
+            f"{cfg.holdout:.0%}; give a longer video (30-120 s) or a smaller --holdout"
+        )
     train_wanted = pair_indices(train_frames, cfg.frames // 2)
     heldout_wanted = pair_indices(heldout_frames, cfg.heldout_frames // 2)
     tracked = track_video(cfg.video, train_wanted + heldout_wanted, fps, count, (width, height))
@@ -476,4 +481,7 @@ def _write_folder(
     if samples:  # warp | enrolled | real on held-out crops, at the last validation
         shutil.copyfile(samples[-1], out / "heldout_samples.png")
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    from realtime.avatar import load_avatar
+
+    load_avatar(str(out))  # the folder loads as the live modes will load it (a face in the still)
     return manifest

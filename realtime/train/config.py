@@ -242,15 +242,18 @@ class EnrollConfig:
     max_minutes: float = flag(20.0, "wall-clock budget of the whole enrolment (tracking, training, export)")
     steps: int = flag(3000, "most training steps (the time budget usually ends training first)")
     init: str = flag("", "the refiner checkpoint to start from (default: the shipped weights/refiner.pt)")
-    # rgb and everywhere: the avatar IS the person, so their own teeth, eye colour and skin
-    # are what the correction should draw (the shipped recipe's luma/openings protect other
-    # people's avatars from the training people's colours).
+    # The shipped recipe's luma/openings by default: its model never learnt colour (the runtime
+    # applied brightness only) nor anything outside the openings, and ~30 CPU-starved steps of rgb
+    # fine-tuning left green/yellow casts on eyes and teeth (RESULTS.md, "Personal avatars").
     correction: str = flag(
-        "rgb", "the correction applied live: rgb, or luma (brightness only)", choices=("rgb", "luma")
+        "luma",
+        "the correction applied live: luma (brightness only, as the shipped refiner) or rgb (the person's "
+        "own colours too; needs more steps than the shipped model's luma start gives for free)",
+        choices=("rgb", "luma"),
     )
     confine: str = flag(
-        "",
-        "where the correction may land: everywhere (default) or the openings only",
+        "openings",
+        "where the correction may land: the openings (inner mouth, eyes; default) or everywhere ('')",
         choices=("", "openings"),
     )
     holdout: float = flag(0.25, "last share of the video kept out of training, to measure the gain on")

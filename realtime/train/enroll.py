@@ -441,7 +441,7 @@ def _write_folder(
     }
     command = (
         f"realtime enroll --video {cfg.video} --out {cfg.out} --max-minutes {cfg.max_minutes:g} "
-        f"--correction {cfg.correction}" + (f" --confine {cfg.confine}" if cfg.confine else "")
+        f"--correction {cfg.correction} --confine {cfg.confine or repr('')}"
     )
     card_path = write_card(onnx_path, config, step, checks, {"enrollment": enrollment})
     card = json.loads(card_path.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -31,6 +32,8 @@ class Avatar:
     # SWAP_FACE_SIZE between the eyes), so fitting a large photo to the canvas does not blur it.
     face_image: np.ndarray | None = None
     face_landmarks: np.ndarray | None = None
+    # An enrolled avatar's own refiner (realtime.avatar_folder): drawn with unless --generator.
+    refiner: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -120,4 +123,12 @@ def _find_face_in_original(image: np.ndarray, canvas: np.ndarray) -> np.ndarray 
 
 
 def load_avatar(path: str, size: tuple[int, int] | None = None) -> Avatar:
+    """An image, ``builtin``, or an avatar folder (its still, with its own refiner)."""
+    from realtime.avatar_folder import is_avatar_folder, read_avatar_folder
+
+    if os.path.isdir(path) and is_avatar_folder(path):
+        folder = read_avatar_folder(path)
+        avatar = make_avatar(read_image(folder.image, "avatar"), size, path)
+        avatar.refiner = folder.refiner
+        return avatar
     return make_avatar(load_avatar_image(path), size, path)

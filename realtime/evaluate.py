@@ -53,10 +53,19 @@ class ClipScore:
     samples: list = field(default_factory=list, repr=False)
 
 
-def evaluate_clip(path: str, generator: str = "warp", max_frames: int = 120, providers=None) -> ClipScore:
+def evaluate_clip(
+    path: str,
+    generator: str = "warp",
+    max_frames: int = 120,
+    providers=None,
+    avatar_image: np.ndarray | None = None,
+) -> ClipScore:
+    """``avatar_image``: another still of the same person as the avatar (e.g. an enrolled
+    avatar's, from another part of the video) instead of the clip's first frame."""
     fps, _, _, _ = probe_video(path)
     frames = list(read_frames(path, max_frames))
-    avatar = make_avatar(frames[0], (frames[0].shape[1], frames[0].shape[0]), path)
+    still = frames[0] if avatar_image is None else avatar_image
+    avatar = make_avatar(still, (frames[0].shape[1], frames[0].shape[0]), path)
     processor = offline_processor(avatar, generator, providers)
     judge = FaceTracker(smoothing=False, track_width=0)
     rows: dict[str, list[float]] = {

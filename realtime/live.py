@@ -47,21 +47,27 @@ def _nice_worker() -> None:
 
 
 def avatar_paths(specs: Sequence[str]) -> list[str]:
-    """The avatar images named by ``--avatar``: files, folders (their images, by name) or 'builtin'."""
+    """The avatars named by ``--avatar``: image files, enrolled avatar folders, folders of either
+    (by name) or 'builtin'."""
+    from realtime.avatar_folder import is_avatar_folder
+
     paths: list[str] = []
     for spec in specs:
         if spec == BUILTIN:
             paths.append(spec)
+        elif os.path.isdir(spec) and is_avatar_folder(spec):
+            paths.append(spec)  # an enrolled avatar: one avatar, with its own refiner
         elif os.path.isdir(spec):
             found = sorted(
                 os.path.join(spec, name)
                 for name in os.listdir(spec)
-                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                if not name.startswith(".")
+                and (name.lower().endswith(IMAGE_SUFFIXES) or is_avatar_folder(os.path.join(spec, name)))
             )
             if not found:
                 raise UserError(
-                    f"avatar folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                    "add portraits or name the image files"
+                    f"avatar folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no "
+                    "enrolled avatars; add portraits or name the image files"
                 )
             paths.extend(found)
         elif not os.path.exists(spec):
@@ -132,6 +138,7 @@ class AvatarLibrary(Stage):
         providers: list[str] | None = None,
         limits: RetargetLimits | None = None,
         controls: Controls | None = None,
+        own_refiners: bool = False,
     ) -> None:
         if not paths:
             raise UserError("no avatar given")
@@ -141,6 +148,8 @@ class AvatarLibrary(Stage):
         self.providers = providers
         self.limits = limits or RetargetLimits()
         self.controls = controls
+        # Enrolled avatars draw with their own refiner (no --generator given).
+        self.own_refiners = own_refiners
         self._prepared: dict[int, PreparedAvatar] = {}
         self.skipped: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -156,7 +165,8 @@ class AvatarLibrary(Stage):
         retargeter of avatar ``index``."""
         path = self.paths[index]
         avatar = avatar if avatar is not None else load_avatar(path, self.output_size)
-        generators = build_generators(self.generator, avatar, self.providers)
+        own = self.own_refiners and avatar.refiner is not None
+        generators = build_generators(None if own else self.generator, avatar, self.providers)
         warp_only = Generators(by_mode=dict(generators.fallback), fallback=dict(generators.fallback))
         size = self.output_size or avatar.size
         neutral = avatar.image
@@ -387,11 +397,15 @@ def make_live_processor(
     controls: Controls,
     driver_size: tuple[int, int] | None = None,
     live: bool = True,
+    own_refiners: bool = False,
 ) -> LiveProcessor:
-    """The live processor for ``--avatar`` (files, folders), prepared as ``make_processor`` would."""
+    """The live processor for ``--avatar`` (files, folders), prepared as ``make_processor`` would;
+    ``own_refiners``: enrolled avatars draw with their own refiner."""
     from realtime.tracking import FaceTracker
 
-    library = AvatarLibrary(avatar_paths(paths), output_size, generator, providers, controls=controls)
+    library = AvatarLibrary(
+        avatar_paths(paths), output_size, generator, providers, controls=controls, own_refiners=own_refiners
+    )
     first = library.first
     swap = controls.mode is Mode.SWAP
     size = driver_size if swap and driver_size and not output_size else (output_size or first.avatar.size)

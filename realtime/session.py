@@ -150,15 +150,22 @@ def make_live(
 ) -> FrameProcessor:
     """The live processor of `run` and `demo`: every avatar prepared for switching, the tuning
     applied; with a window (whose keys switch it) the shipped refiner is loaded as well."""
+    from realtime.avatar_folder import is_avatar_folder
     from realtime.controls import Controls
-    from realtime.live import make_live_processor, refiner_choice
+    from realtime.live import avatar_paths, make_live_processor, refiner_choice
 
     generator, refiner_on = refiner_choice(config.generator, config.refiner, want_toggle=window)
+    paths = config.avatars or (config.avatar,)
+    # Enrolled avatars (`realtime enroll`) bring their own refiner: on unless --generator or --refiner off.
+    own_refiners = config.generator is None
+    if own_refiners and config.refiner is None and any(is_avatar_folder(p) for p in avatar_paths(paths)):
+        refiner_on = True
     controls = Controls(mode=config.mode, tuning=config.tuning)
     controls.tune(refiner=refiner_on)
     providers = list(config.providers) if config.providers else None
-    paths = config.avatars or (config.avatar,)
-    return make_live_processor(paths, output_size, generator, providers, controls, driver_size)
+    return make_live_processor(
+        paths, output_size, generator, providers, controls, driver_size, own_refiners=own_refiners
+    )
 
 
 def stream(

@@ -10,6 +10,7 @@ from realtime.cli.commands import (
     cmd_bench,
     cmd_demo,
     cmd_devices,
+    cmd_enroll,
     cmd_eval,
     cmd_render,
     cmd_run,
@@ -29,6 +30,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "train": cmd_train,
+    "enroll": cmd_enroll,
     "serve": cmd_serve,
 }
 

@@ -475,6 +475,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("enrolment trains a model and needs PyTorch: pip install 'realtime[train]'") from None
+    from realtime.train.config import EnrollConfig, config_from_args
+    from realtime.train.enroll import enroll
+
+    manifest = enroll(config_from_args(EnrollConfig, args))
+    heldout = manifest.get("heldout_in_crop")
+    print(f"enrolled {manifest['name']}: {manifest['steps']} steps in {manifest['wall_minutes']:.1f} min")
+    if heldout:
+        shipped, mine = heldout["shipped"], heldout["enrolled"]
+        print(
+            f"held-out frames, in-crop L1 (warp / shipped refiner / enrolled): "
+            f"mouth {mine['warp_mouth_l1']:.4f} / {shipped['mouth_l1']:.4f} / {mine['mouth_l1']:.4f}, "
+            f"eyes {mine['warp_eyes_l1']:.4f} / {shipped['eyes_l1']:.4f} / {mine['eyes_l1']:.4f}"
+        )
+    print(f"avatar folder: {args.out} (use it with --avatar {args.out})")
+    return 0
+
+
 def _train_swap(args: argparse.Namespace) -> int:
     from realtime.train.config import SwapConfig, config_from_args
     from realtime.train.cyclegan import train

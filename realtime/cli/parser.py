@@ -331,6 +331,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         )
 
 
+def _add_enroll(sub: argparse._SubParsersAction) -> None:
+    from realtime.train.config import EnrollConfig, add_config_flags
+
+    enroll = sub.add_parser(
+        "enroll",
+        help="a personal avatar: the refiner fine-tuned on 30-120 s of one person (needs the 'train' extra)",
+    )
+    add_config_flags(enroll, EnrollConfig)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval",
@@ -419,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     sub.add_parser("devices", help="cameras, virtual camera, audio devices, onnxruntime providers")
     _add_train(sub)
+    _add_enroll(sub)
     _add_eval(sub)
     _add_serve(sub)
     return parser

@@ -91,8 +91,10 @@ def build_generators(
     """Generators for both modes (the mode can be switched live).
 
     ``live``: a remote generator (``triton://``) gives each frame only its share of the frame
-    budget; offline it waits for every answer."""
-    name = name or default_generator()
+    budget; offline it waits for every answer. Without ``name``, an enrolled avatar's own
+    refiner, else the best shipped generator."""
+    own = name is None and avatar.refiner is not None
+    name = name or avatar.refiner or default_generator()
     warps = {
         Mode.REENACT: WarpGenerator(avatar.image, avatar.landmarks, mode=Mode.REENACT),
         Mode.SWAP: swap_warp(avatar),
@@ -121,4 +123,7 @@ def build_generators(
     from realtime.generators.onnx import OnnxRefinerGenerator
 
     learned = {mode: OnnxRefinerGenerator(path, warps[mode], providers) for mode in Mode}
+    if own:  # "NAME/refiner" in summaries, not just "refiner"
+        for generator in learned.values():
+            generator.name = f"{os.path.basename(os.path.normpath(avatar.source))}/{generator.name}"
     return Generators(by_mode=learned, fallback=dict(warps))

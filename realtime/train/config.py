@@ -70,6 +70,8 @@ def add_config_flags(
             options["type"] = _int_tuple
         else:
             options["type"] = kind
+        if spec["required"]:
+            options["required"] = True
         if spec["choices"]:
             options["choices"] = spec["choices"]
         if spec["metavar"]:
@@ -236,3 +238,43 @@ class SwapConfig:
     b: list[str] = flag(
         default_factory=list, help="who the user becomes: videos, cached clips or folders", required=True
     )
+
+
+@dataclass
+class EnrollConfig:
+    """``realtime enroll``: the refiner fine-tuned on one person's video, as a personal avatar."""
+
+    video: str = flag("", "30-120 s of the person, face visible, talking and blinking", required=True)
+    out: str = flag("", "the avatar folder to write, e.g. avatars/NAME", required=True)
+    max_minutes: float = flag(20.0, "wall-clock budget of the whole enrolment (tracking, training, export)")
+    steps: int = flag(3000, "most training steps (the time budget usually ends training first)")
+    init: str = flag("", "the refiner checkpoint to start from (default: the shipped weights/refiner.pt)")
+    # The shipped recipe's luma/openings by default: its model never learnt colour (the runtime
+    # applied brightness only) nor anything outside the openings, and ~30 CPU-starved steps of rgb
+    # fine-tuning left green/yellow casts on eyes and teeth (RESULTS.md, "Personal avatars").
+    correction: str = flag(
+        "luma",
+        "the correction applied live: luma (brightness only, as the shipped refiner) or rgb (the person's "
+        "own colours too; needs more steps than the shipped model's luma start gives for free)",
+        choices=("rgb", "luma"),
+    )
+    confine: str = flag(
+        "openings",
+        "where the correction may land: the openings (inner mouth, eyes; default) or everywhere ('')",
+        choices=("", "openings"),
+    )
+    holdout: float = flag(0.25, "last share of the video kept out of training, to measure the gain on")
+    gap_seconds: float = 1.0  # between the training part and the held-out part
+    min_seconds: float = 30.0
+    allow_short: bool = flag(False, "enrol from a video shorter than 30 s anyway (the model learns less)")
+    frames: int = flag(400, "frames tracked in the training part (in consecutive pairs)")
+    heldout_frames: int = 80  # frames tracked in the held-out part, for the card's metrics
+    pairs: int = flag(600, "training examples made from the tracked frames")
+    batch: int = flag(32)
+    lr: float = flag(1e-4, "learning rate (AdamW, cosine decay over the budget)")
+    checkpoint_minutes: float = 4.0  # validate on the held-out part (reported, never chosen on)
+    workers: int = flag(1, "processes that build training examples")
+    seed: int = 0
+    # Kept from the budget for the held-out scores, the export and its checks: 1.5 min overran by
+    # up to 1.2 min at load 15-21 (RESULTS.md, "Personal avatars").
+    export_minutes: float = 2.5

@@ -104,36 +104,61 @@ def build_clip_cache(
         logger.warning("skipping %s: faces in only %d sampled frames", video.name, len(keep))
         return None
     landmarks = np.stack([found[i] for i in keep])
+    return write_clip_cache(
+        Path(out_dir) / f"{video.stem}.npz",
+        [frames_by_index[i] for i in keep],
+        landmarks,
+        keep,
+        context_matrix(landmarks, context),
+        context,
+        jpeg_quality,
+        image_format,
+    )
+
+
+def context_matrix(landmarks: np.ndarray, context: int = CONTEXT) -> np.ndarray:
+    """The fixed similarity (2x3) of one clip: its median face centred in a ``context`` square,
+    CONTEXT_FACE_SCALE of the side between the eye corners."""
     centre = np.median(landmarks[:, mesh.RIGID, :2].mean(axis=1), axis=0)
     size = float(np.median([mesh.face_size(lm) for lm in landmarks]))
     scale = CONTEXT_FACE_SCALE * context / size
-    matrix = np.array(
+    return np.array(
         [[scale, 0.0, context / 2 - scale * centre[0]], [0.0, scale, context * 0.45 - scale * centre[1]]]
     )
+
+
+def write_clip_cache(
+    out: Path,
+    images: list[np.ndarray],
+    landmarks: np.ndarray,
+    frame_index: list[int],
+    matrix: np.ndarray,
+    context: int = CONTEXT,
+    jpeg_quality: int = 93,
+    image_format: str = ".jpg",
+) -> Path:
+    """Write frames (with their landmarks, in frame pixels) as a clip cache: each cut to the
+    ``context`` square by ``matrix`` and compressed; the clip's name is ``out``'s stem."""
     blobs, offsets = [], [0]
-    for i in keep:
+    for image in images:
         crop = cv2.warpAffine(
-            frames_by_index[i],
-            matrix,
-            (context, context),
-            flags=cv2.INTER_AREA,
-            borderMode=cv2.BORDER_REPLICATE,
+            image, matrix, (context, context), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
         )
         data = encode_image(crop, jpeg_quality, image_format)
         blobs.append(data)
         offsets.append(offsets[-1] + data.size)
-    local = landmarks.copy()
-    local[..., :2] = landmarks[..., :2] * scale + matrix[:, 2]
+    scale = float(matrix[0, 0])
+    local = np.asarray(landmarks, np.float64).copy()
+    local[..., :2] = local[..., :2] * scale + matrix[:, 2]
     local[..., 2] *= scale
-    out = Path(out_dir) / f"{video.stem}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         out,
         jpeg=np.concatenate(blobs),
         offsets=np.array(offsets),
         landmarks=local.astype(np.float32),
-        frame_index=np.array(keep),
-        clip=video.stem,
+        frame_index=np.array(frame_index),
+        clip=out.stem,
     )
     return out
 

@@ -476,16 +476,17 @@ def checkpoint(
     return record["selection"]["l1"] + record["selection"]["mouth_l1"]
 
 
-def train(cfg: Config, out: Path, resume: bool = True) -> dict:
+def train(cfg: Config, out: Path, resume: bool = True, data: Data | None = None) -> dict:
     """Train in the run folder ``out`` (going on from its checkpoint when ``resume``); the
-    run's summary and history."""
+    run's summary and history. ``data``: pairs made by the caller (``realtime.train.enroll``)
+    instead of from ``cfg.data``'s clips split by person."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
-    data = load_data(cfg, out)
+    data = data if data is not None else load_data(cfg, out)
     nets, step = build_nets(cfg, device, out / "checkpoint.pt", resume)
     gen = torch.Generator().manual_seed(cfg.seed + step)
     history = []

@@ -243,6 +243,9 @@ def in_crop_scores(checkpoint: Path, pairs: dict[str, np.ndarray]) -> dict[str, 
     )
     net.load_state_dict(state["model"])
     fields = {k: v for k, v in config.items() if k in RefinerConfig.__dataclass_fields__}
+    card = checkpoint.with_suffix(".json")  # an export may choose darken_only: the card says what applies
+    if card.exists() and json.loads(card.read_text()).get("darken_only"):
+        fields["darken_only"] = ",".join(json.loads(card.read_text())["darken_only"])
     applied = RefinerConfig(**{**fields, "widths": tuple(config["widths"])})
     return evaluate(net, pairs, torch.device("cpu"), cfg=applied)
 

@@ -79,8 +79,23 @@ COMPACT_FP32_LIMIT = 6 * MIB  # a compact checkpoint above this is stored in hal
 SWAP_CONTEXT = 192  # eye corners 48 px apart: above the 128 px translator crop's 41
 REFINER_PAIRS = 16  # consecutive-frame pairs kept per clip (the CPU cache has 60)
 IMAGE_QUALITY = 85
-# The refiner flags the lead's branch may add; used where RefinerConfig has them.
-OPTIONAL_REFINER_FLAGS = {"correction": "luma", "confine": "openings", "style": 0.25}
+# The shipped checkpoint's training flags a GPU window continues with (the rest is the window's own).
+RECIPE_FLAGS = (
+    "layout",
+    "size",
+    "widths",
+    "driver",
+    "driver_swap",
+    "grey",
+    "style",
+    "correction",
+    "confine",
+    "darken_only",
+    "eye_boost",
+    "mouth_boost",
+    "lr",
+    "schedule",
+)
 
 
 # -- prepare (this CPU) ------------------------------------------------------------------------
@@ -284,26 +299,22 @@ class Job:
     result: dict = field(default_factory=dict)
 
 
-def shipped_refiner_recipe() -> dict:
-    """The shipped refiner's shape and recipe (weights/refiner.json training.command, stage 4),
-    plus the flags the lead may have added since, where RefinerConfig has them."""
+def shipped_refiner_recipe(checkpoint: Path = REPO / "weights" / "refiner.pt") -> dict:
+    """The shipped refiner's shape and recipe, read from its checkpoint's config (continued from
+    it, without the adversarial losses), where RefinerConfig has the flag."""
+    import torch
+
     from realtime.train.config import RefinerConfig
 
-    recipe = {
-        "layout": "regions",
-        "size": 48,
-        "widths": (16, 24, 32, 48),
-        "driver": True,
-        "driver_swap": 0.5,
-        "grey": 0.15,
-        "init": "weights/refiner.pt",
-        "lr": 1.5e-4,
-        "schedule": "cosine",
-        "gan_start": 1_000_000,
-    }
+    trained = json.loads(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
     names = {f.name for f in dataclasses.fields(RefinerConfig)}
-    recipe.update({k: v for k, v in OPTIONAL_REFINER_FLAGS.items() if k in names})
-    return recipe
+    recipe = {k: trained[k] for k in RECIPE_FLAGS if k in trained and k in names}
+    recipe["widths"] = tuple(recipe["widths"])
+    # What the runtime applies (the card) is what training must see, even where the export chose it.
+    card = json.loads(checkpoint.with_suffix(".json").read_text())
+    if card.get("darken_only") and "darken_only" in names:
+        recipe["darken_only"] = ",".join(card["darken_only"])
+    return recipe | {"init": "weights/refiner.pt", "gan_start": 1_000_000}
 
 
 def plan(carry: Path, dry_run: bool, deadline: float, workers: int) -> list[Job]:

@@ -161,40 +161,8 @@ def test_glasses_rims_and_reflections_do_not_darken_the_swapped_face(builtin_ava
     outs = [Blender().process(generator.render(target_for(image))) for image in (user, glasses)]
     # cheeks and nose, away from the glasses
     region = np.zeros(user.shape[:2], np.uint8)
-    cv2.fillPoly(
-        region,
-        [
-            np.round(
-                lm[
-                    [
-                        234,
-                        93,
-                        132,
-                        58,
-                        172,
-                        136,
-                        150,
-                        149,
-                        176,
-                        148,
-                        152,
-                        377,
-                        400,
-                        378,
-                        379,
-                        365,
-                        397,
-                        288,
-                        361,
-                        323,
-                        454,
-                    ],
-                    :2,
-                ]
-            ).astype(np.int32)
-        ],
-        1,
-    )
+    jaw = swap.JAW[swap.JAW.index(234) : swap.JAW.index(454) + 1]  # ear to ear along the chin
+    cv2.fillPoly(region, [np.round(lm[jaw, :2]).astype(np.int32)], 1)
     for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
         centre = lm[eye, :2].mean(axis=0)
         cv2.ellipse(region, tuple(centre.astype(int)), (int(0.35 * size), int(0.28 * size)), 0, 0, 360, 0, -1)

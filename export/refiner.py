@@ -33,6 +33,7 @@ from realtime.crops import (
     REFINER_OUTPUTS,
     crop_count,
 )
+from realtime.train.config import CARD_PASTE_RULES
 
 from .common import run_onnx, save_card, tensorrt_check, write_onnx
 
@@ -148,7 +149,7 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
         # What the runtime applies of the output, as the model was trained to be applied.
         "correction": config.get("correction", "rgb"),
         **({"confine": config["confine"]} if config.get("confine") else {}),
-        **({"darken_only": darken_only(config["darken_only"])} if config.get("darken_only") else {}),
+        **{rule: region_list(config[rule]) for rule in CARD_PASTE_RULES if config.get(rule)},
         "architecture": f"U-Net widths {config['widths']}, residual output over the warp, sigmoid mask"
         + (", flow that moves the warp's pixels first" if config.get("flow") else "")
         + (", sees the user's mouth and eye openings" if config.get("driver") else ""),
@@ -164,7 +165,7 @@ def write_card(onnx_path: Path, config: dict, step: int, checks: dict, extra: di
     return save_card(onnx_path, card, checks, extra)
 
 
-def darken_only(regions: str | list[str]) -> list[str]:
+def region_list(regions: str | list[str]) -> list[str]:
     """The card's list of regions from the training flag's "mouth,eyes" (or a list already)."""
     return [r for r in (regions.split(",") if isinstance(regions, str) else regions) if r]
 
@@ -183,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated regions (mouth, eyes) whose correction may only darken the warp "
         "(default: as trained)",
     )
+    parser.add_argument(
+        "--dark-centre",
+        default=None,
+        help="comma-separated regions (mouth, eyes) whose correction may brighten only near the "
+        "opening's rim and only darken around its centre line (default: as trained)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net, config, step = load_refiner(args.checkpoint)
     if args.darken_only is not None:
         config = config | {"darken_only": args.darken_only}
+    if args.dark_centre is not None:
+        config = config | {"dark_centre": args.dark_centre}
     size, crops = config["size"], crops_per_frame(config)
     out = export_onnx(net, size, args.out, crops=crops)
     checks = {

@@ -134,6 +134,21 @@ def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
     return fill
 
 
+# A card's "dark_centre": the inner half of an opening's half-height, around its centre line, only darkens.
+DARK_CENTRE_DEPTH = 0.5
+
+
+def dark_centre_weight(openings: np.ndarray, depth_kept: float = DARK_CENTRE_DEPTH) -> np.ndarray:
+    """float32 (S, S) in [0, 1] from a fill mask (uint8 (S, S), openings > 0): 1 outside the
+    openings and near their rim, falling to 0 on the centre line over the inner ``depth_kept`` of
+    the deepest opening's half-height; 0 all over an opening no more than a pixel deep (a slit)."""
+    depth = cv2.distanceTransform((openings > 0).astype(np.uint8), cv2.DIST_L2, 3)
+    half_height = float(depth.max())
+    if half_height <= 1.0:
+        return (openings == 0).astype(np.float32)
+    return np.clip((half_height - depth) / (depth_kept * half_height), 0.0, 1.0).astype(np.float32)
+
+
 def driver_map(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, spec: CropSpec) -> np.ndarray:
     """uint8 (S, S): what the driver's openings look like, in the driver's own crop (``matrix``).
 

@@ -72,6 +72,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--correction": "correction",
         "--confine": "confine",
         "--darken-only": "darken_only",
+        "--dark-centre": "dark_centre",
         "--checkpoint-minutes": "checkpoint_minutes",
         "--motion-weight": "w_motion",
     }

@@ -747,3 +747,67 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(UserError, match="darken_only"):
         OnnxRefinerGenerator(str(path), warp)
+
+
+def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
+    tiny_region_run, tmp_path, builtin_avatar
+):
+    import cv2
+
+    from realtime import mesh
+    from realtime.blend import Blender
+    from realtime.crops import dark_centre_weight
+    from realtime.errors import UserError
+    from realtime.export.refiner import export_onnx, load_refiner, write_card
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+    from realtime.train.refiner import as_applied
+
+    # The weight: 1 outside and at the rim, 0 on the centre line; nothing bright in a slit.
+    square = np.zeros((48, 48), np.uint8)
+    square[10:31, 10:31] = 255
+    weight = dark_centre_weight(square)
+    assert weight[20, 20] == 0 and weight[10, 20] == 1 and weight[2, 2] == 1
+    slit = np.zeros((48, 48), np.uint8)
+    slit[20, 10:31] = 255
+    assert dark_centre_weight(slit)[20, 20] == 0 and dark_centre_weight(slit)[5, 5] == 1
+
+    # Training applies the same to the mouth crops (kind 0), from their fill masks.
+    cfg = tiny_config([], layout="regions", size=48, correction="luma", dark_centre="mouth")
+    warped = torch.full((6, 3, 48, 48), 0.5)
+    b = {
+        "warped0": warped,
+        "kind": torch.arange(6) % 3,
+        "fill0": torch.from_numpy(square / 255.0)[None, None].repeat(6, 1, 1, 1).float(),
+    }
+    delta = as_applied(cfg, warped + 0.2, b, 0) - warped
+    mouth, eyes = b["kind"] == 0, b["kind"] > 0
+    assert delta[mouth][..., 20, 20].abs().max() < 1e-6  # the centre line: not brightened
+    assert delta[mouth][..., 10, 20].min() > 0.19 and delta[eyes][..., 20, 20].min() > 0.19
+    assert (as_applied(cfg, warped - 0.2, b, 0) - warped)[mouth][..., 20, 20].max() < -0.19  # shading stays
+
+    out, _, _ = tiny_region_run
+    net, config, step = load_refiner(out / "refiner.pt")
+    path = export_onnx(net, config["size"], tmp_path / "centre.onnx", crops=3)
+    card = json.loads(write_card(path, config | {"dark_centre": "mouth"}, step, {}).read_text())
+    assert card["dark_centre"] == ["mouth"]
+    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
+    plain = Blender().process(warp.render(target)).astype(int)
+    centred = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
+    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in card.items() if k != "dark_centre"}))
+    free = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
+    opening = np.zeros(plain.shape[:2], np.uint8)
+    cv2.fillPoly(opening, [np.round(target.landmarks[mesh.INNER_LIP, :2]).astype(np.int32)], 255)
+    depth = cv2.distanceTransform(opening, cv2.DIST_L2, 3)
+    assert depth.max() > 4  # the mouth is open
+    centre_line = depth >= 0.8 * depth.max()
+    assert (free - plain)[centre_line].max() > 3  # the untrained model brightens the centre line
+    assert (centred - plain)[centre_line].max() <= 1  # rounding only
+    rim = (depth > 0) & (depth <= 0.3 * depth.max())
+    assert np.abs(centred - free)[rim].max() <= 2  # under the lips, teeth come in as before
+
+    path.with_suffix(".json").write_text(json.dumps(card | {"darken_only": ["mouth"]}))
+    with pytest.raises(UserError, match="both darken_only and dark_centre"):
+        OnnxRefinerGenerator(str(path), warp)

@@ -30,6 +30,7 @@ from realtime.crops import (
     CropSpec,
     antialiased_warp,
     crop_matrices,
+    dark_centre_weight,
     displace,
     driver_map,
     fill_mask,
@@ -136,7 +137,7 @@ class OnnxRunner:
 
 # The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
 # server hands these to its clients).
-PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction", "darken_only")
+PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction", "darken_only", "dark_centre")
 CORRECTIONS = ("rgb", "luma")
 # Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
 # "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.
@@ -148,6 +149,8 @@ CONFINES = {
 # Card "darken_only": region crops ("mouth", "eyes") whose correction may only darken the warp.
 # A bright band painted over a cavity reads as a closed mouth; shading keeps the opening readable.
 DARKENABLE = ("mouth", "eyes")
+# Card "dark_centre": region crops whose correction may brighten only near the opening's rim (teeth
+# below the lips); around its centre line it may only darken (crops.dark_centre_weight).
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
 
 
@@ -240,11 +243,23 @@ class OnnxRefinerGenerator(Stage):
             raise UserError(
                 f"model card of {path} names darken_only {darken_only!r}: region crops {DARKENABLE}"
             )
-        self._darken_only = (
-            [("mouth" if name == "mouth" else "eyes") in darken_only for name in REGIONS]
-            if layout == "regions"
-            else [False]
-        )
+        dark_centre = self.card.get("dark_centre", [])
+        if not set(dark_centre) <= set(DARKENABLE) or (dark_centre and layout != "regions"):
+            raise UserError(
+                f"model card of {path} names dark_centre {dark_centre!r}: region crops {DARKENABLE}"
+            )
+        if set(dark_centre) & set(darken_only):
+            raise UserError(
+                f"model card of {path} names {sorted(set(dark_centre) & set(darken_only))} both darken_only and dark_centre"
+            )
+
+        def regions_in(names: list[str]) -> list[bool]:
+            if layout != "regions":
+                return [False]
+            return [("mouth" if name == "mouth" else "eyes") in names for name in REGIONS]
+
+        self._darken_only = regions_in(darken_only)
+        self._dark_centre = regions_in(dark_centre)
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros, zeros))
@@ -322,11 +337,12 @@ class OnnxRefinerGenerator(Stage):
         for k, matrix in enumerate(matrices):
             crops.append(self._crop(base, matrix, footprints[k], size))
             points.append(target.landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2])
+        fills = [fill_mask(p, self.spec) for p in points]
         outputs = self.runner.run(
             self._feeds(
                 np.concatenate([to_tensor(c) for c in crops]),
                 np.concatenate([landmark_map(p, size) for p in points]),
-                np.stack([fill_mask(p, self.spec) for p in points])[:, None].astype(np.float32) / 255.0,
+                np.stack(fills)[:, None].astype(np.float32) / 255.0,
                 self._driver_maps(target, len(matrices)),
             )
         )
@@ -362,6 +378,9 @@ class OnnxRefinerGenerator(Stage):
                 delta[:] = (delta @ LUMA_BGR)[..., None]
             if self._darken_only[k]:
                 np.minimum(delta, 0.0, out=delta)
+            elif self._dark_centre[k]:
+                rim = dark_centre_weight(fills[k])[..., None]
+                delta[:] = np.minimum(delta, 0.0) + np.maximum(delta, 0.0) * rim
             if self._gate_loops[k]:
                 delta *= self._region_gate(points[k], size, self._gate_loops[k])[..., None]
             patch[by0:by1, bx0:bx1] += cv2.warpAffine(

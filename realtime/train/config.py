@@ -89,6 +89,16 @@ def config_from_args(config_class: type[T], args: argparse.Namespace, **given: A
     return config_class(**values)
 
 
+# Card fields (lists of region crops) that change what the runtime applies of a refiner's output;
+# training continued from a shipped model must apply the same.
+CARD_PASTE_RULES = ("darken_only", "dark_centre")
+
+
+def paste_rules_of(card: dict) -> dict[str, str]:
+    """The card's paste rules as training flags ("mouth", "mouth,eyes" or "")."""
+    return {name: ",".join(card.get(name, [])) for name in CARD_PASTE_RULES}
+
+
 @dataclass
 class RefinerConfig:
     """``realtime train refiner``: the face refiner of the learned generator."""
@@ -138,6 +148,12 @@ class RefinerConfig:
         "",
         "regions whose correction applied live may only darken the warp: mouth, eyes, or mouth,eyes "
         "(a bright band over a cavity reads as a closed mouth)",
+        choices=("", "mouth", "eyes", "mouth,eyes"),
+    )
+    dark_centre: str = flag(
+        "",
+        "regions whose correction applied live may brighten only near the opening's rim (teeth under "
+        "the lips), only darken around its centre line: mouth, eyes, or mouth,eyes",
         choices=("", "mouth", "eyes", "mouth,eyes"),
     )
     steps: int = flag(2000)

@@ -26,7 +26,7 @@ import numpy as np
 from realtime import mesh
 from realtime.avatar_folder import IMAGE_NAME, MANIFEST_NAME, REFINER_NAME, is_avatar_folder
 from realtime.errors import UserError
-from realtime.train.config import EnrollConfig, RefinerConfig
+from realtime.train.config import EnrollConfig, RefinerConfig, paste_rules_of
 from realtime.train.data import context_matrix, make_dataset, write_clip_cache
 
 logger = logging.getLogger(__name__)
@@ -243,9 +243,9 @@ def in_crop_scores(checkpoint: Path, pairs: dict[str, np.ndarray]) -> dict[str, 
     )
     net.load_state_dict(state["model"])
     fields = {k: v for k, v in config.items() if k in RefinerConfig.__dataclass_fields__}
-    card = checkpoint.with_suffix(".json")  # an export may choose darken_only: the card says what applies
-    if card.exists() and json.loads(card.read_text()).get("darken_only"):
-        fields["darken_only"] = ",".join(json.loads(card.read_text())["darken_only"])
+    card = checkpoint.with_suffix(".json")  # an export may choose paste rules: the card says what applies
+    if card.exists():
+        fields |= paste_rules_of(json.loads(card.read_text()))
     applied = RefinerConfig(**{**fields, "widths": tuple(config["widths"])})
     return evaluate(net, pairs, torch.device("cpu"), cfg=applied)
 

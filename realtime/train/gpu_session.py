@@ -91,6 +91,7 @@ RECIPE_FLAGS = (
     "correction",
     "confine",
     "darken_only",
+    "dark_centre",
     "eye_boost",
     "mouth_boost",
     "lr",
@@ -304,7 +305,7 @@ def shipped_refiner_recipe(checkpoint: Path = REPO / "weights" / "refiner.pt") -
     it, without the adversarial losses), where RefinerConfig has the flag."""
     import torch
 
-    from realtime.train.config import RefinerConfig
+    from realtime.train.config import RefinerConfig, paste_rules_of
 
     trained = json.loads(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
     names = {f.name for f in dataclasses.fields(RefinerConfig)}
@@ -312,8 +313,7 @@ def shipped_refiner_recipe(checkpoint: Path = REPO / "weights" / "refiner.pt") -
     recipe["widths"] = tuple(recipe["widths"])
     # What the runtime applies (the card) is what training must see, even where the export chose it.
     card = json.loads(checkpoint.with_suffix(".json").read_text())
-    if card.get("darken_only") and "darken_only" in names:
-        recipe["darken_only"] = ",".join(card["darken_only"])
+    recipe |= {name: rule for name, rule in paste_rules_of(card).items() if name in names}
     return recipe | {"init": "weights/refiner.pt", "gan_start": 1_000_000}
 
 

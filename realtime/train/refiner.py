@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realtime.crops import CropSpec, crop_count
+from realtime.crops import CropSpec, crop_count, dark_centre_weight
 from realtime.train import models
 from realtime.train.config import RefinerConfig as Config
 from realtime.train.data import build_clip_cache, make_dataset
@@ -145,10 +145,22 @@ def crops_per_row(cfg: Config) -> int:
     return crop_count(cfg.layout)
 
 
+def region_rows(regions: str, kind: torch.Tensor) -> torch.Tensor:
+    """(N,1,1,1) bool: the rows whose crop is one of ``regions`` ("mouth", "eyes" or
+    "mouth,eyes"; crops of the regions layout: kind 0 the mouth, 1 and 2 the eyes)."""
+    names = regions.split(",")
+    rows = torch.zeros_like(kind, dtype=torch.bool)
+    if "mouth" in names:
+        rows |= kind == 0
+    if "eyes" in names:
+        rows |= kind > 0
+    return rows[:, None, None, None]
+
+
 def as_applied(cfg: Config, image: torch.Tensor, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
     """What the runtime makes of the model's ``image``: the warp plus the correction it applies
     (its brightness only with ``cfg.correction`` luma, inside the openings with ``cfg.confine``)."""
-    if cfg.correction == "rgb" and not cfg.confine and not cfg.darken_only:
+    if cfg.correction == "rgb" and not cfg.confine and not cfg.darken_only and not cfg.dark_centre:
         return image
     warped = b[f"warped{step}"]
     delta = image - warped
@@ -156,14 +168,12 @@ def as_applied(cfg: Config, image: torch.Tensor, b: dict[str, torch.Tensor], ste
         luma = torch.tensor(LUMA_RGB, device=image.device, dtype=image.dtype)[None, :, None, None]
         delta = (delta * luma).sum(1, keepdim=True).expand_as(delta)
     if cfg.darken_only:
-        # Crops of the regions layout: kind 0 the mouth, 1 and 2 the eyes.
-        regions = cfg.darken_only.split(",")
-        darkened = torch.zeros_like(b["kind"], dtype=torch.bool)
-        if "mouth" in regions:
-            darkened |= b["kind"] == 0
-        if "eyes" in regions:
-            darkened |= b["kind"] > 0
-        delta = torch.where(darkened[:, None, None, None], delta.clamp(max=0.0), delta)
+        delta = torch.where(region_rows(cfg.darken_only, b["kind"]), delta.clamp(max=0.0), delta)
+    if cfg.dark_centre:
+        fills = (b[f"fill{step}"][:, 0] > 0.5).cpu().numpy()
+        rim = torch.from_numpy(np.stack([dark_centre_weight(f) for f in fills])[:, None]).to(delta)
+        centred = delta.clamp(max=0.0) + delta.clamp(min=0.0) * rim
+        delta = torch.where(region_rows(cfg.dark_centre, b["kind"]), centred, delta)
     if cfg.confine == "openings":
         delta = delta * opening_gate(b[f"fill{step}"])
     return (warped + delta).clamp(0.0, 1.0)

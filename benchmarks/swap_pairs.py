@@ -2,8 +2,10 @@
 
     python benchmarks/swap_pairs.py [--frames 75] [--label after] [--json J] [--sheet PNG]
     python benchmarks/swap_pairs.py --compare before.json after.json [--sheet PNG]
+    python benchmarks/swap_pairs.py --add NAME USER AVATAR --pairs NAME --generator avatars/ME/refiner.onnx
 
-Each pair runs the live per-frame path (``FrameProcessor`` in swap mode, the warp) over the
+Each pair runs the live per-frame path (``FrameProcessor`` in swap mode, the warp or
+``--generator``) over the
 first ``--frames`` frames of a user clip from ``../shared/media`` (a 1080p clip is scaled to
 720p first, as the product does), with an avatar image or one frame of another clip
 (``clip.mp4@N``): different skin tones, glasses on either side, paintings, a cartoon, an
@@ -182,7 +184,7 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
     avatar = make_avatar(avatar_image, size, avatar_spec)
     avatar_lm = judge.detect(avatar_image)
     ref_avatar = embed(avatar_image, avatar_lm[0] if avatar_lm else None)
-    processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=size)
+    processor = offline_processor(avatar, args.generator, mode=Mode.SWAP, size=size)
     outputs, render_ms = [], []
     try:
         for index, image in enumerate(frames):
@@ -316,6 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--sheet", default=None, help="contact sheet PNG")
     parser.add_argument("--compare", nargs="+", default=None, metavar="JSON", help="tabulate earlier runs")
+    parser.add_argument("--generator", default="warp", help="warp, refiner or an .onnx (default: warp)")
+    parser.add_argument(
+        "--add",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "USER", "AVATAR"),
+        help="one more pair: paths under ../shared/media or absolute (an enrolled avatar's avatar.png)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.compare:
@@ -335,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     judge = FaceTracker(smoothing=False, track_width=0)
     embed = FaceEmbedder()
     results, rows = {}, []
-    for name, user, avatar, what in PAIRS:
+    for name, user, avatar, what in PAIRS + [(*added, "added on the command line") for added in args.add]:
         if wanted and name not in wanted:
             continue
         t0 = time.time()
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "frames": args.frames,
         "identity": "dlib 128-D; avatar: its image's embedding; user: centroid of the input frames",
+        "generator": args.generator,
     }
     if args.sheet and rows:
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)

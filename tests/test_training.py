@@ -762,7 +762,7 @@ def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
     from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
     from realtime.generators.warp import WarpGenerator
-    from realtime.train.refiner import as_applied
+    from realtime.train.refiner import as_applied, train
 
     # The weight: 1 outside and at the rim, 0 on the centre line; nothing bright in a slit.
     square = np.zeros((48, 48), np.uint8)
@@ -811,3 +811,5 @@ def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
     path.with_suffix(".json").write_text(json.dumps(card | {"darken_only": ["mouth"]}))
     with pytest.raises(UserError, match="both darken_only and dark_centre"):
         OnnxRefinerGenerator(str(path), warp)
+    with pytest.raises(SystemExit, match="choose one"):  # training refuses it too, before any data
+        train(tiny_config([], layout="regions", darken_only="mouth", dark_centre="mouth"), tmp_path / "run")

@@ -159,7 +159,8 @@ def region_rows(regions: str, kind: torch.Tensor) -> torch.Tensor:
 
 def as_applied(cfg: Config, image: torch.Tensor, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
     """What the runtime makes of the model's ``image``: the warp plus the correction it applies
-    (its brightness only with ``cfg.correction`` luma, inside the openings with ``cfg.confine``)."""
+    (its brightness only with ``cfg.correction`` luma, no brightening with ``cfg.darken_only`` or,
+    with ``cfg.dark_centre``, only near the openings' rims; inside the openings with ``cfg.confine``)."""
     if cfg.correction == "rgb" and not cfg.confine and not cfg.darken_only and not cfg.dark_centre:
         return image
     warped = b[f"warped{step}"]
@@ -492,6 +493,11 @@ def train(cfg: Config, out: Path, resume: bool = True, data: Data | None = None)
     instead of from ``cfg.data``'s clips split by person."""
     from tqdm import tqdm
 
+    both = set(filter(None, cfg.darken_only.split(","))) & set(filter(None, cfg.dark_centre.split(",")))
+    if both:
+        raise SystemExit(f"--darken-only and --dark-centre both name {','.join(sorted(both))}: choose one")
+    if (cfg.darken_only or cfg.dark_centre) and cfg.layout != "regions":
+        raise SystemExit("--darken-only and --dark-centre act on region crops: they need --layout regions")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -7,6 +7,7 @@ by the warp), one mirrored, so the test needs nothing outside the repository.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +318,24 @@ def open_mouth_points(avatar) -> np.ndarray:
 
     points = expression.open_mouth(avatar.landmarks[:, :2].astype(np.float64), 0.15)
     return mesh.with_mouth_centre(points).astype(np.float32)
+
+
+def mouth_rule_setup(run_folder: Path, folder: Path, avatar, rule: str):
+    """The tiny region refiner exported with the card rule ``rule`` on the mouth, and the warp of
+    ``avatar`` with its mouth open: (net, onnx path, card, warp, target, the warp's blended frame)."""
+    from realtime.blend import Blender
+    from realtime.export.refiner import export_onnx, load_refiner, write_card
+    from realtime.frames import Frame, Target
+    from realtime.generators.warp import WarpGenerator
+
+    net, config, step = load_refiner(run_folder / "refiner.pt")
+    path = export_onnx(net, config["size"], folder / f"{rule}.onnx", crops=3)
+    card = json.loads(write_card(path, config | {rule: "mouth"}, step, {}).read_text())
+    assert card[rule] == ["mouth"]
+    warp = WarpGenerator(avatar.image, avatar.landmarks)
+    target = Target(frame=Frame(avatar.image, 0, 0.0), landmarks=open_mouth_points(avatar))
+    plain = Blender().process(warp.render(target)).astype(int)
+    return net, path, card, warp, target, plain
 
 
 def test_a_flow_refiner_starts_as_the_plain_one_learns_to_move_pixels_and_runs_live(
@@ -699,10 +718,7 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     from realtime import mesh
     from realtime.blend import Blender
     from realtime.errors import UserError
-    from realtime.export.refiner import export_onnx, load_refiner, write_card
-    from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
-    from realtime.generators.warp import WarpGenerator
     from realtime.train.refiner import as_applied, evaluate, sample_grid
 
     cfg = tiny_config([], layout="regions", size=48, correction="luma", darken_only="mouth")
@@ -714,9 +730,9 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     assert delta[b["kind"] > 0].max() > 0.2  # the eyes still brighten
 
     out, _, _ = tiny_region_run
-    net, config, step = load_refiner(out / "refiner.pt")
+    net, path, card, warp, target, plain = mouth_rule_setup(out, tmp_path, builtin_avatar, "darken_only")
     # Validation and the sample grid apply it too (they cut their own batches).
-    rng, n = np.random.default_rng(0), config["size"]
+    rng, n = np.random.default_rng(0), card["crop"]["size"]
     val = {
         f"{k}0": rng.integers(0, 255, (6, n, n, 3), dtype=np.uint8) for k in ("warped", "target", "source")
     }
@@ -725,12 +741,6 @@ def test_a_darken_only_mouth_never_brightens_the_warp_and_training_sees_the_same
     assert evaluate(net, val, torch.device("cpu"), cfg=cfg)["l1"] > 0
     sample_grid(cfg, net, val, torch.device("cpu"), tmp_path / "grid.png")
     assert (tmp_path / "grid.png").exists()
-    path = export_onnx(net, config["size"], tmp_path / "darkened.onnx", crops=3)
-    card = json.loads(write_card(path, config | {"darken_only": "mouth"}, step, {}).read_text())
-    assert card["darken_only"] == ["mouth"]
-    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
-    plain = Blender().process(warp.render(target)).astype(int)
     free = json.loads(json.dumps(card))
     del free["darken_only"]
     path.with_suffix(".json").write_text(json.dumps(free))
@@ -758,10 +768,7 @@ def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
     from realtime.blend import Blender
     from realtime.crops import dark_centre_weight
     from realtime.errors import UserError
-    from realtime.export.refiner import export_onnx, load_refiner, write_card
-    from realtime.frames import Frame, Target
     from realtime.generators.onnx import OnnxRefinerGenerator
-    from realtime.generators.warp import WarpGenerator
     from realtime.train.refiner import as_applied, train
 
     # The weight: 1 outside and at the rim, 0 on the centre line; nothing bright in a slit.
@@ -788,13 +795,7 @@ def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
     assert (as_applied(cfg, warped - 0.2, b, 0) - warped)[mouth][..., 20, 20].max() < -0.19  # shading stays
 
     out, _, _ = tiny_region_run
-    net, config, step = load_refiner(out / "refiner.pt")
-    path = export_onnx(net, config["size"], tmp_path / "centre.onnx", crops=3)
-    card = json.loads(write_card(path, config | {"dark_centre": "mouth"}, step, {}).read_text())
-    assert card["dark_centre"] == ["mouth"]
-    warp = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
-    target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
-    plain = Blender().process(warp.render(target)).astype(int)
+    _, path, card, warp, target, plain = mouth_rule_setup(out, tmp_path, builtin_avatar, "dark_centre")
     centred = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
     path.with_suffix(".json").write_text(json.dumps({k: v for k, v in card.items() if k != "dark_centre"}))
     free = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)

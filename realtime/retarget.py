@@ -30,6 +30,10 @@ class RetargetLimits:
     expression_gain: float = 1.0  # 0: the avatar keeps its own expression; >1 exaggerates
     # Per part, on top of expression_gain: (mouth and jaw, eyes and lids, brows).
     part_gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Lids follow how far the driver's eye is open relative to its neutral (a full blink closes
+    # any avatar's eye), not the lids' displacement in face sizes, which closes an avatar whose
+    # eyes are bigger than the driver's only part way and makes smaller ones' lids cross.
+    lids_by_ratio: bool = True
     hold_s: float = 0.4  # after losing the face: hold the last pose this long,
     ease_s: float = 0.8  # then ease back to neutral over this long
 
@@ -44,6 +48,80 @@ def _clamp_rotation(rotation: np.ndarray, max_deg: float, gain: float) -> np.nda
     if angle > 1e-9:
         vec = vec / angle * wanted
     out, _ = cv2.Rodrigues(vec)
+    return out
+
+
+# Per eye: its loop, outer and inner corner, mid upper and lower lid, iris points.
+EYES = (
+    (
+        mesh.RIGHT_EYE,
+        mesh.RIGHT_EYE_OUTER,
+        mesh.RIGHT_EYE_INNER,
+        mesh.RIGHT_UPPER_LID,
+        mesh.RIGHT_LOWER_LID,
+        mesh.RIGHT_IRIS,
+    ),
+    (
+        mesh.LEFT_EYE,
+        mesh.LEFT_EYE_OUTER,
+        mesh.LEFT_EYE_INNER,
+        mesh.LEFT_UPPER_LID,
+        mesh.LEFT_LOWER_LID,
+        mesh.LEFT_IRIS,
+    ),
+)
+MAX_LID_RATIO = 1.5  # a driver's eye opened wider than its neutral widens the avatar's at most this much
+
+
+def _across(face: np.ndarray, outer: int, inner: int, towards: np.ndarray | None = None) -> np.ndarray:
+    """Unit normal of the eye's corner line, on the side of ``towards`` (default: image down)."""
+    chord = face[inner, :2] - face[outer, :2]
+    normal = np.array([-chord[1], chord[0]]) / (np.linalg.norm(chord) + 1e-9)
+    return normal if normal @ (np.array([0.0, 1.0]) if towards is None else towards) >= 0 else -normal
+
+
+def _lid_gap(face: np.ndarray, outer: int, inner: int, upper: int, lower: int) -> float:
+    """The mid lids' distance across the eye's corner line (along it, they need not meet)."""
+    return abs(float((face[lower, :2] - face[upper, :2]) @ _across(face, outer, inner)))
+
+
+def lids_by_ratio(
+    expressive: np.ndarray, base: np.ndarray, driver: np.ndarray, neutral: np.ndarray
+) -> np.ndarray:
+    """``expressive`` with each eye's lid gap set to the avatar's own (``base``) times the
+    driver's gap over its neutral's: the lids and irises are stretched across the eye's corner
+    line about their middle, so the lids' shape from ``expressive`` stays; where the lids there
+    have met or crossed, the avatar's rest lids are scaled instead."""
+    out = expressive.copy()
+    for loop, outer, inner, upper, lower, iris in EYES:
+        eye = (outer, inner, upper, lower)
+        if len(out) <= max(iris) or _lid_gap(base, *eye) < 1e-6:
+            continue
+        ratio = float(
+            np.clip(_lid_gap(driver, *eye) / max(_lid_gap(neutral, *eye), 1e-6), 0.0, MAX_LID_RATIO)
+        )
+        base_normal = _across(base, outer, inner)
+        normal = _across(out, outer, inner, towards=base_normal)
+        scale = np.linalg.norm(out[inner, :2] - out[outer, :2]) / (
+            np.linalg.norm(base[inner, :2] - base[outer, :2]) + 1e-9
+        )
+        rest_gap = float((base[lower, :2] - base[upper, :2]) @ base_normal) * scale
+        if rest_gap <= 1e-6:  # an avatar upside down, or its lids crossed: leave it be
+            continue
+        points = loop + iris
+        across = (out[points, :2] - out[outer, :2]) @ normal
+        rest = (base[points, :2] - base[outer, :2]) @ base_normal * scale
+        # The avatar's own rest lids, scaled (and the irises with them): right whatever the lids
+        # in ``expressive`` did, but without the expression's lid shape.
+        target = np.concatenate([ratio * rest[: len(loop)], ratio * across[len(loop) :]])
+        upper_at, lower_at = loop.index(upper), loop.index(lower)
+        gap = across[lower_at] - across[upper_at]
+        kept = float(np.clip((gap / rest_gap - 0.15) / 0.2, 0.0, 1.0))
+        if kept > 0:  # the lids in ``expressive`` still apart: stretch them, keeping their shape
+            middle = (across[upper_at] + across[lower_at]) / 2
+            stretched = middle + (across - middle) * min(ratio * rest_gap / gap, 3.0)
+            target = kept * stretched + (1.0 - kept) * target
+        out[points, :2] += np.outer(target - across, normal)
     return out
 
 
@@ -160,6 +238,8 @@ class Retargeter(Stage):
         # Map driver-neutral space onto the avatar (size, in-plane orientation).
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
         expressive = self._avatar_base + s_na * expression @ r_na.T
+        if lim.lids_by_ratio:
+            expressive = lids_by_ratio(expressive, self._avatar_base, unposed, neutral)
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
         rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))

@@ -185,3 +185,56 @@ def test_a_target_carries_the_users_landmarks_while_the_face_is_tracked(faces):
     assert np.array_equal(tracked.driver_landmarks, driver[:, :2].astype(np.float32))
     lost = retarget.process(_track(driver, 0.033, found=False, lost_for=0.1))
     assert lost.driver_landmarks is None and not lost.face_found
+
+
+def _eyes_scaled(face: np.ndarray, factor: float) -> np.ndarray:
+    """``face`` with each eye's lids and iris ``factor`` times as far from its corner line."""
+    out = face.copy()
+    for loop, outer, inner, iris in (
+        (mesh.RIGHT_EYE, mesh.RIGHT_EYE_OUTER, mesh.RIGHT_EYE_INNER, mesh.RIGHT_IRIS),
+        (mesh.LEFT_EYE, mesh.LEFT_EYE_OUTER, mesh.LEFT_EYE_INNER, mesh.LEFT_IRIS),
+    ):
+        chord = face[inner, :2] - face[outer, :2]
+        normal = np.array([-chord[1], chord[0]]) / np.linalg.norm(chord)
+        points = loop + iris
+        across = (face[points, :2] - face[outer, :2]) @ normal
+        out[points, :2] += np.outer((factor - 1.0) * across, normal)
+    return out
+
+
+def _lid_gaps(face: np.ndarray) -> np.ndarray:
+    """Each eye's lower minus upper mid-lid position across its corner line (negative: crossed)."""
+    gaps = []
+    for outer, inner, upper, lower in (
+        (mesh.RIGHT_EYE_OUTER, mesh.RIGHT_EYE_INNER, mesh.RIGHT_UPPER_LID, mesh.RIGHT_LOWER_LID),
+        (mesh.LEFT_EYE_OUTER, mesh.LEFT_EYE_INNER, mesh.LEFT_UPPER_LID, mesh.LEFT_LOWER_LID),
+    ):
+        chord = face[inner, :2] - face[outer, :2]
+        normal = np.array([-chord[1], chord[0]]) / np.linalg.norm(chord)
+        gaps.append(
+            abs((face[lower, :2] - face[upper, :2]) @ normal) * np.sign(face[lower, 1] - face[upper, 1])
+        )
+    return np.array(gaps)
+
+
+@pytest.mark.parametrize("avatar_eyes", [1.8, 0.5])
+def test_a_full_blink_closes_any_avatars_eyes_and_lids_never_cross(faces, avatar_eyes):
+    avatar, driver = faces
+    avatar = _eyes_scaled(avatar, avatar_eyes)  # big (a cartoon's) or small eyes
+    blink = driver.copy()
+    blink[:, :2] = expression.close_eyes(driver[:, :2], 1.0)
+    by_ratio, by_offset = Retargeter(avatar), Retargeter(avatar, RetargetLimits(lids_by_ratio=False))
+    for retarget in (by_ratio, by_offset):
+        retarget.process(_track(driver))
+    closed = by_ratio.process(_track(blink, 0.033)).landmarks
+    offset = by_offset.process(_track(blink, 0.033)).landmarks
+    blinked = _lid_gaps(blink) / _lid_gaps(driver)
+    assert (blinked < 0.25).all()
+    assert _lid_gaps(closed) / _lid_gaps(avatar) == pytest.approx(blinked, abs=0.03)
+    if avatar_eyes > 1:  # moved by the driver's lid travel in face sizes, a big eye stays half open
+        assert (_lid_gaps(offset) / _lid_gaps(avatar) > 0.35).all()
+    else:  # and a small eye's upper lid passes its lower one
+        assert (_lid_gaps(offset) < 0).all()
+    # An open driver eye leaves the avatar's as it is.
+    rest = by_ratio.process(_track(driver, 0.066)).landmarks
+    assert _lid_gaps(rest) == pytest.approx(_lid_gaps(avatar), rel=0.02)

@@ -86,10 +86,10 @@ def _lid_gap(face: np.ndarray, outer: int, inner: int, upper: int, lower: int) -
 
 
 def lids_by_ratio(
-    expressive: np.ndarray, base: np.ndarray, driver: np.ndarray, neutral: np.ndarray
+    expressive: np.ndarray, base: np.ndarray, driver: np.ndarray, neutral: np.ndarray, gain: float = 1.0
 ) -> np.ndarray:
     """``expressive`` with each eye's lid gap set to the avatar's own (``base``) times the
-    driver's gap over its neutral's: the lids and irises are stretched across the eye's corner
+    driver's gap over its neutral's (its change times ``gain``, the eyes' expression gain): the lids and irises are stretched across the eye's corner
     line about their middle, so the lids' shape from ``expressive`` stays; where the lids there
     have met or crossed, the avatar's rest lids are scaled instead."""
     out = expressive.copy()
@@ -97,9 +97,8 @@ def lids_by_ratio(
         eye = (outer, inner, upper, lower)
         if len(out) <= max(iris) or _lid_gap(base, *eye) < 1e-6:
             continue
-        ratio = float(
-            np.clip(_lid_gap(driver, *eye) / max(_lid_gap(neutral, *eye), 1e-6), 0.0, MAX_LID_RATIO)
-        )
+        opened = _lid_gap(driver, *eye) / max(_lid_gap(neutral, *eye), 1e-6)
+        ratio = float(np.clip(1.0 + gain * (opened - 1.0), 0.0, MAX_LID_RATIO))
         base_normal = _across(base, outer, inner)
         normal = _across(out, outer, inner, towards=base_normal)
         scale = np.linalg.norm(out[inner, :2] - out[outer, :2]) / (
@@ -239,7 +238,8 @@ class Retargeter(Stage):
         s_na, r_na, _ = mesh.umeyama(neutral[mesh.RIGID], self.avatar[mesh.RIGID])
         expressive = self._avatar_base + s_na * expression @ r_na.T
         if lim.lids_by_ratio:
-            expressive = lids_by_ratio(expressive, self._avatar_base, unposed, neutral)
+            gain = lim.expression_gain * lim.part_gains[1]
+            expressive = lids_by_ratio(expressive, self._avatar_base, unposed, neutral, gain)
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
         rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))

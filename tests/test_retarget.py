@@ -238,3 +238,8 @@ def test_a_full_blink_closes_any_avatars_eyes_and_lids_never_cross(faces, avatar
     # An open driver eye leaves the avatar's as it is.
     rest = by_ratio.process(_track(driver, 0.066)).landmarks
     assert _lid_gaps(rest) == pytest.approx(_lid_gaps(avatar), rel=0.02)
+    # With the eyes' expression gain at 0 the avatar keeps its own eyes through the blink.
+    still = Retargeter(avatar, RetargetLimits(part_gains=(1.0, 0.0, 1.0)))
+    still.process(_track(driver))
+    kept = still.process(_track(blink, 0.033)).landmarks
+    assert _lid_gaps(kept) == pytest.approx(_lid_gaps(avatar), rel=0.02)

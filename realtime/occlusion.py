@@ -258,17 +258,23 @@ class HandOccluder(Stage):
         inverse = cv2.invertAffineTransform(matrix)
         return [hand @ inverse[:, :2].T + inverse[:, 2] for hand in hands]
 
+    def _fresh(self, t_capture: float) -> tuple[Hands, float] | None:
+        """(the latest hands, their age in s) when there are hands no older than MAX_AGE_S."""
+        hands = self.latest
+        if hands is None or not hands.landmarks:
+            return None
+        age = max(0.0, t_capture - hands.t_capture)
+        return None if age > MAX_AGE_S else (hands, age)
+
     def mask(
         self, shape: tuple[int, int], origin: tuple[int, int], t_capture: float, face_size: float
     ) -> np.ndarray | None:
         """The hands over a box of ``shape`` at ``origin`` (None when there are none), grown by
         how far they may have moved since their frame."""
-        hands = self.latest
-        if hands is None or not hands.landmarks:
+        fresh = self._fresh(t_capture)
+        if fresh is None:
             return None
-        age = max(0.0, t_capture - hands.t_capture)
-        if age > MAX_AGE_S:
-            return None
+        hands, age = fresh
         # A hand moves up to about two face widths a second; a face width is ~2.2 face sizes.
         grow = 0.04 * face_size + age * 4.0 * face_size
         mask = hand_mask(hands.landmarks, shape, origin, grow)
@@ -279,12 +285,10 @@ class HandOccluder(Stage):
 
         The hands are grown a little more than for the mask: mediapipe's guesses go wrong a
         little way beyond the hand's edge too."""
-        hands = self.latest
-        if hands is None or not hands.landmarks:
+        fresh = self._fresh(t_capture)
+        if fresh is None:
             return None
-        age = max(0.0, t_capture - hands.t_capture)
-        if age > MAX_AGE_S:
-            return None
+        hands, age = fresh
         return covered_landmarks(hands.landmarks, landmarks, 0.12 * face_size + age * 4.0 * face_size)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime.crops import (
+    CARD_PASTE_RULES,
     IN_DRIVER,
     IN_FILL_MASK,
     IN_LANDMARKS,
@@ -33,7 +34,6 @@ from realtime.crops import (
     REFINER_OUTPUTS,
     crop_count,
 )
-from realtime.train.config import CARD_PASTE_RULES
 
 from .common import run_onnx, save_card, tensorrt_check, write_onnx
 

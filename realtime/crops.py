@@ -134,6 +134,9 @@ def fill_mask(points: np.ndarray, spec: CropSpec) -> np.ndarray:
     return fill
 
 
+# Card fields (lists of region crops) that change what the runtime applies of a refiner's output
+# (realtime.generators.onnx); training continued from a shipped model must apply the same.
+CARD_PASTE_RULES = ("darken_only", "dark_centre")
 # A card's "dark_centre": the inner half of an opening's half-height, around its centre line, only darkens.
 DARK_CENTRE_DEPTH = 0.5
 

@@ -77,7 +77,8 @@ def _across(face: np.ndarray, outer: int, inner: int, towards: np.ndarray | None
     """Unit normal of the eye's corner line, on the side of ``towards`` (default: image down)."""
     chord = face[inner, :2] - face[outer, :2]
     normal = np.array([-chord[1], chord[0]]) / (np.linalg.norm(chord) + 1e-9)
-    return normal if normal @ (np.array([0.0, 1.0]) if towards is None else towards) >= 0 else -normal
+    side = normal[1] if towards is None else normal @ towards
+    return normal if side >= 0 else -normal
 
 
 def _lid_gap(face: np.ndarray, outer: int, inner: int, upper: int, lower: int) -> float:
@@ -85,37 +86,70 @@ def _lid_gap(face: np.ndarray, outer: int, inner: int, upper: int, lower: int) -
     return abs(float((face[lower, :2] - face[upper, :2]) @ _across(face, outer, inner)))
 
 
-def lids_by_ratio(
-    expressive: np.ndarray, base: np.ndarray, driver: np.ndarray, neutral: np.ndarray, gain: float = 1.0
-) -> np.ndarray:
-    """``expressive`` with each eye's lid gap set to the avatar's own (``base``) times the
-    driver's gap over its neutral's (its change times ``gain``, the eyes' expression gain): the lids and irises are stretched across the eye's corner
-    line about their middle, so the lids' shape from ``expressive`` stays; where the lids there
-    have met or crossed, the avatar's rest lids are scaled instead."""
-    out = expressive.copy()
+@dataclass(frozen=True)
+class RestEye:
+    """One eye of the avatar at rest, measured once: its corner-line normal and length, its lid
+    and iris points across that line, and the mid lids' gap."""
+
+    eye: tuple[int, int, int, int]  # outer and inner corner, mid upper and lower lid
+    points: np.ndarray  # the lid loop, then the iris
+    lids: int  # how many of ``points`` are lids
+    mids: tuple[int, int]  # where the mid upper and lower lid are in ``points``
+    normal: np.ndarray
+    length: float
+    across: np.ndarray
+    gap: float
+
+
+def rest_eyes(base: np.ndarray) -> list[RestEye]:
+    """The avatar's open eyes (an eye closed, crossed or upside down at rest is left out)."""
+    eyes = []
     for loop, outer, inner, upper, lower, iris in EYES:
-        eye = (outer, inner, upper, lower)
-        if len(out) <= max(iris) or _lid_gap(base, *eye) < 1e-6:
+        if len(base) <= max(iris):
             continue
-        opened = _lid_gap(driver, *eye) / max(_lid_gap(neutral, *eye), 1e-6)
-        ratio = float(np.clip(1.0 + gain * (opened - 1.0), 0.0, MAX_LID_RATIO))
-        base_normal = _across(base, outer, inner)
-        normal = _across(out, outer, inner, towards=base_normal)
-        scale = np.linalg.norm(out[inner, :2] - out[outer, :2]) / (
-            np.linalg.norm(base[inner, :2] - base[outer, :2]) + 1e-9
-        )
-        rest_gap = float((base[lower, :2] - base[upper, :2]) @ base_normal) * scale
-        if rest_gap <= 1e-6:  # an avatar upside down, or its lids crossed: leave it be
+        normal = _across(base, outer, inner)
+        gap = float((base[lower, :2] - base[upper, :2]) @ normal)
+        if gap <= 1e-6:
             continue
         points = loop + iris
+        eyes.append(
+            RestEye(
+                eye=(outer, inner, upper, lower),
+                points=np.array(points),
+                lids=len(loop),
+                mids=(loop.index(upper), loop.index(lower)),
+                normal=normal,
+                length=float(np.linalg.norm(base[inner, :2] - base[outer, :2])),
+                across=(base[points, :2] - base[outer, :2]) @ normal,
+                gap=gap,
+            )
+        )
+    return eyes
+
+
+def lids_by_ratio(
+    expressive: np.ndarray, rest: list[RestEye], driver: np.ndarray, neutral: np.ndarray, gain: float = 1.0
+) -> np.ndarray:
+    """``expressive`` with each eye's lid gap set to the avatar's own at rest (``rest``) times the
+    driver's gap over its neutral's (its change times ``gain``, the eyes' expression gain): the
+    lids and irises are stretched across the eye's corner line about their middle, so the lids'
+    shape from ``expressive`` stays; where the lids there have met or crossed, the avatar's rest
+    lids are scaled instead. ``expressive`` is changed in place and returned."""
+    out = expressive
+    for eye in rest:
+        outer, inner = eye.eye[:2]
+        opened = _lid_gap(driver, *eye.eye) / max(_lid_gap(neutral, *eye.eye), 1e-6)
+        ratio = min(max(1.0 + gain * (opened - 1.0), 0.0), MAX_LID_RATIO)
+        normal = _across(out, outer, inner, towards=eye.normal)
+        scale = np.linalg.norm(out[inner, :2] - out[outer, :2]) / (eye.length + 1e-9)
+        rest_gap = eye.gap * scale
+        points, upper_at, lower_at = eye.points, *eye.mids
         across = (out[points, :2] - out[outer, :2]) @ normal
-        rest = (base[points, :2] - base[outer, :2]) @ base_normal * scale
         # The avatar's own rest lids, scaled (and the irises with them): right whatever the lids
         # in ``expressive`` did, but without the expression's lid shape.
-        target = np.concatenate([ratio * rest[: len(loop)], ratio * across[len(loop) :]])
-        upper_at, lower_at = loop.index(upper), loop.index(lower)
+        target = np.concatenate([ratio * scale * eye.across[: eye.lids], ratio * across[eye.lids :]])
         gap = across[lower_at] - across[upper_at]
-        kept = float(np.clip((gap / rest_gap - 0.15) / 0.2, 0.0, 1.0))
+        kept = min(max((gap / rest_gap - 0.15) / 0.2, 0.0), 1.0)
         if kept > 0:  # the lids in ``expressive`` still apart: stretch them, keeping their shape
             middle = (across[upper_at] + across[lower_at]) / 2
             stretched = middle + (across - middle) * min(ratio * rest_gap / gap, 3.0)
@@ -148,6 +182,7 @@ class Retargeter(Stage):
         # Expression is added to the avatar with its mouth closed when the driver's neutral
         # is a closed mouth too, so an avatar caught mid-word doesn't open twice as wide.
         self._avatar_base = self.closed_mouth(self.avatar) if adaptive_neutral else self.avatar
+        self._rest_eyes = rest_eyes(self._avatar_base)
         self.adaptive_neutral = adaptive_neutral
         # Regions of the driver's neutral that adapt: everything below the nose (mouth and
         # jaw), and the eyelids with the irises.
@@ -239,7 +274,7 @@ class Retargeter(Stage):
         expressive = self._avatar_base + s_na * expression @ r_na.T
         if lim.lids_by_ratio:
             gain = lim.expression_gain * lim.part_gains[1]
-            expressive = lids_by_ratio(expressive, self._avatar_base, unposed, neutral, gain)
+            expressive = lids_by_ratio(expressive, self._rest_eyes, unposed, neutral, gain)
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
         rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))

@@ -16,6 +16,7 @@ import numpy as np
 
 from realtime import mesh
 from realtime.crops import (
+    CARD_PASTE_RULES,
     IN_DRIVER,
     IN_FILL_MASK,
     IN_LANDMARKS,
@@ -137,7 +138,7 @@ class OnnxRunner:
 
 # The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
 # server hands these to its clients).
-PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction", "darken_only", "dark_centre")
+PASTE_CARD_FIELDS = ("crop", "apply_regions", "confine", "correction", *CARD_PASTE_RULES)
 CORRECTIONS = ("rgb", "luma")
 # Card "confine": where each region crop's correction may land (mouth, right eye, left eye).
 # "features": the lips and eyes; "openings": the inner mouth and the eyes; absent: everywhere.
@@ -238,28 +239,21 @@ class OnnxRefinerGenerator(Stage):
         if correction not in CORRECTIONS:
             raise UserError(f"model card of {path} names an unknown correction {correction!r}")
         self._luma_only = correction == "luma"
-        darken_only = self.card.get("darken_only", [])
-        if not set(darken_only) <= set(DARKENABLE) or (darken_only and layout != "regions"):
-            raise UserError(
-                f"model card of {path} names darken_only {darken_only!r}: region crops {DARKENABLE}"
-            )
-        dark_centre = self.card.get("dark_centre", [])
-        if not set(dark_centre) <= set(DARKENABLE) or (dark_centre and layout != "regions"):
-            raise UserError(
-                f"model card of {path} names dark_centre {dark_centre!r}: region crops {DARKENABLE}"
-            )
-        if set(dark_centre) & set(darken_only):
-            raise UserError(
-                f"model card of {path} names {sorted(set(dark_centre) & set(darken_only))} both darken_only and dark_centre"
-            )
+        rules = {rule: self.card.get(rule, []) for rule in CARD_PASTE_RULES}
+        for rule, regions in rules.items():
+            if not set(regions) <= set(DARKENABLE) or (regions and layout != "regions"):
+                raise UserError(f"model card of {path} names {rule} {regions!r}: region crops {DARKENABLE}")
+        both = set(rules["darken_only"]) & set(rules["dark_centre"])
+        if both:
+            raise UserError(f"model card of {path} names {sorted(both)} both darken_only and dark_centre")
 
         def regions_in(names: list[str]) -> list[bool]:
             if layout != "regions":
                 return [False]
             return [("mouth" if name == "mouth" else "eyes") in names for name in REGIONS]
 
-        self._darken_only = regions_in(darken_only)
-        self._dark_centre = regions_in(dark_centre)
+        self._darken_only = regions_in(rules["darken_only"])
+        self._dark_centre = regions_in(rules["dark_centre"])
         crops = len(avatar_matrices)
         zeros = np.zeros((crops, 1, size, size), np.float32)
         self.runner.warm_up(self._feeds(np.zeros((crops, 3, size, size), np.float32), zeros, zeros, zeros))

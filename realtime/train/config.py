@@ -18,6 +18,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from realtime.crops import CARD_PASTE_RULES
+
 T = TypeVar("T")
 
 
@@ -87,11 +89,6 @@ def config_from_args(config_class: type[T], args: argparse.Namespace, **given: A
         if value is not None:
             values[f.name] = list(value) if isinstance(value, list) else value
     return config_class(**values)
-
-
-# Card fields (lists of region crops) that change what the runtime applies of a refiner's output;
-# training continued from a shipped model must apply the same.
-CARD_PASTE_RULES = ("darken_only", "dark_centre")
 
 
 def paste_rules_of(card: dict) -> dict[str, str]:

@@ -320,6 +320,7 @@ class LiveProcessor(FrameProcessor):
         self.avatar = prepared.avatar
         self.retargeter = prepared.retargeter
         self.targeters[Mode.REENACT] = prepared.retargeter
+        self.swap_targeter.retargeter = prepared.retargeter
         self._neutral = self._fit(prepared.neutral)
         self._last_output = None
         self._refiner_on = None  # pick this avatar's generators below

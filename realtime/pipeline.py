@@ -71,10 +71,8 @@ class FrameProcessor(Stage):
         self.output_size = output_size
         self.limits = limits or RetargetLimits()
         self.retargeter = Retargeter(avatar.landmarks, self.limits)
-        self.targeters: dict[Mode, Targeter] = {
-            Mode.REENACT: self.retargeter,
-            Mode.SWAP: SwapTargeter(self.limits),
-        }
+        self.swap_targeter = SwapTargeter(self.limits, self.retargeter)
+        self.targeters: dict[Mode, Targeter] = {Mode.REENACT: self.retargeter, Mode.SWAP: self.swap_targeter}
         self.blender = Blender()
         self._errors = OnceLogger(logger)
         self._last_output: np.ndarray | None = None

@@ -287,15 +287,28 @@ class Retargeter(Stage):
         centre = self._avatar_centre
         return centre + rel_scale * (expressive - centre) @ rotation_avatar.T + shift_avatar
 
+    def _take_neutral(self, driver: np.ndarray) -> None:
+        if self._recalibrate or self.neutral is None:
+            # At start the face may be caught mid-word; a neutral the user asked for is
+            # taken exactly as it is.
+            automatic = self.neutral is None and self.adaptive_neutral
+            self.neutral = self.closed_mouth(driver) if automatic else driver.copy()
+            self._recalibrate = False
+
+    def onto_driver(self, driver: np.ndarray) -> np.ndarray:
+        """The avatar's face with the driver's expression (``transfer``), placed on the driver's
+        own face by a similarity fitted on rigid points: the avatar's proportions where the
+        driver's face is (swap mode's shape, ``SwapTargeter``)."""
+        driver = driver.astype(np.float64)
+        self._take_neutral(driver)
+        shaped = self.transfer(driver)
+        scale, rotation, translation = mesh.umeyama(shaped[mesh.RIGID], driver[mesh.RIGID])
+        return shaped @ (scale * rotation).T + translation
+
     def process(self, track: FaceTrack) -> Target:
         if track.found:
             driver = track.landmarks.astype(np.float64)
-            if self._recalibrate or self.neutral is None:
-                # At start the face may be caught mid-word; a neutral the user asked for is
-                # taken exactly as it is.
-                automatic = self.neutral is None and self.adaptive_neutral
-                self.neutral = self.closed_mouth(driver) if automatic else driver.copy()
-                self._recalibrate = False
+            self._take_neutral(driver)
             landmarks = self.transfer(driver)
             self._last_target = landmarks
             weight = 1.0
@@ -314,24 +327,70 @@ class Retargeter(Stage):
         )
 
 
+# Swap mode: how far the swapped inner face takes the avatar's proportions (eyes, brows, nose,
+# cheeks) instead of the user's. The jaw line stays the user's, and so do the lips: unmoved up
+# to the first of LIPS_KEPT's distances from them (face sizes), moved fully from the second,
+# because the user's own open mouth shows through the swap there.
+SWAP_SHAPE = 0.7
+LIPS_KEPT = (0.05, 0.3)
+# Landmarks swap mode may move: all but the face outline.
+_INSIDE_OVAL = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), mesh.face_oval())
+
+
 class SwapTargeter(Stage):
     """``process(track) -> Target | None`` for swap mode: the avatar's face goes where the
-    user's is, with the user's own landmarks; None once the face has been gone for a while."""
+    user's is, on the user's landmarks moved ``shape`` of the way towards the avatar's own
+    proportions (``retargeter``: the avatar's, which also carries the user's expression);
+    None once the face has been gone for a while."""
 
-    def __init__(self, limits: RetargetLimits | None = None) -> None:
+    def __init__(
+        self,
+        limits: RetargetLimits | None = None,
+        retargeter: Retargeter | None = None,
+        shape: float = SWAP_SHAPE,
+    ) -> None:
         self.limits = limits or RetargetLimits()
+        self.retargeter = retargeter
+        self.shape = shape
+        self._weights_of: Retargeter | None = None
+        self._weight = np.zeros((len(_INSIDE_OVAL), 1))
         self._last: Target | None = None
         self._last_seen: float | None = None
 
     def recalibrate(self) -> None:
-        """Swap mode follows the user's own landmarks: there is no neutral to re-take."""
+        """Take the user's next face as the neutral the avatar's shape is measured from."""
+        if self.retargeter is not None:
+            self.retargeter.recalibrate()
+
+    def landmarks(self, user: np.ndarray) -> np.ndarray:
+        """(N, 2) where the avatar's face is drawn for the user's landmarks ``user`` (478, 2+)."""
+        if self.retargeter is None or self.shape <= 0.0:
+            return user[:, :2]
+        moved = user[:, :2].astype(np.float64)
+        avatar = self.retargeter.onto_driver(user)
+        inside = moved[_INSIDE_OVAL]
+        moved[_INSIDE_OVAL] += self._weights() * (avatar[_INSIDE_OVAL, :2] - inside)
+        return moved
+
+    def _weights(self) -> np.ndarray:
+        """(M, 1) how far each landmark inside the outline moves: ``shape``, less near the lips
+        (measured once per avatar, in its face sizes)."""
+        assert self.retargeter is not None
+        if self._weights_of is not self.retargeter:
+            face = self.retargeter.avatar[:, :2]
+            inside = face[_INSIDE_OVAL]
+            from_lips = np.linalg.norm(inside[:, None] - face[None, mesh.OUTER_LIP], axis=2).min(axis=1)
+            lo, hi = LIPS_KEPT
+            weight = np.clip((from_lips / mesh.face_size(face) - lo) / (hi - lo), 0.0, 1.0)
+            self._weights_of, self._weight = self.retargeter, (self.shape * weight)[:, None]
+        return self._weight
 
     def process(self, track: FaceTrack) -> Target | None:
         t = track.frame.t_capture
         if track.found:
             target = Target(
                 frame=track.frame,
-                landmarks=mesh.with_mouth_centre(track.landmarks[:, :2]).astype(np.float32),
+                landmarks=mesh.with_mouth_centre(self.landmarks(track.landmarks)).astype(np.float32),
                 mode=Mode.SWAP,
                 driver_landmarks=track.landmarks[:, :2].astype(np.float32),
             )

@@ -243,3 +243,33 @@ def test_a_full_blink_closes_any_avatars_eyes_and_lids_never_cross(faces, avatar
     still.process(_track(driver))
     kept = still.process(_track(blink, 0.033)).landmarks
     assert _lid_gaps(kept) == pytest.approx(_lid_gaps(avatar), rel=0.02)
+
+
+def test_swap_takes_the_avatars_proportions_inside_the_users_jaw_and_keeps_the_users_expression(faces):
+    from realtime.retarget import SwapTargeter
+
+    avatar, user = faces
+    big_eyed = _eyes_scaled(avatar, 1.4)
+    outline = mesh.face_oval()
+    size = mesh.face_size(user)
+    # The user's own face as the avatar: nothing to move.
+    same = SwapTargeter(retargeter=Retargeter(avatar), shape=0.7).process(_track(user)).landmarks
+    assert np.abs(same[: mesh.NUM_LANDMARKS] - user[:, :2]).max() < 0.015 * size
+    # Off: the user's landmarks as they are.
+    off = SwapTargeter(retargeter=Retargeter(big_eyed), shape=0.0).process(_track(user)).landmarks
+    np.testing.assert_allclose(off[: mesh.NUM_LANDMARKS], user[:, :2], atol=1e-3)
+    swap = SwapTargeter(retargeter=Retargeter(big_eyed), shape=0.7)
+    rest = swap.process(_track(user)).landmarks
+    # 70 % of the way to the avatar's taller eyes; the outline and the lips stay the user's.
+    assert _lid_gaps(rest) / _lid_gaps(user) == pytest.approx([1.28, 1.28], abs=0.05)
+    np.testing.assert_allclose(rest[outline], user[outline, :2], atol=1e-3)
+    np.testing.assert_allclose(
+        rest[mesh.OUTER_LIP + mesh.INNER_LIP], user[mesh.OUTER_LIP + mesh.INNER_LIP, :2], atol=0.002 * size
+    )
+    # The user's expression comes through: mouth opening and blink.
+    talking = user.copy()
+    talking[:, :2] = expression.close_eyes(expression.open_mouth(user[:, :2], 0.2), 0.8)
+    moved = swap.process(_track(talking, 0.033)).landmarks
+    opened_user = mesh.mouth_opening(talking) - mesh.mouth_opening(user)
+    assert mesh.mouth_opening(moved) - mesh.mouth_opening(rest) == pytest.approx(opened_user, rel=0.15)
+    assert np.all(_lid_gaps(moved) < 0.5 * _lid_gaps(rest))

@@ -635,6 +635,26 @@ def test_painted_augmentation_smooths_whole_samples_and_costs_nothing_when_off()
         assert torch.equal(roughness[k] < 0.7 * plain_roughness[k], smoothed)
 
 
+def test_perfect_warp_examples_show_the_real_frame_as_the_warp_and_some_as_the_avatar_too():
+    torch = pytest.importorskip("torch")
+    from realtime.train.refiner import with_perfect_warps
+
+    keys = [f"{k}{s}" for k in ("warped", "target", "source") for s in (0, 1)]
+    batch = {k: torch.rand(64, 3, 8, 8) for k in keys}
+    out = with_perfect_warps(batch, 0.5, torch.Generator().manual_seed(3))
+    perfect = [bool(torch.equal(out["warped0"][i], batch["target0"][i])) for i in range(64)]
+    at_rest = [bool(torch.equal(out["source0"][i], batch["target0"][i])) for i in range(64)]
+    assert 16 <= sum(perfect) <= 48
+    assert 4 <= sum(at_rest) < sum(perfect)
+    for i in range(64):
+        # both frames of the pair alike; the avatar at rest only where the warp is perfect
+        assert torch.equal(out["warped1"][i], batch["target1"][i]) == perfect[i]
+        assert torch.equal(out["source1"][i], batch["target1"][i]) == at_rest[i]
+        assert perfect[i] or (torch.equal(out["warped0"][i], batch["warped0"][i]) and not at_rest[i])
+        assert torch.equal(out["target0"][i], batch["target0"][i])  # the truth never changes
+    assert all(torch.equal(out[k], batch[k]) for k in keys if k.startswith("target"))
+
+
 def test_the_training_loss_sees_the_correction_as_the_runtime_applies_it(builtin_avatar):
     import cv2
 

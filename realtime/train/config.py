@@ -129,6 +129,13 @@ class RefinerConfig:
     style: float = flag(
         0.0, "share of training examples given a painted look (smoothed, some posterised), as portraits have"
     )
+    # At rest the warp shows the avatar's own pixels; a model that repaints them moves the
+    # avatar's identity (a cartoon's eyes darkened), so some examples teach it to leave them.
+    perfect_warp: float = flag(
+        0.0,
+        "share of training examples whose warp is already right (the real frame; half of them with "
+        "the avatar's own crop the same frame, as at rest): the model learns to leave it alone (0-1)",
+    )
     # What the runtime applies of the model's output (its card says the same): the loss sees that.
     correction: str = flag(
         "rgb",

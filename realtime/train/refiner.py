@@ -412,7 +412,27 @@ def sample_batch(
         kept = (torch.rand(cfg.batch, generator=gen) >= cfg.driver_dropout).float().to(device)
         for key in ("driver0", "driver1"):
             b[key] = b[key] * kept[:, None, None, None]
+    if cfg.perfect_warp > 0:  # drawn only when asked, so runs without it keep their random sequence
+        b = with_perfect_warps(b, cfg.perfect_warp, gen)
     return b
+
+
+def with_perfect_warps(
+    b: dict[str, torch.Tensor], share: float, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """``b`` with a ``share`` of its samples' warps replaced by their targets (a warp that is
+    already right), and half of those also with the target as the avatar's own crop (the avatar
+    at rest): their loss asks the model to change nothing."""
+    n = b["warped0"].shape[0]
+    device = b["warped0"].device
+    perfect = (torch.rand(n, generator=gen) < share).to(device)[:, None, None, None]
+    at_rest = perfect & (torch.rand(n, generator=gen) < 0.5).to(device)[:, None, None, None]
+    out = dict(b)
+    for step in (0, 1):
+        target = b[f"target{step}"]
+        out[f"warped{step}"] = torch.where(perfect, target, b[f"warped{step}"])
+        out[f"source{step}"] = torch.where(at_rest, target, b[f"source{step}"])
+    return out
 
 
 def boosted(cfg: Config, weight: torch.Tensor) -> torch.Tensor:

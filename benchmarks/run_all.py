@@ -74,6 +74,10 @@ def scaled_input(source: str, size: str, folder: Path) -> str:
                 "veryfast",
                 "-crf",
                 "18",
+                # 4:2:0 as a camera's H.264 is (its MJPEG is 4:2:2, as cheap to decode here); a
+                # 4:4:4 source copied as is decodes three times slower (RESULTS.md, "Bench inputs").
+                "-pix_fmt",
+                "yuv420p",
                 "-an",
                 str(out),
             ],

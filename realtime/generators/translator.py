@@ -95,7 +95,10 @@ class TranslatorGenerator(Stage):
 
     def render(self, target: Target) -> Rendered:
         image = target.frame.image
-        dest = target.landmarks[:, :2].astype(np.float64)
+        # The user's own landmarks: the face to translate is the user's as the camera sees it,
+        # not swap mode's target, which has moved towards the avatar's proportions.
+        user = target.driver_landmarks if target.driver_landmarks is not None else target.landmarks
+        dest = user[:, :2].astype(np.float64)
         crop, matrix = aligned_crop(image, dest, self.spec)
         outputs = self.runner.run({IN_FACE: to_tensor(crop)})
         face = np.clip(outputs[OUT_IMAGE][0].transpose(1, 2, 0)[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(

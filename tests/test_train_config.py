@@ -69,6 +69,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--driver-swap": "driver_swap",
         "--grey": "grey",
         "--style": "style",
+        "--perfect-warp": "perfect_warp",
         "--correction": "correction",
         "--confine": "confine",
         "--darken-only": "darken_only",

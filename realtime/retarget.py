@@ -352,8 +352,8 @@ class SwapTargeter(Stage):
         self.limits = limits or RetargetLimits()
         self.retargeter = retargeter
         self.shape = shape
-        self._weights_of: Retargeter | None = None
-        self._weight = np.zeros((len(_INSIDE_OVAL), 1))
+        self._lips_of: Retargeter | None = None
+        self._lips_weight = np.zeros((len(_INSIDE_OVAL), 1))
         self._last: Target | None = None
         self._last_seen: float | None = None
 
@@ -369,21 +369,21 @@ class SwapTargeter(Stage):
         moved = user[:, :2].astype(np.float64)
         avatar = self.retargeter.onto_driver(user)
         inside = moved[_INSIDE_OVAL]
-        moved[_INSIDE_OVAL] += self._weights() * (avatar[_INSIDE_OVAL, :2] - inside)
+        moved[_INSIDE_OVAL] += self.shape * self._away_from_lips() * (avatar[_INSIDE_OVAL, :2] - inside)
         return moved
 
-    def _weights(self) -> np.ndarray:
-        """(M, 1) how far each landmark inside the outline moves: ``shape``, less near the lips
-        (measured once per avatar, in its face sizes)."""
+    def _away_from_lips(self) -> np.ndarray:
+        """(M, 1) in [0, 1]: 0 on and near the lips, 1 from LIPS_KEPT[1] on (measured once per
+        avatar, in its face sizes)."""
         assert self.retargeter is not None
-        if self._weights_of is not self.retargeter:
+        if self._lips_of is not self.retargeter:
             face = self.retargeter.avatar[:, :2]
             inside = face[_INSIDE_OVAL]
             from_lips = np.linalg.norm(inside[:, None] - face[None, mesh.OUTER_LIP], axis=2).min(axis=1)
             lo, hi = LIPS_KEPT
             weight = np.clip((from_lips / mesh.face_size(face) - lo) / (hi - lo), 0.0, 1.0)
-            self._weights_of, self._weight = self.retargeter, (self.shape * weight)[:, None]
-        return self._weight
+            self._lips_of, self._lips_weight = self.retargeter, weight[:, None]
+        return self._lips_weight
 
     def process(self, track: FaceTrack) -> Target | None:
         t = track.frame.t_capture

@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass, replace
 
 from realtime.frames import Mode
+from realtime.retarget import SWAP_SHAPE
 
 STRENGTH_RANGE = (0.0, 2.0)
 STRENGTH_STEP = 0.25
 HEAD_SHARE_STEP = 0.1
+SWAP_SHAPE_STEP = 0.1
 NOTICE_S = 1.0  # how long a change stays on the overlay
 
 
@@ -20,7 +22,8 @@ class Tuning:
 
     ``strength`` scales the whole transfer (1 = the driver's own motion). ``head_share`` splits
     it between head motion and expression: 0.5 gives both in full, towards 0 the head stays
-    still, towards 1 the face stops changing expression.
+    still, towards 1 the face stops changing expression. ``swap_shape`` (swap mode): how far the
+    swapped face takes the avatar's proportions (eyes, brows, nose) instead of the user's, 0-1.
     """
 
     strength: float = 1.0
@@ -31,11 +34,13 @@ class Tuning:
     mouth: float = 1.0
     eyes: float = 1.0
     brows: float = 1.0
+    swap_shape: float = SWAP_SHAPE
 
     def __post_init__(self) -> None:
         lo, hi = STRENGTH_RANGE
         object.__setattr__(self, "strength", round(min(hi, max(lo, float(self.strength))), 3))
-        object.__setattr__(self, "head_share", round(min(1.0, max(0.0, float(self.head_share))), 3))
+        for share in ("head_share", "swap_shape"):
+            object.__setattr__(self, share, round(min(1.0, max(0.0, float(getattr(self, share)))), 3))
         for part in ("mouth", "eyes", "brows"):
             object.__setattr__(self, part, round(min(hi, max(lo, float(getattr(self, part)))), 3))
 
@@ -62,6 +67,8 @@ class Tuning:
             for name in ("mouth", "eyes", "brows")
             if getattr(self, name) != 1.0
         ]
+        if self.swap_shape != default.swap_shape:
+            parts.append(f"avatar shape {self.swap_shape:.1f}")
         if self.mirror:
             parts.append("mirror")
         return "  ".join(parts) or None
@@ -118,6 +125,9 @@ class Controls:
 
     def adjust_head_share(self, steps: int) -> Tuning:
         return self.tune(head_share=self.tuning.head_share + steps * HEAD_SHARE_STEP)
+
+    def adjust_swap_shape(self, steps: int) -> Tuning:
+        return self.tune(swap_shape=self.tuning.swap_shape + steps * SWAP_SHAPE_STEP)
 
     def reset_strength(self) -> Tuning:
         default = Tuning()

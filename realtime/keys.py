@@ -34,6 +34,7 @@ HELP: list[tuple[str, str]] = [
     ("g", "refiner on / off"),
     ("n", "take a new neutral pose"),
     ("m", "switch reenact / swap"),
+    ("j  k", "swap: less / more of the avatar's face shape"),
     ("r", "record what the virtual camera gets: start / stop"),
     ("s", "snapshot (PNG)"),
     ("q  Esc", "quit"),
@@ -82,6 +83,9 @@ def act(key: int, controls: Controls, audio: Any = None) -> KeyResult | None:
         )
     if char == "0":
         return KeyResult(controls.reset_strength().describe() + " - default", kind="tuning")
+    if char in ("j", "k"):
+        shape = controls.adjust_swap_shape(-1 if char == "j" else 1).swap_shape
+        return KeyResult(f"swap: avatar's face shape {shape:.1f} (0: yours, 1: the avatar's)", kind="tuning")
     if char == "f":
         mirror = controls.toggle_mirror().mirror
         controls.request_recalibrate()  # a mirrored face against an unmirrored neutral would skew

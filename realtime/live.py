@@ -341,6 +341,7 @@ class LiveProcessor(FrameProcessor):
         self.limits.pose_gain = tuning.head_gain
         self.limits.expression_gain = tuning.expression_gain
         self.limits.part_gains = tuning.part_gains
+        self.swap_targeter.shape = tuning.swap_shape
         if tuning is not self._tuning_shown:  # the overlay keeps what differs from the defaults
             self._tuning_shown = tuning
             self.controls.set_status("tuning", tuning.status())

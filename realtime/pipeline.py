@@ -19,12 +19,12 @@ import numpy as np
 from realtime import mesh
 from realtime.avatar import Avatar
 from realtime.blend import Blender
-from realtime.controls import Controls
+from realtime.controls import Controls, Tuning
 from realtime.frames import FaceTrack, Frame, Mode, Output, Rendered, Target
 from realtime.generators.registry import Generators, build_generators
 from realtime.metrics import Metrics
 from realtime.occlusion import HandOccluder
-from realtime.retarget import Retargeter, RetargetLimits, SwapTargeter
+from realtime.retarget import SWAP_SHAPE, Retargeter, RetargetLimits, SwapTargeter
 from realtime.stages import Stage, Targeter, Tracker
 from realtime.steady import CoveredHold
 
@@ -71,7 +71,7 @@ class FrameProcessor(Stage):
         self.output_size = output_size
         self.limits = limits or RetargetLimits()
         self.retargeter = Retargeter(avatar.landmarks, self.limits)
-        self.swap_targeter = SwapTargeter(self.limits, self.retargeter)
+        self.swap_targeter = SwapTargeter(self.limits, self.retargeter, shape=controls.tuning.swap_shape)
         self.targeters: dict[Mode, Targeter] = {Mode.REENACT: self.retargeter, Mode.SWAP: self.swap_targeter}
         self.blender = Blender()
         self._errors = OnceLogger(logger)
@@ -248,6 +248,7 @@ def offline_processor(
     size: tuple[int, int] | None = None,
     occlusion: bool = True,
     hold_covered: bool = True,
+    swap_shape: float = SWAP_SHAPE,
 ) -> FrameProcessor:
     """The per-frame path with mediapipe in this process: for evaluations and scripts."""
     from realtime.tracking import FaceTracker
@@ -257,7 +258,7 @@ def offline_processor(
         avatar,
         generators,
         FaceTracker(),
-        Controls(mode),
+        Controls(mode, Tuning(swap_shape=swap_shape)),
         Metrics(),
         size or avatar.size,
         occlusion=HandOccluder(isolated=False) if occlusion else None,

@@ -127,7 +127,7 @@ def make_processor(
     size = driver_size if config.mode is Mode.SWAP and driver_size and not output_size else avatar.size
     from realtime.occlusion import HandOccluder
 
-    controls = Controls(mode=config.mode)
+    controls = Controls(mode=config.mode, tuning=config.tuning)
     occlusion = HandOccluder(isolated=live) if config.occlusion else None
     if occlusion is not None and config.mode is Mode.SWAP:
         occlusion.start()  # loads while the stream starts

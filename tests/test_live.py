@@ -128,6 +128,9 @@ def test_switching_uses_the_prepared_avatar_and_keeps_the_drivers_neutral(librar
         assert any("avatar 2 skipped" in line for line in controls.notices())
         controls.tune(mirror=True)
         assert processor.track(frame).frame.image is not frame.image
+        controls.adjust_swap_shape(-3)  # the swap targeter takes the live shape at the next frame
+        processor.render(processor.track(frame))
+        assert processor.swap_targeter.shape == pytest.approx(0.4)
 
 
 def test_a_library_of_faceless_images_is_one_clear_error(library_paths):
@@ -159,6 +162,13 @@ def test_window_keys_reach_the_controls():
     assert controls.tuning.strength == 1.25 and controls.tuning.head_share == 0.4
     window.handle_key(ord("0"))
     assert controls.tuning == Tuning()
+    for _ in range(4):  # from 0.7, up to its limit
+        window.handle_key(ord("k"))
+    assert controls.tuning.swap_shape == 1.0
+    window.handle_key(ord("j"))
+    assert controls.tuning.swap_shape == 0.9
+    window.handle_key(ord("j"))
+    assert controls.tuning.swap_shape == 0.8 and "avatar shape 0.8" in (controls.tuning.status() or "")
     window.handle_key(ord("f"))
     assert controls.tuning.mirror and controls.take_recalibrate()
     window.handle_key(ord("g"))
@@ -335,7 +345,7 @@ def test_run_without_a_window_takes_the_keys_from_the_terminal(tmp_path, library
 
 def test_run_takes_the_live_settings_as_flags(tmp_path):
     from realtime.cli import build_parser
-    from realtime.cli.commands import _live_fields
+    from realtime.cli.commands import _live_fields, pipeline_config
     from tests.conftest import cli
 
     args = build_parser().parse_args(
@@ -345,7 +355,15 @@ def test_run_takes_the_live_settings_as_flags(tmp_path):
     fields = _live_fields(args)
     assert fields["tuning"] == Tuning(strength=1.5, head_share=0.2, mirror=True)
     assert fields["refiner"] is False and fields["record_dir"] == str(tmp_path)
-    for bad in (["--strength", "3"], ["--head-share", "1.5"], ["--refiner", "maybe"]):
+    swap = build_parser().parse_args(
+        ["render", "--avatar", "a.png", "--driver", "d.mp4", "--out", "o.mp4"]
+        + ["--mode", "swap", "--swap-shape", "0.25"]
+    )
+    assert pipeline_config(swap).tuning == Tuning(swap_shape=0.25)
+    args.swap_shape = 0.0
+    config = pipeline_config(args, **_live_fields(args))
+    assert config.tuning == Tuning(strength=1.5, head_share=0.2, mirror=True, swap_shape=0.0)
+    for bad in (["--strength", "3"], ["--head-share", "1.5"], ["--refiner", "maybe"], ["--swap-shape", "2"]):
         proc = cli("run", "--avatar", "builtin", "--sink", "null", *bad)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     proc = cli("run", "--avatar", "builtin", "--generator", "warp", "--refiner", "on", "--sink", "null")

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,9 +29,12 @@ DEMO_FPS = 30.0
 # -- flags -> config ---------------------------------------------------------------------------
 def pipeline_config(args: argparse.Namespace, **fields):
     """The ``PipelineConfig`` of a command line: the shared pipeline options plus ``fields``."""
+    from realtime.controls import Tuning
     from realtime.frames import Mode
     from realtime.session import PipelineConfig
 
+    if getattr(args, "swap_shape", None) is not None:
+        fields["tuning"] = replace(fields.get("tuning", Tuning()), swap_shape=args.swap_shape)
     return PipelineConfig(
         mode=Mode(args.mode),
         generator=args.generator,

@@ -77,6 +77,13 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         help="swap mode and --lips auto: don't look for hands in front of the face (saves the hand "
         "model's CPU)",
     )
+    p.add_argument(
+        "--swap-shape",
+        type=_share,
+        default=None,
+        help="swap mode: how far your face takes the avatar's proportions (eyes, brows, nose), from 0 "
+        "(yours, in the avatar's skin) to 1 (the avatar's); default 0.7 (keys j/k in a window)",
+    )
 
 
 def _add_audio_options(p: argparse.ArgumentParser) -> None:

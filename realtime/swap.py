@@ -67,7 +67,6 @@ DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
 EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
 TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
-LIPS_RIM = 0.12  # the lips and this many face sizes around them keep their contrast
 CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
@@ -385,15 +384,9 @@ class SwapCompositor:
         if self._cap is None or self._frames % DETAIL_EVERY == 0:
             self._update_contrast_cap(under_u8, front, weight, gain @ luma, size)
         if self._cap is not None and self._cap < 1.0:
-            # not on the lips: they keep their contrast (mediapipe, and people, read the mouth
-            # from it; washed out, mouth r on the glasses pair fell from 0.68 to 0.12)
-            lips = np.zeros((small[1], small[0]), np.uint8)
-            outline = np.round(points[mesh.OUTER_LIP] * (small[0] / w) * 16).astype(np.int32)
-            cv2.fillPoly(lips, [outline], 255, cv2.LINE_AA, 4)
-            around = max(1, int(round(LIPS_RIM * size * small[0] / w)))
-            cv2.polylines(lips, [outline], True, 255, around, cv2.LINE_AA, 4)
-            lips_f = cv2.GaussianBlur(lips.astype(np.float32) * (1.0 / 255.0), (0, 0), 0.8)[..., None]
-            gain *= self._cap + (1.0 - self._cap) * np.minimum(1.0, 1.5 * lips_f)
+            # the lips included: left at full gain, a dark avatar's lips came out lipstick-red on
+            # a light face, and mediapipe read the dark line above them as an open mouth
+            gain *= self._cap
         offset = (low_avatar + 1.0) * (ratio - gain)
         size_full = (w, h)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)

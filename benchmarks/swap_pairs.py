@@ -22,6 +22,9 @@ open-mouth photo. Per pair:
   seamless.
 - flicker: mean |Δoutput − Δinput| between consecutive frames inside the face oval of the
   aligned crop, in [0, 1] grey levels (as ``benchmarks/swap_eval.py``).
+- what the input offers: the std of the user's mouth opening (a still face, about 0.01 face
+  sizes or less, leaves mouth_r to the tracker's noise) and its frames with a blink (none:
+  blink_r follows small lid movements only).
 
 It uses only the project's public per-frame API, so the same script measures an older
 checkout (``PYTHONPATH=/path/to/old/checkout``) for a before/after table.
@@ -48,6 +51,7 @@ from realtime.frames import Frame, Mode
 from realtime.identity import FaceEmbedder
 from realtime.metrics import machine_description
 from realtime.pipeline import offline_processor
+from realtime.retarget import SWAP_SHAPE
 from realtime.tracking import FaceTracker
 
 logger = logging.getLogger("swap_pairs")
@@ -99,6 +103,12 @@ PAIRS = [
         "dark-skin user, painted girl",
     ),
     (
+        "dark_user_talking",
+        "clips/Talking-Face_PC-AVS_620900105.mp4",
+        "avatars/liveportrait_s5.jpg",
+        "dark-skin user who talks (224 px VoxCeleb2 crop), painted girl",
+    ),
+    (
         "red_hair",
         "webcam/spectre_mead_W015_neutral.mp4",
         "clips/extra_pexels7322716_woman_redhair.mp4@0",
@@ -106,6 +116,7 @@ PAIRS = [
     ),
 ]
 COLUMNS = ["dist_avatar", "dist_user", "mouth_r", "blink_r", "seam", "flicker", "render_ms"]
+INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames"]
 
 
 def read_clip(path: Path, limit: int, max_width: int = 1280) -> tuple[list[np.ndarray], float]:
@@ -184,7 +195,7 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
     avatar = make_avatar(avatar_image, size, avatar_spec)
     avatar_lm = judge.detect(avatar_image)
     ref_avatar = embed(avatar_image, avatar_lm[0] if avatar_lm else None)
-    processor = offline_processor(avatar, args.generator, mode=Mode.SWAP, size=size)
+    processor = offline_processor(avatar, args.generator, mode=Mode.SWAP, size=size, swap_shape=args.shape)
     outputs, render_ms = [], []
     try:
         for index, image in enumerate(frames):
@@ -242,6 +253,9 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         # Frames where the user's eyes are at most 60% as open as usual: 0 means the clip has
         # no blink, and blink_r only follows small lid movements.
         "input_blink_frames": int(np.sum(np.array(eyes_in) < 0.6 * np.median(eyes_in))) if eyes_in else 0,
+        # How much the user's mouth moves (std of its opening, face sizes): at about 0.01 or
+        # below (a still face) mouth_r follows the tracker's noise, not speech.
+        "input_mouth_std": round(float(np.std(mouth_in)), 4) if mouth_in else 0.0,
         "seam": round(float(np.median(seams)), 3) if seams else None,
         "flicker": round(float(np.mean(flicker)), 5) if flicker else None,
         "render_ms": round(float(np.median(render_ms)), 2),
@@ -287,13 +301,14 @@ def interleave(sheets: list[np.ndarray], cell: int = CROP.size) -> np.ndarray:
 
 
 def write_table(runs: dict[str, dict]) -> str:
-    lines = ["| pair | run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    columns = COLUMNS + INPUT_COLUMNS
+    lines = ["| pair | run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     names = next(iter(runs.values()))["pairs"].keys()
     for name in names:
         for run, report in runs.items():
             r = report["pairs"].get(name)
             if r:
-                lines.append(f"| {name} | {run} | " + " | ".join(str(r.get(c)) for c in COLUMNS) + " |")
+                lines.append(f"| {name} | {run} | " + " | ".join(str(r.get(c)) for c in columns) + " |")
     for run, report in runs.items():
         rows = list(report["pairs"].values())
         means = {
@@ -319,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sheet", default=None, help="contact sheet PNG")
     parser.add_argument("--compare", nargs="+", default=None, metavar="JSON", help="tabulate earlier runs")
     parser.add_argument("--generator", default="warp", help="warp, refiner or an .onnx (default: warp)")
+    parser.add_argument(
+        "--shape",
+        type=float,
+        default=SWAP_SHAPE,
+        help="how far the face takes the avatar's proportions (0-1)",
+    )
     parser.add_argument(
         "--add",
         nargs=3,
@@ -366,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "identity": "dlib 128-D; avatar: its image's embedding; user: centroid of the input frames",
         "generator": args.generator,
+        "shape": args.shape,
     }
     if args.sheet and rows:
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)

@@ -387,11 +387,40 @@ class SwapCompositor:
             # the lips included: left at full gain, a dark avatar's lips came out lipstick-red on
             # a light face, and mediapipe read the dark line above them as an open mouth
             gain *= self._cap
-        offset = (low_avatar + 1.0) * (ratio - gain)
         size_full = (w, h)
+        # An avatar darker than the user: its features' colour (brown lids, red lips) is its
+        # skin's, not the light's, and brightened with it came out purple and lipstick-red. Their
+        # darkness is kept, their hue moves to the user's skin's, the more the darker the avatar.
+        keep_hue = min(1.0, float((ratio @ luma * weight).sum() / float(weight.sum())) ** -1)
+        if keep_hue < 0.99:
+            return self._relit_in_user_hue(front, low_avatar, ratio, gain, keep_hue, size_full)
+        offset = (low_avatar + 1.0) * (ratio - gain)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
         front += cv2.resize(offset, size_full, interpolation=cv2.INTER_LINEAR)
         return front
+
+    @staticmethod
+    def _relit_in_user_hue(
+        front: np.ndarray,
+        low_avatar: np.ndarray,
+        ratio: np.ndarray,
+        gain: np.ndarray,
+        keep_hue: float,
+        size_full: tuple[int, int],
+    ) -> np.ndarray:
+        """The user's low frequencies plus the avatar's detail scaled by ``gain`` (as
+        ``front * gain + offset``), with only ``keep_hue`` of the detail's own colour: the rest
+        of it is its brightness in the hue of the user's skin."""
+        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        avatar_low = cv2.resize(low_avatar, size_full, interpolation=cv2.INTER_LINEAR)
+        user_low = cv2.resize((low_avatar + 1.0) * ratio - 1.0, size_full, interpolation=cv2.INTER_LINEAR)
+        detail = front - avatar_low
+        detail_luma = (detail @ luma)[..., None]
+        hue = user_low / np.maximum((user_low @ luma)[..., None], 1.0)
+        detail *= keep_hue
+        detail += (1.0 - keep_hue) * detail_luma * hue
+        detail *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
+        return user_low + detail
 
     def _update_contrast_cap(
         self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float

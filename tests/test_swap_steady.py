@@ -85,7 +85,7 @@ def _texture(image: np.ndarray, where: np.ndarray) -> float:
 def test_a_dark_hard_lit_avatar_on_a_light_user_with_glasses_is_not_harsh_or_orange(monkeypatch):
     """The pair that came out orange: a light-skinned user with glasses under a dark-skinned,
     hard-lit avatar. The swapped skin keeps about the user's texture strength, brightness and
-    colour; with the texture cap lifted it is harsh (the premise)."""
+    colour; with the texture cap lifted it is harsh (the premise); the closed mouth reads closed."""
     from realtime.avatar import make_avatar
     from realtime.pipeline import offline_processor
 
@@ -126,6 +126,9 @@ def test_a_dark_hard_lit_avatar_on_a_light_user_with_glasses_is_not_harsh_or_ora
     assert abs(lab["out"][:, 0].mean() - lab["user"][:, 0].mean()) < 12  # brightness
     chroma = {k: np.hypot(v[:, 1] - 128, v[:, 2] - 128).mean() for k, v in lab.items()}
     assert chroma["out"] < 1.25 * chroma["user"]  # not orange
+    # The user's mouth is closed; the avatar's lips and the dark line above them, brightened in
+    # their own red-brown, read as an open mouth (0.18-0.27 face sizes before).
+    assert mesh.mouth_opening(lm) < 0.01 and mesh.mouth_opening(find_face(capped)) < 0.05
 
 
 def test_glasses_rims_and_reflections_do_not_darken_the_swapped_face(builtin_avatar, astronaut):

@@ -87,6 +87,9 @@ class SwapSettings:
     detail_gain: tuple[float, float] = (0.5, 2.2)
     grain: bool = True
     mouth_from_user: bool = True  # the user's own open mouth (teeth, tongue) shows through
+    # ... cut this many face sizes wider than their inner lips: a thin opening on a small face
+    # otherwise vanished under its own feathering and the pyramid's coarse bands
+    mouth_grow: float = 0.03
     blinks_from_user: bool = True  # while the user's eyes close, their own eyelids show through
     inset: float = 0.05  # the blend's mask is pulled in from the jaw line by this many face sizes
     levels: int = 5  # pyramid levels at most
@@ -264,12 +267,15 @@ class SwapCompositor:
         blend, clip = self.masks((h, w), points, (0, 0))
         if s.mouth_from_user and mesh.mouth_opening(points) > 0.02:
             k = 2 * max(1, int(size * 0.03)) + 1
-            # Only the mouth's box (the hole's blur reaches k/2 past it): the rest keeps 1.
-            bx0, by0, bx1, by1 = _box(points[mesh.INNER_LIP], k, (h, w))
+            # Only the mouth's box (the hole's blur and growth reach past it): the rest keeps 1.
+            bx0, by0, bx1, by1 = _box(points[mesh.INNER_LIP], k + int(s.mouth_grow * size) + 1, (h, w))
             if bx1 > bx0 and by1 > by0:
                 hole = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
                 lips = np.round((points[mesh.INNER_LIP] - (bx0, by0)) * 4).astype(np.int32)
                 cv2.fillPoly(hole, [lips], 255, cv2.LINE_AA, 2)
+                if s.mouth_grow > 0.0:
+                    grow = max(1, int(round(s.mouth_grow * size)))
+                    cv2.polylines(hole, [lips], True, 255, grow, cv2.LINE_AA, 2)
                 keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
                 blend[by0:by1, bx0:bx1] *= keep
                 # after the pyramid too, or its coarse bands would fill the mouth with skin

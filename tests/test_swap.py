@@ -163,6 +163,29 @@ def test_an_open_mouth_shows_the_users_own_mouth(builtin_avatar, user):
     assert covered[mouth].mean() > 150
 
 
+def test_a_barely_open_mouth_still_shows_the_users_lip_line(user):
+    """A thin opening (0.03 face sizes): the user's inner lip line shows, not the avatar's skin
+    feathered over it (mediapipe and people read the mouth from that line)."""
+    _, landmarks = user
+    points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20
+    inner = points[mesh.INNER_LIP, 1]
+    points[mesh.INNER_LIP, 1] = inner.mean() + (inner - inner.mean()) * 0.25  # nearly closed
+    assert 0.02 < mesh.mouth_opening(points) < 0.04
+    h, w = (points.max(axis=0) + 20).astype(int)[::-1]
+    background = np.full((h, w, 3), 30, np.uint8)  # the user: a dark mouth
+    patch = np.full((h, w, 3), 200, np.uint8)  # the avatar: skin everywhere
+    line = np.zeros((h, w), np.uint8)
+    cv2.polylines(line, [np.round(points[mesh.INNER_LIP]).astype(np.int32)], True, 1, 1)
+    settings = dict(grain=False, detail_gain=(1.0, 1.0), relight_gain=(1.0, 1.0))
+
+    def lip_line(**extra) -> float:
+        compositor = SwapCompositor(SwapSettings(**settings, **extra))
+        return float(compositor.composite(background, patch, (0, 0), points)[line > 0].mean())
+
+    assert lip_line(mouth_grow=0.0) > 45  # the premise: the feathered hole lets skin in
+    assert lip_line() < 40
+
+
 @needs_media
 def test_an_open_mouth_avatar_closes_without_mouth_colour_on_the_chin():
     from realtime.analysis import read_frames

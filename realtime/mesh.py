@@ -31,6 +31,8 @@ RIGHT_EYE_OUTER, RIGHT_EYE_INNER, LEFT_EYE_INNER, LEFT_EYE_OUTER = 33, 133, 362,
 RIGHT_UPPER_LID, RIGHT_LOWER_LID, LEFT_UPPER_LID, LEFT_LOWER_LID = 159, 145, 386, 374
 MOUTH_RIGHT_CORNER, MOUTH_LEFT_CORNER = 78, 308
 NOSE_BOTTOM = 2
+NOSE_TIP = 1
+RIGHT_CHEEK_OUTER, LEFT_CHEEK_OUTER = 234, 454
 
 # Points that barely move with expression: used to estimate head pose.
 RIGID = [1, 4, 5, 6, 168, 197, 195, 10, 151, 9, 8, 33, 263, 133, 362, 234, 454, 127, 356, 93, 323, 132, 361]
@@ -115,6 +117,14 @@ def with_mouth_centre(landmarks: np.ndarray) -> np.ndarray:
 def face_size(landmarks: np.ndarray) -> float:
     """Outer eye-corner distance: a scale that expression barely changes."""
     return float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2])) + 1e-6
+
+
+def turned(landmarks: np.ndarray) -> float:
+    """How far the face is turned to one side: where the nose tip sits between the cheeks'
+    outer points, 0 midway (facing the camera) to 1 at either (about a profile) or beyond."""
+    left, right = landmarks[RIGHT_CHEEK_OUTER, 0], landmarks[LEFT_CHEEK_OUTER, 0]
+    nose = landmarks[NOSE_TIP, 0]
+    return float(abs(2.0 * (nose - left) / (right - left + 1e-6) - 1.0))
 
 
 def landmark_distance(landmarks: np.ndarray, reference: np.ndarray) -> float:

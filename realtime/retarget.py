@@ -10,6 +10,7 @@ where the user's is instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -19,6 +20,8 @@ import numpy as np
 from realtime import mesh
 from realtime.frames import FaceTrack, Mode, Target
 from realtime.stages import Stage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -332,6 +335,8 @@ class Retargeter(Stage):
 # to the first of LIPS_KEPT's distances from them (face sizes), moved fully from the second,
 # because the user's own open mouth shows through the swap there.
 SWAP_SHAPE = 0.7
+# An avatar turned further than this (mesh.turned) gets a warning in swap mode.
+TURNED_WARNING = 0.6
 LIPS_KEPT = (0.05, 0.3)
 # Landmarks swap mode may move: all but the face outline.
 _INSIDE_OVAL = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), mesh.face_oval())
@@ -383,6 +388,11 @@ class SwapTargeter(Stage):
             lo, hi = LIPS_KEPT
             weight = np.clip((from_lips / mesh.face_size(face) - lo) / (hi - lo), 0.0, 1.0)
             self._lips_of, self._lips_weight = self.retargeter, weight[:, None]
+            if mesh.turned(face) > TURNED_WARNING:
+                logger.warning(
+                    "swap: the avatar's face is turned to one side; a 2-D warp stretches its far side "
+                    "(hair, background) across yours; a photo facing the camera swaps best"
+                )
         return self._lips_weight
 
     def process(self, track: FaceTrack) -> Target | None:

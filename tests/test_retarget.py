@@ -7,6 +7,7 @@ from realtime import expression, mesh
 from realtime.frames import FaceTrack, Frame
 from realtime.retarget import Retargeter, RetargetLimits
 from realtime.tracking import find_face
+from tests.conftest import MEDIA
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +274,23 @@ def test_swap_takes_the_avatars_proportions_inside_the_users_jaw_and_keeps_the_u
     opened_user = mesh.mouth_opening(talking) - mesh.mouth_opening(user)
     assert mesh.mouth_opening(moved) - mesh.mouth_opening(rest) == pytest.approx(opened_user, rel=0.15)
     assert np.all(_lid_gaps(moved) < 0.5 * _lid_gaps(rest))
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
+def test_swap_warns_once_about_an_avatar_turned_to_one_side(faces, caplog):
+    """Girl with a Pearl Earring looks over her shoulder: swap mode stretches her far side, and
+    says so once; a face towards the camera gets no warning."""
+    import cv2
+
+    from realtime.retarget import SwapTargeter
+
+    avatar, user = faces
+    turned = find_face(cv2.imread(str(MEDIA / "avatars" / "liveportrait_s10.jpg"))).astype(np.float64)
+    assert mesh.turned(avatar) < 0.2 and mesh.turned(turned) > 0.6
+    with caplog.at_level("WARNING", logger="realtime.retarget"):
+        SwapTargeter(retargeter=Retargeter(avatar)).process(_track(user))
+        assert not caplog.records
+        swap = SwapTargeter(retargeter=Retargeter(turned))
+        swap.process(_track(user))
+        swap.process(_track(user, 0.033))
+    assert len(caplog.records) == 1 and "turned to one side" in caplog.records[0].getMessage()

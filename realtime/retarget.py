@@ -358,6 +358,7 @@ class SwapTargeter(Stage):
         self.retargeter = retargeter
         self.shape = shape
         self._lips_of: Retargeter | None = None
+        self._checked_turn: Retargeter | None = None
         self._lips_weight = np.zeros((len(_INSIDE_OVAL), 1))
         self._last: Target | None = None
         self._last_seen: float | None = None
@@ -388,16 +389,23 @@ class SwapTargeter(Stage):
             lo, hi = LIPS_KEPT
             weight = np.clip((from_lips / mesh.face_size(face) - lo) / (hi - lo), 0.0, 1.0)
             self._lips_of, self._lips_weight = self.retargeter, weight[:, None]
-            if mesh.turned(face) > TURNED_WARNING:
-                logger.warning(
-                    "swap: the avatar's face is turned to one side; a 2-D warp stretches its far side "
-                    "(hair, background) across yours; a photo facing the camera swaps best"
-                )
         return self._lips_weight
+
+    def _warn_if_turned(self) -> None:
+        """Once per avatar: a face turned to one side cannot be swapped well."""
+        if self.retargeter is None or self._checked_turn is self.retargeter:
+            return
+        self._checked_turn = self.retargeter
+        if mesh.turned(self.retargeter.avatar) > TURNED_WARNING:
+            logger.warning(
+                "swap: the avatar's face is turned to one side; a 2-D warp stretches its far side "
+                "(hair, background) across yours; a photo facing the camera swaps best"
+            )
 
     def process(self, track: FaceTrack) -> Target | None:
         t = track.frame.t_capture
         if track.found:
+            self._warn_if_turned()
             target = Target(
                 frame=track.frame,
                 landmarks=mesh.with_mouth_centre(self.landmarks(track.landmarks)).astype(np.float32),

@@ -397,7 +397,8 @@ class SwapCompositor:
         # An avatar darker than the user: its features' colour (brown lids, red lips) is its
         # skin's, not the light's, and brightened with it came out purple and lipstick-red. Their
         # darkness is kept, their hue moves to the user's skin's, the more the darker the avatar.
-        keep_hue = min(1.0, float((ratio @ luma * weight).sum() / float(weight.sum())) ** -1)
+        brighter = float((ratio @ luma * weight).sum() / float(weight.sum()))
+        keep_hue = min(1.0, 1.0 / max(brighter, 1e-3))
         if keep_hue < 0.99:
             return self._relit_in_user_hue(front, low_avatar, ratio, gain, keep_hue, size_full)
         offset = (low_avatar + 1.0) * (ratio - gain)

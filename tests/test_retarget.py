@@ -293,4 +293,6 @@ def test_swap_warns_once_about_an_avatar_turned_to_one_side(faces, caplog):
         swap = SwapTargeter(retargeter=Retargeter(turned))
         swap.process(_track(user))
         swap.process(_track(user, 0.033))
-    assert len(caplog.records) == 1 and "turned to one side" in caplog.records[0].getMessage()
+        assert len(caplog.records) == 1 and "turned to one side" in caplog.records[0].getMessage()
+        SwapTargeter(retargeter=Retargeter(turned), shape=0.0).process(_track(user))  # shape off too
+    assert len(caplog.records) == 2

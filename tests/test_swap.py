@@ -164,7 +164,7 @@ def test_an_open_mouth_shows_the_users_own_mouth(builtin_avatar, user):
 
 
 def test_a_barely_open_mouth_still_shows_the_users_lip_line(user):
-    """A thin opening (0.03 face sizes): the user's inner lip line shows, not the avatar's skin
+    """A thin opening (about 0.02 face sizes): the user's inner lip line shows, not the avatar's skin
     feathered over it (mediapipe and people read the mouth from that line)."""
     _, landmarks = user
     points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20

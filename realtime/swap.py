@@ -68,6 +68,7 @@ DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this 
 EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
 TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
 CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G, R
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -115,7 +116,7 @@ def _area_down(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _typical(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     """1 where the luma is within TYPICAL of its local (mask-normalised, ``sigma``) mean, fading
     to 0 beyond: spots and rims stand out from their surroundings, shading does not."""
-    luma = image @ np.array([0.114, 0.587, 0.299], np.float32)
+    luma = image @ LUMA_BGR
     local = cv2.GaussianBlur(luma * weight, (0, 0), sigma) / np.maximum(
         cv2.GaussianBlur(weight, (0, 0), sigma), 1e-4
     )
@@ -379,7 +380,7 @@ class SwapCompositor:
         coarse = (_box_mean(small_user, weight, coarse_sigma) + 1.0) / (
             _box_mean(small_avatar, weight, coarse_sigma) + 1.0
         )
-        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        luma = LUMA_BGR
         local = np.clip((fine @ luma) / np.maximum(coarse @ luma, 1e-3), *LOCAL_SHADING)
         ratio = np.clip(coarse * local[..., None], *s.relight_gain)
         # Light scales the avatar's detail; a skin tone far from the user's is not light, so
@@ -418,10 +419,11 @@ class SwapCompositor:
         """The user's low frequencies plus the avatar's detail scaled by ``gain`` (as
         ``front * gain + offset``), with only ``keep_hue`` of the detail's own colour: the rest
         of it is its brightness in the hue of the user's skin."""
-        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        luma = LUMA_BGR
         avatar_low = cv2.resize(low_avatar, size_full, interpolation=cv2.INTER_LINEAR)
         user_low = cv2.resize((low_avatar + 1.0) * ratio - 1.0, size_full, interpolation=cv2.INTER_LINEAR)
-        detail = front - avatar_low
+        detail = front  # the caller's scratch copy, reused
+        detail -= avatar_low
         detail_luma = (detail @ luma)[..., None]
         hue = user_low / np.maximum((user_low @ luma)[..., None], 1.0)
         detail *= keep_hue
@@ -442,7 +444,7 @@ class SwapCompositor:
         grid = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
         skin = cv2.resize(weight, grid, interpolation=cv2.INTER_LINEAR)
         gain_grid = cv2.resize(gain, grid, interpolation=cv2.INTER_LINEAR)
-        luma = np.array([0.114, 0.587, 0.299], np.float32)
+        luma = LUMA_BGR
         sigma = max(1.0, 0.08 * size * scale)
 
         def texture(image: np.ndarray) -> float:

@@ -121,7 +121,7 @@ def format_table(results: dict[str, dict]) -> str:
         lines.append(
             f"[{name}] frames {s['frames']}  fps {s['fps']:.1f}  capture→sink p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}"
             f"  p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms  deadline misses {s['deadline_misses']}"
-            f" (dropped {s['dropped']}, late {s['late_frames']})  cpu {s['cpu_percent']:.0f}%  peak rss {s['peak_rss_mb']:.0f} MB"
+            f" (dropped {s['dropped']}, {s.get('dropped_in_first_second', 0)} in the first second; late {s['late_frames']})  cpu {s['cpu_percent']:.0f}%  peak rss {s['peak_rss_mb']:.0f} MB"
         )
         if "pipeline" in s:
             frames = s["pipeline"]["frames"]

@@ -220,9 +220,9 @@ class Engine:
         self._drop_after_s = math.inf if self._backpressure else self.budget_s
         self.guards = [SinkGuard(sink, processor.output_size, fps, self.clock) for sink in sinks]
         # A frame replaced in a hand-off never reaches the sink: a deadline miss too.
-        self._captured = LatestSlot(lambda: self.metrics.add_drop("skipped_before_track"))
-        self._tracked = LatestSlot(lambda: self.metrics.add_drop("skipped_before_render"))
-        self._rendered = LatestSlot(lambda: self.metrics.add_drop("skipped_before_sink"))
+        self._captured = LatestSlot(lambda: self.metrics.add_drop("skipped_before_track", self.clock.now()))
+        self._tracked = LatestSlot(lambda: self.metrics.add_drop("skipped_before_render", self.clock.now()))
+        self._rendered = LatestSlot(lambda: self.metrics.add_drop("skipped_before_sink", self.clock.now()))
         self._stop = threading.Event()
         self._errors = OnceLogger(logger)
 
@@ -257,8 +257,9 @@ class Engine:
             self._captured.close()
 
     def _late(self, t_capture: float, where: str) -> bool:
-        if self.clock.now() - t_capture > self._drop_after_s:
-            self.metrics.add_drop(where)
+        now = self.clock.now()
+        if now - t_capture > self._drop_after_s:
+            self.metrics.add_drop(where, now)
             return True
         return False
 
@@ -385,7 +386,7 @@ class Engine:
                 if out is not None and out.t_capture < last.t_capture:
                     # An older frame finishing after a newer one (the pipeline just switched
                     # between serial and parallel) is never shown: time only moves forward.
-                    self.metrics.add_drop("out_of_order")
+                    self.metrics.add_drop("out_of_order", now)
                     out = None
                 if out is not None and self._late(out.t_capture, "late_at_sink"):
                     out = None

@@ -83,6 +83,7 @@ class Metrics:
         self.emit_times = Series()
         self.latency_times = Series()  # emit time of each latency sample (new frames)
         self.dropped: dict[str, int] = defaultdict(int)
+        self.drop_times: list[float] = []  # when each timed drop happened (the engine's clock)
         self.captured = 0
         self.repeats = 0
         self.faces_found = 0
@@ -98,9 +99,11 @@ class Metrics:
         with self._lock:
             self.captured += 1
 
-    def add_drop(self, reason: str) -> None:
+    def add_drop(self, reason: str, t: float | None = None) -> None:
         with self._lock:
             self.dropped[reason] += 1
+            if t is not None:
+                self.drop_times.append(t)
 
     def add_error(self, where: str) -> None:
         with self._lock:
@@ -135,6 +138,9 @@ class Metrics:
                 "repeats": self.repeats,
                 "dropped": int(sum(self.dropped.values())),
                 "dropped_by_reason": dict(self.dropped),
+                # A stream's first second has its own costs (the first detection, first-frame
+                # estimates); drops there and drops later are different problems.
+                "dropped_in_first_second": sum(1 for t in self.drop_times if t - (self.t_start or t) < 1.0),
                 "errors": dict(self.errors),
                 "duration_s": round(duration, 3),
                 "fps": round(frames / duration, 2) if duration > 0 else 0.0,

@@ -96,3 +96,16 @@ def test_metrics_memory_is_bounded_and_ordered():
     assert len(series) == 100 and series.total == 250
     assert np.asarray(series).tolist() == [float(i) for i in range(150, 250)]
     assert series[-1] == 249.0
+
+
+def test_drops_are_told_apart_by_when_they_happen():
+    from realtime.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.t_start = 100.0
+    for t in (100.05, 100.9, 101.2, 107.0):
+        metrics.add_drop("late_at_sink", t)
+    metrics.add_drop("skipped_before_track")  # untimed: counted, but in neither second
+    metrics.t_end = 110.0
+    summary = metrics.summary()
+    assert summary["dropped"] == 5 and summary["dropped_in_first_second"] == 2

@@ -358,6 +358,8 @@ def test_frames_older_than_the_budget_never_reach_the_sink(builtin_avatar, drive
     # first or the run ended with it in flight.
     late = summary["dropped_by_reason"].get("late_at_sink", 0)
     assert late > 0 and summary["dropped"] >= late
+    # every drop is timed: the slow frames of the first second, and those after it
+    assert 0 < summary["dropped_in_first_second"] < summary["dropped"], summary
     assert late + summary["overwritten"]["render"] + 1 >= len(slow.slow_indexes), summary
     # The sink kept its pace with repeats while frames were dropped.
     assert summary["repeats"] > 0

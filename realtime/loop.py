@@ -166,9 +166,10 @@ class SinkGuard:
 PIPELINES = ("auto", "serial", "parallel")
 # auto: serial while track+render take under this share of a frame interval (a frame that
 # fits is done before the next is due, so overlapping would only add contention), and back
-# to serial once they fall below the lower share (overlapped stages measure slower).
+# to serial once they fall below the lower share (overlapped stages measure slower; at 0.6,
+# swap mode, 22-25 ms a frame overlapped, stayed parallel all run after a slow first frame).
 SERIAL_UP_TO = 0.95
-SERIAL_BACK_BELOW = 0.6
+SERIAL_BACK_BELOW = 0.75
 
 
 class Engine:
@@ -199,6 +200,7 @@ class Engine:
         self.pipeline = pipeline
         self._serial_now = pipeline != "parallel"
         self._work_ms = {"track": 0.0, "render": 0.0}  # smoothed cost per frame
+        self._work_n = {"track": 0, "render": 0}
         self.frames_by_pipeline = {"serial": 0, "parallel": 0}
         # An unpaced file is read as fast as the pipeline takes frames, not faster: decoding
         # frames only to skip them would steal the CPU the pipeline needs. Cameras and paced
@@ -295,8 +297,11 @@ class Engine:
                 self._rendered.close()
 
     def _smooth(self, stage: str, ms: float) -> None:
-        previous = self._work_ms[stage]
-        self._work_ms[stage] = ms if previous == 0.0 else 0.9 * previous + 0.1 * ms
+        # A plain mean over the first ten frames, then an exponential one: seeded with the
+        # stream's slow first frame alone, it switched every stream to parallel at once.
+        self._work_n[stage] += 1
+        weight = max(0.1, 1.0 / self._work_n[stage])
+        self._work_ms[stage] += weight * (ms - self._work_ms[stage])
 
     def _render_here(self) -> bool:
         """Whether the track thread renders this frame itself (serial) or hands it on."""

@@ -402,6 +402,24 @@ def test_auto_pipeline_overlaps_stages_when_rendering_outgrows_the_interval(
     assert all(a < b for a, b in pairwise(captures))
 
 
+def test_a_slow_first_frame_does_not_keep_the_pipeline_parallel(
+    builtin_avatar, driver_frames, make_processor
+):
+    # The first render takes 150 ms more (a stream's first frame is its slowest). The engine may
+    # overlap stages for a moment, but frames fit again at once (10 fps: 100 ms each), so it
+    # soon renders serially: a cost average seeded by that one frame took ~10 frames to forget it.
+    base = warps(builtin_avatar)
+    slow = SlowGenerator(base.by_mode["reenact"], every=10**6, delay_s=0.15)
+    processor = make_processor(
+        builtin_avatar, Generators(by_mode={"reenact": slow}, fallback=base.fallback), live=True
+    )
+    engine = Engine(FramesSource(driver_frames, fps=10.0), processor, [RecordingSink()], fps=10.0)
+    summary = engine.run(seconds=3.0)
+    frames = summary["pipeline"]["frames"]
+    assert slow.slow_indexes == {0}
+    assert frames["parallel"] <= 5 and frames["serial"] >= 18, frames
+
+
 def test_unpaced_sources_always_run_in_parallel(builtin_avatar, driver_frames, make_processor):
     processor = make_processor(builtin_avatar, live=True)
     engine = Engine(FramesSource(driver_frames, paced=False), processor, [RecordingSink()], fps=FPS)

@@ -170,6 +170,9 @@ PIPELINES = ("auto", "serial", "parallel")
 # swap mode, 22-25 ms a frame overlapped, stayed parallel all run after a slow first frame).
 SERIAL_UP_TO = 0.95
 SERIAL_BACK_BELOW = 0.75
+# ... and never before this many frames: a stream's first frames are its slowest (the first
+# detection, the first estimates), and overlapping them only added contention.
+SERIAL_FIRST_FRAMES = 30
 
 
 class Engine:
@@ -312,7 +315,8 @@ class Engine:
         work = self._work_ms["track"] + self._work_ms["render"]
         interval_ms = 1000.0 / self.fps
         # Hysteresis: overlapped stages measure slower, so switching back needs a margin.
-        if self._serial_now and work > SERIAL_UP_TO * interval_ms:
+        settled = self._work_n["render"] >= SERIAL_FIRST_FRAMES
+        if self._serial_now and settled and work > SERIAL_UP_TO * interval_ms:
             self._serial_now = False
             logger.info("pipeline: parallel (track+render %.1f ms per frame)", work)
         elif not self._serial_now and work < SERIAL_BACK_BELOW * interval_ms:

@@ -170,9 +170,9 @@ PIPELINES = ("auto", "serial", "parallel")
 # swap mode, 22-25 ms a frame overlapped, stayed parallel all run after a slow first frame).
 SERIAL_UP_TO = 0.95
 SERIAL_BACK_BELOW = 0.75
-# ... and never before this many frames: a stream's first frames are its slowest (the first
-# detection, the first estimates), and overlapping them only added contention.
-SERIAL_FIRST_FRAMES = 30
+# A stream's first frames are its slowest (first detection, first estimates): rendered serially,
+# left out of the cost average (benchmarks/RESULTS.md, "Session 14").
+SERIAL_FIRST_FRAMES = 3
 
 
 class Engine:
@@ -300,11 +300,11 @@ class Engine:
                 self._rendered.close()
 
     def _smooth(self, stage: str, ms: float) -> None:
-        # A plain mean over the first ten frames, then an exponential one: seeded with the
-        # stream's slow first frame alone, it switched every stream to parallel at once.
+        # A plain mean over the first ten frames counted, then an exponential one.
         self._work_n[stage] += 1
-        weight = max(0.1, 1.0 / self._work_n[stage])
-        self._work_ms[stage] += weight * (ms - self._work_ms[stage])
+        counted = self._work_n[stage] - SERIAL_FIRST_FRAMES
+        if counted > 0:
+            self._work_ms[stage] += max(0.1, 1.0 / counted) * (ms - self._work_ms[stage])
 
     def _render_here(self) -> bool:
         """Whether the track thread renders this frame itself (serial) or hands it on."""
@@ -315,7 +315,7 @@ class Engine:
         work = self._work_ms["track"] + self._work_ms["render"]
         interval_ms = 1000.0 / self.fps
         # Hysteresis: overlapped stages measure slower, so switching back needs a margin.
-        settled = self._work_n["render"] >= SERIAL_FIRST_FRAMES
+        settled = self._work_n["render"] > SERIAL_FIRST_FRAMES
         if self._serial_now and settled and work > SERIAL_UP_TO * interval_ms:
             self._serial_now = False
             logger.info("pipeline: parallel (track+render %.1f ms per frame)", work)

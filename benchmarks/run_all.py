@@ -28,6 +28,8 @@ DEFAULT_INPUT = HERE.parent.parent / "shared" / "media" / "webcam" / "EAMM_mead_
 SIZES = {"480p": "854x480", "720p": "1280x720", "1080p": "1920x1080"}
 # RESULTS.md from this line on is written by hand; a rerun rewrites only what is above it.
 HAND_WRITTEN = "<!-- Written by hand from here on:"
+# Each input lasts the longest scenario plus this (its start-up), so no run reaches its file's end.
+INPUT_MARGIN_S = 5
 
 
 def bench(name: str, args: list[str]) -> dict:
@@ -176,8 +178,7 @@ def main() -> int:
     t0 = time.time()
     folder = Path(tempfile.mkdtemp(prefix="realtime-bench-"))
     try:
-        # the longest scenario plus its start-up, so no run reaches the end of its file
-        seconds = float(long) + 5.0
+        seconds = float(long) + INPUT_MARGIN_S
         needed = {"720p", "1080p"} if args.swap_only else set(SIZES)
         inputs = {
             label: scaled_input(args.input, size, folder, seconds)
@@ -263,7 +264,7 @@ def run_scenarios(args: argparse.Namespace, inputs: dict[str, str], short: str, 
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}. Input: `{Path(args.input).name}` (30 fps, looped),",
+        f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}. Input: `{Path(args.input).name}` (30 fps, repeated to {int(long) + INPUT_MARGIN_S} s),",
         "transcoded to each scenario's resolution first, as a webcam in that mode would deliver it.",
         f"Command: `python benchmarks/run_all.py` ({time.time() - t0:.0f} s). Avatar: the built-in portrait, reenact mode",
         "(swap mode where the name says so: its face on the input's, with hand occlusion unless noted),",

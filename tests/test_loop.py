@@ -405,9 +405,9 @@ def test_auto_pipeline_overlaps_stages_when_rendering_outgrows_the_interval(
 def test_a_slow_first_frame_does_not_keep_the_pipeline_parallel(
     builtin_avatar, driver_frames, make_processor
 ):
-    # The first render takes 150 ms more (a stream's first frame is its slowest). The engine may
-    # overlap stages for a moment, but frames fit again at once (10 fps: 100 ms each), so it
-    # soon renders serially: a cost average seeded by that one frame took ~10 frames to forget it.
+    # The first render takes 150 ms more (a stream's first frame is its slowest); every later
+    # frame fits (10 fps: 100 ms each), so the stream stays serial. A cost average seeded by that
+    # one frame went parallel and took ~10 frames to forget it.
     base = warps(builtin_avatar)
     slow = SlowGenerator(base.by_mode["reenact"], every=10**6, delay_s=0.15)
     processor = make_processor(

@@ -83,7 +83,9 @@ class Metrics:
         self.emit_times = Series()
         self.latency_times = Series()  # emit time of each latency sample (new frames)
         self.dropped: dict[str, int] = defaultdict(int)
-        self.drop_times: list[float] = []  # when each timed drop happened (the engine's clock)
+        # A stream's first second has its own costs (the first detection, first-frame estimates):
+        # drops there and drops later are different problems.
+        self.dropped_in_first_second = 0
         self.captured = 0
         self.repeats = 0
         self.faces_found = 0
@@ -102,8 +104,9 @@ class Metrics:
     def add_drop(self, reason: str, t: float | None = None) -> None:
         with self._lock:
             self.dropped[reason] += 1
-            if t is not None:
-                self.drop_times.append(t)
+            # ``t``: when, on the clock that set ``t_start``
+            if t is not None and self.t_start is not None and t - self.t_start < 1.0:
+                self.dropped_in_first_second += 1
 
     def add_error(self, where: str) -> None:
         with self._lock:
@@ -138,9 +141,7 @@ class Metrics:
                 "repeats": self.repeats,
                 "dropped": int(sum(self.dropped.values())),
                 "dropped_by_reason": dict(self.dropped),
-                # A stream's first second has its own costs (the first detection, first-frame
-                # estimates); drops there and drops later are different problems.
-                "dropped_in_first_second": sum(1 for t in self.drop_times if t - (self.t_start or t) < 1.0),
+                "dropped_in_first_second": self.dropped_in_first_second,
                 "errors": dict(self.errors),
                 "duration_s": round(duration, 3),
                 "fps": round(frames / duration, 2) if duration > 0 else 0.0,

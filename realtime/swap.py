@@ -268,14 +268,14 @@ class SwapCompositor:
         blend, clip = self.masks((h, w), points, (0, 0))
         if s.mouth_from_user and mesh.mouth_opening(points) > 0.02:
             k = 2 * max(1, int(size * 0.03)) + 1
+            grow = max(1, int(round(s.mouth_grow * size))) if s.mouth_grow > 0.0 else 0
             # Only the mouth's box (the hole's blur and growth reach past it): the rest keeps 1.
-            bx0, by0, bx1, by1 = _box(points[mesh.INNER_LIP], k + int(s.mouth_grow * size) + 1, (h, w))
+            bx0, by0, bx1, by1 = _box(points[mesh.INNER_LIP], k + grow + 1, (h, w))
             if bx1 > bx0 and by1 > by0:
                 hole = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
                 lips = np.round((points[mesh.INNER_LIP] - (bx0, by0)) * 4).astype(np.int32)
                 cv2.fillPoly(hole, [lips], 255, cv2.LINE_AA, 2)
-                if s.mouth_grow > 0.0:
-                    grow = max(1, int(round(s.mouth_grow * size)))
+                if grow:
                     cv2.polylines(hole, [lips], True, 255, grow, cv2.LINE_AA, 2)
                 keep = 1.0 - cv2.GaussianBlur(hole, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
                 blend[by0:by1, bx0:bx1] *= keep
@@ -422,14 +422,16 @@ class SwapCompositor:
         luma = LUMA_BGR
         avatar_low = cv2.resize(low_avatar, size_full, interpolation=cv2.INTER_LINEAR)
         user_low = cv2.resize((low_avatar + 1.0) * ratio - 1.0, size_full, interpolation=cv2.INTER_LINEAR)
-        detail = front  # the caller's scratch copy, reused
+        detail = front  # the caller's scratch copy, reused, as are the temporaries below
         detail -= avatar_low
-        detail_luma = (detail @ luma)[..., None]
-        hue = user_low / np.maximum((user_low @ luma)[..., None], 1.0)
+        grey = avatar_low  # the detail's luma, in the user's hue, scaled by 1 - keep_hue
+        np.divide(user_low, np.maximum((user_low @ luma)[..., None], 1.0), out=grey)
+        grey *= (detail @ luma)[..., None] * np.float32(1.0 - keep_hue)
         detail *= keep_hue
-        detail += (1.0 - keep_hue) * detail_luma * hue
+        detail += grey
         detail *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
-        return user_low + detail
+        detail += user_low
+        return detail
 
     def _update_contrast_cap(
         self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float

@@ -150,6 +150,12 @@ class HandOccluder(Stage):
             self._starting = threading.Thread(target=self.open, name="hands-start", daemon=True)
             self._starting.start()
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` for a background start to finish; whether the model is ready."""
+        if self._starting is not None:
+            self._starting.join(timeout_s)
+        return self.ready
+
     @property
     def ready(self) -> bool:
         if not self.isolated:
@@ -175,8 +181,10 @@ class HandOccluder(Stage):
         return self
 
     def close(self) -> None:
-        if self._starting is not None and self._starting.is_alive():
-            self._starting.join()
+        # A start that fails closes from its own thread, which cannot wait for itself.
+        starting = self._starting
+        if starting is not None and starting.is_alive() and starting is not threading.current_thread():
+            starting.join()
         self._starting = None
         if self._worker is not None:
             self._worker.close()

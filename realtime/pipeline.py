@@ -30,6 +30,9 @@ from realtime.steady import CoveredHold
 
 logger = logging.getLogger(__name__)
 
+# How long opening waits for the hand model's process, which loads in 1-3 s.
+HANDS_START_WAIT_S = 15.0
+
 
 class OnceLogger:
     """Log an error the first time per key, then only count it."""
@@ -86,6 +89,11 @@ class FrameProcessor(Stage):
             opened.enter_context(self.tracker)
             self.generators.open()
             opened.pop_all()
+        if self.occlusion is not None:
+            # A hand model still loading takes a core from the stream's first frames, which then
+            # miss their deadline on two cores; past the wait, the stream starts without it.
+            if not self.occlusion.wait_ready(HANDS_START_WAIT_S):
+                logger.info("the hand model is not ready: the stream starts without hand occlusion")
         return self
 
     def close(self) -> None:

@@ -326,3 +326,35 @@ def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
     assert opened[eyes].mean() > 150
     assert results[True][eyes].mean() < 60
     assert results[False][eyes].mean() > 150
+
+
+def test_a_live_swap_processor_opens_with_its_hand_model_loaded():
+    """The hand model loads while the rest opens, and the stream starts once it is ready: loading
+    it during the first frames took a core from them (deadline misses in the first second)."""
+    from realtime.session import PipelineConfig, make_processor
+
+    processor = make_processor(PipelineConfig(mode=Mode.SWAP), (640, 480), live=True)
+    try:
+        assert processor.occlusion is not None
+        processor.open()
+        assert processor.occlusion.ready
+    finally:
+        processor.close()
+
+
+def test_a_hand_model_that_fails_to_start_leaves_the_stream_without_occlusion_and_no_error(monkeypatch):
+    import threading
+
+    from realtime.occlusion import HandOccluder
+
+    raised: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    occluder = HandOccluder(isolated=True, complexity=7)  # mediapipe has no such model
+    try:
+        occluder.start()
+        assert not occluder.wait_ready(60.0)
+        occluder.update(np.zeros((64, 64, 3), np.uint8), np.zeros((478, 3)), 0.0)  # no second start
+        assert occluder._starting is None or not occluder._starting.is_alive()
+    finally:
+        occluder.close()
+    assert raised == []

@@ -26,6 +26,9 @@ from realtime.tracking import FaceTracker
 logger = logging.getLogger(__name__)
 
 CROP = CropSpec(size=256, face_scale=0.30)
+# A frame whose eye opening is below this share of the clip's median is a blink. In a clip
+# without one, blink r only correlates the tracker's jitter on open eyes.
+BLINK_BELOW = 0.5
 
 
 def _region_mask(points: np.ndarray, loops: list[list[int]], size: int, grow: int) -> np.ndarray:
@@ -50,6 +53,7 @@ class ClipScore:
     blink_r: float
     flicker: float  # mean |Δoutput − Δreal| per pixel between consecutive crops, 0..1
     face_found: float
+    driver_blinks: int = 0  # frames where the driver's eyes are closed (``BLINK_BELOW``)
     samples: list = field(default_factory=list, repr=False)
 
 
@@ -67,7 +71,12 @@ def evaluate_clip(
     still = frames[0] if avatar_image is None else avatar_image
     avatar = make_avatar(still, (frames[0].shape[1], frames[0].shape[0]), path)
     processor = offline_processor(avatar, generator, providers)
-    judge = FaceTracker(smoothing=False, track_width=0)
+    # Two judges: mediapipe follows a face from frame to frame, so one judge reading real and
+    # output frames in turn would let each generator's output move the real frames' landmarks.
+    judge, judge_out = (
+        FaceTracker(smoothing=False, track_width=0),
+        FaceTracker(smoothing=False, track_width=0),
+    )
     rows: dict[str, list[float]] = {
         k: [] for k in ("l1", "psnr", "ssim", "mouth", "lips", "eyes", "lm", "flicker")
     }
@@ -103,7 +112,7 @@ def evaluate_clip(
         if previous is not None:
             rows["flicker"].append(float(np.abs((b - previous[1]) - (a - previous[0])).mean()))
         previous = (a, b)
-        out_faces = judge.detect(out)
+        out_faces = judge_out.detect(out)
         mouth_real.append(mesh.mouth_opening(real_lm))
         eyes_real.append(mesh.eye_opening(real_lm))
         if out_faces:
@@ -118,8 +127,10 @@ def evaluate_clip(
         if index % max(1, len(frames) // 4) == len(frames) // 8:
             samples.append((crop_real, crop_out))
     judge.close()
+    judge_out.close()
     processor.close()
     n = len(rows["l1"])
+    eyes_driver = np.array(eyes_real)
     return ClipScore(
         clip=os.path.basename(path),
         frames=n,
@@ -134,6 +145,7 @@ def evaluate_clip(
         blink_r=pearson(np.array(eyes_real), np.array(eyes_out)),
         flicker=float(np.mean(rows["flicker"])) if rows["flicker"] else float("nan"),
         face_found=found / max(1, n),
+        driver_blinks=int((eyes_driver < BLINK_BELOW * np.median(eyes_driver)).sum()) if n else 0,
         samples=samples,
     )
 
@@ -155,8 +167,11 @@ SCORES = [
 
 
 def summarise(scores: list[ClipScore]) -> dict:
+    """Means over clips, and ``blink_r_blinking``: blink r over the clips whose driver blinks."""
     keys = SCORES
     mean = {k: round(float(np.nanmean([getattr(s, k) for s in scores])), 4) for k in keys}
+    blinking = [s.blink_r for s in scores if s.driver_blinks > 0 and np.isfinite(s.blink_r)]
+    mean["blink_r_blinking"] = round(float(np.mean(blinking)), 4) if blinking else float("nan")
     per_clip = [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(s).items() if k != "samples"}
         for s in scores
@@ -191,7 +206,7 @@ def contact_sheet(results: dict[str, list[ClipScore]], path: str, thumb: int = 1
 
 
 def format_table(results: dict[str, dict]) -> str:
-    cols = SCORES
+    cols = [*SCORES, "blink_r_blinking"]
     lines = ["| generator | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, summary in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{summary['mean'][c]:.4f}" for c in cols) + " |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from tests.conftest import media
 
@@ -23,3 +24,9 @@ def test_self_reenactment_scores_follow_the_real_clip():
     assert math.isfinite(score.flicker) and len(score.samples) >= 3
     table = format_table({"warp": summarise([score])})
     assert table.count("\n") == 2 and "| warp |" in table
+    # This speaker never blinks in these frames, so her blink r is not counted among the blinking.
+    assert score.driver_blinks == 0
+    assert math.isnan(summarise([score])["mean"]["blink_r_blinking"])
+    blinking = replace(score, clip="blinks", driver_blinks=6, blink_r=0.9)
+    mean = summarise([score, blinking])["mean"]
+    assert mean["blink_r_blinking"] == 0.9 and mean["blink_r"] == round((score.blink_r + 0.9) / 2, 4)

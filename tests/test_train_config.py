@@ -63,6 +63,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--init": "init",
         "--mouth-boost": "mouth_boost",
         "--eye-boost": "eye_boost",
+        "--blink-boost": "blink_boost",
         "--retargeted": "retargeted",
         "--flow": "flow",
         "--driver": "driver",

@@ -186,6 +186,10 @@ class RefinerConfig:
     w_l1: float = 10.0
     mouth_boost: float = flag(1.0, "multiplies the mouth's weight in the loss")
     eye_boost: float = flag(1.0, "multiplies the eyes' weight in the loss")
+    # Blinks are a few percent of the frames, and a refiner that rarely sees one leaves lids half open.
+    blink_boost: float = flag(
+        0.0, "training targets whose eyes close are drawn up to 1 + this many times as often"
+    )
     w_lap: float = 5.0
     w_temporal: float = 5.0
     w_adv: float = 0.1

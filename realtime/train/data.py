@@ -327,6 +327,15 @@ def _change(clip: ClipCache, a: int, b: int) -> float:
     )
 
 
+def eye_closure(clip: ClipCache, starts: list[int]) -> np.ndarray:
+    """How far the eyes of each pair (frames k, k+1) close, against the clip's median opening:
+    0 open as usual, 1 shut."""
+    opening = np.array([mesh.eye_opening(lm) for lm in clip.landmarks])
+    usual = max(float(np.median(opening)), 1e-6)
+    least = np.array([min(opening[k], opening[k + 1]) for k in starts])
+    return np.clip((usual - least) / usual, 0.0, 1.0)
+
+
 def make_pairs(
     cache_path: str | Path,
     count: int,
@@ -334,22 +343,26 @@ def make_pairs(
     seed: int,
     retargeted: float = 0.0,
     motion: bool = False,
+    blink_boost: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """``count`` examples of (target j, target j+1) from one clip, with a shared source frame;
     a ``retargeted`` share of them aims at the retargeter's landmarks instead of the real ones.
     With ``motion``, the first frame of each pair has motion targets (``make_sample``).
 
     Sources are drawn with a preference for big mouth/eye changes, which is where the
-    warp fails and the refiner must learn.
+    warp fails and the refiner must learn. Targets are drawn evenly, or with ``blink_boost``
+    up to 1 + ``blink_boost`` times as often where the eyes close (``eye_closure``).
     """
     rng = np.random.default_rng(seed)
     clip = ClipCache.load(cache_path)
     consecutive = clip.consecutive()
+    target_p = 1.0 + blink_boost * eye_closure(clip, consecutive)
+    target_p /= target_p.sum()
     neutral = driver_neutral(clip) if retargeted > 0 else None
     optical_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if motion else None
     out: dict[str, list[np.ndarray]] = {}
     for _ in range(count):
-        j = int(rng.choice(consecutive))
+        j = int(rng.choice(consecutive, p=target_p))
         candidates = np.array(
             [
                 k
@@ -390,10 +403,14 @@ def make_dataset(
     retargeted: float = 0.0,
     motion: bool = False,
     driver_swap: float = 0.0,
+    blink_boost: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Pairs from many clips, in parallel processes when ``workers`` > 1; a ``driver_swap``
     share of them with another clip's openings (``swap_drivers``)."""
-    jobs = [(str(path), per_clip, spec, seed + k, retargeted, motion) for k, path in enumerate(caches)]
+    jobs = [
+        (str(path), per_clip, spec, seed + k, retargeted, motion, blink_boost)
+        for k, path in enumerate(caches)
+    ]
     if workers > 1:
         import multiprocessing as mp
 

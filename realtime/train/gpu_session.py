@@ -93,6 +93,7 @@ RECIPE_FLAGS = (
     "darken_only",
     "dark_centre",
     "eye_boost",
+    "blink_boost",
     "perfect_warp",
     "mouth_boost",
     "lr",

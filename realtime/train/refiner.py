@@ -339,6 +339,7 @@ def load_data(cfg: Config, out: Path) -> Data:
         cfg.retargeted,
         motion,
         cfg.driver_swap if cfg.driver else 0.0,
+        cfg.blink_boost,
     )
     val_pairs = make_dataset(
         val, cfg.val_pairs_per_clip, spec, cfg.seed + 10_000, cfg.workers, cfg.retargeted

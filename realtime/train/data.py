@@ -356,8 +356,10 @@ def make_pairs(
     rng = np.random.default_rng(seed)
     clip = ClipCache.load(cache_path)
     consecutive = clip.consecutive()
-    target_p = 1.0 + blink_boost * eye_closure(clip, consecutive)
-    target_p /= target_p.sum()
+    target_p = None  # even (and the same draws as before the boost existed)
+    if blink_boost > 0:
+        target_p = 1.0 + blink_boost * eye_closure(clip, consecutive)
+        target_p /= target_p.sum()
     neutral = driver_neutral(clip) if retargeted > 0 else None
     optical_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if motion else None
     out: dict[str, list[np.ndarray]] = {}

@@ -834,3 +834,20 @@ def test_a_dark_centre_mouth_brightens_only_at_the_rim_of_the_opening(
         OnnxRefinerGenerator(str(path), warp)
     with pytest.raises(SystemExit, match="choose one"):  # training refuses it too, before any data
         train(tiny_config([], layout="regions", darken_only="mouth", dark_centre="mouth"), tmp_path / "run")
+
+
+def test_blink_boost_draws_the_frames_of_a_real_blink_more_often(tmp_path):
+    from realtime.train.data import ClipCache, build_clip_cache, eye_closure, target_odds
+    from tests.conftest import media
+
+    clip = ClipCache.load(build_clip_cache(media("clips/liveportrait_d9.mp4"), tmp_path, pairs=60))
+    starts = clip.consecutive()
+    closure = eye_closure(clip, starts)
+    blinking = closure > 0.5
+    assert 0 < blinking.sum() < 0.2 * len(starts)  # the premise: a few pairs catch a blink
+    assert target_odds(clip, starts, 0.0) is None
+    odds = target_odds(clip, starts, 6.0)
+    assert odds is not None and abs(odds.sum() - 1.0) < 1e-9
+    share = odds[blinking].sum()
+    assert share > 2.5 * blinking.mean()  # 17 % of the pairs, drawn 48 % of the time
+    assert odds[blinking].min() > odds[closure < 0.1].max()

@@ -336,6 +336,15 @@ def eye_closure(clip: ClipCache, starts: list[int]) -> np.ndarray:
     return np.clip((usual - least) / usual, 0.0, 1.0)
 
 
+def target_odds(clip: ClipCache, starts: list[int], blink_boost: float) -> np.ndarray | None:
+    """How likely each pair (frames k, k+1) is drawn as a target: None for evenly (the draws
+    made before the boost existed), else up to 1 + ``blink_boost`` times as likely where the eyes close."""
+    if blink_boost <= 0:
+        return None
+    odds = 1.0 + blink_boost * eye_closure(clip, starts)
+    return odds / odds.sum()
+
+
 def make_pairs(
     cache_path: str | Path,
     count: int,
@@ -356,10 +365,7 @@ def make_pairs(
     rng = np.random.default_rng(seed)
     clip = ClipCache.load(cache_path)
     consecutive = clip.consecutive()
-    target_p = None  # even (and the same draws as before the boost existed)
-    if blink_boost > 0:
-        target_p = 1.0 + blink_boost * eye_closure(clip, consecutive)
-        target_p /= target_p.sum()
+    target_p = target_odds(clip, consecutive, blink_boost)
     neutral = driver_neutral(clip) if retargeted > 0 else None
     optical_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if motion else None
     out: dict[str, list[np.ndarray]] = {}

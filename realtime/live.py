@@ -23,6 +23,7 @@ from realtime.errors import UserError, one_line
 from realtime.frames import FaceTrack, Frame, Mode, Output
 from realtime.generators.registry import Generators, build_generators, default_generator, shipped_models
 from realtime.metrics import Metrics
+from realtime.occlusion import HandOccluder
 from realtime.pipeline import FrameProcessor
 from realtime.retarget import Retargeter, RetargetLimits
 from realtime.stages import Stage, Tracker
@@ -289,10 +290,18 @@ class LiveProcessor(FrameProcessor):
         controls: Controls,
         metrics: Metrics,
         output_size: tuple[int, int],
+        occlusion: HandOccluder | None = None,
     ) -> None:
         first = library.first
         super().__init__(
-            first.avatar, first.generators, tracker, controls, metrics, output_size, limits=library.limits
+            first.avatar,
+            first.generators,
+            tracker,
+            controls,
+            metrics,
+            output_size,
+            limits=library.limits,
+            occlusion=occlusion,
         )
         self.library = library
         self._wanted: int | None = None  # an avatar asked for before it was ready
@@ -305,9 +314,11 @@ class LiveProcessor(FrameProcessor):
     def open(self) -> LiveProcessor:
         self.tracker.open()
         self.library.open()
+        self._wait_for_hands()
         return self
 
     def close(self) -> None:
+        self._close_helpers()
         self.library.close()
         self.tracker.close()
 
@@ -400,9 +411,11 @@ def make_live_processor(
     driver_size: tuple[int, int] | None = None,
     live: bool = True,
     own_refiners: bool = False,
+    occlusion: bool = True,
 ) -> LiveProcessor:
     """The live processor for ``--avatar`` (files, folders), prepared as ``make_processor`` would;
-    ``own_refiners``: enrolled avatars draw with their own refiner."""
+    ``own_refiners``: enrolled avatars draw with their own refiner; ``occlusion``: in swap mode,
+    hands in front of the face stay in front."""
     from realtime.tracking import FaceTracker
 
     library = AvatarLibrary(
@@ -411,4 +424,7 @@ def make_live_processor(
     first = library.first
     swap = controls.mode is Mode.SWAP
     size = driver_size if swap and driver_size and not output_size else (output_size or first.avatar.size)
-    return LiveProcessor(library, FaceTracker(isolated=live), controls, Metrics(), size)
+    hands = HandOccluder(isolated=live) if occlusion else None
+    if hands is not None and swap:
+        hands.start()  # loads while the rest opens; a later switch to swap mode starts it then
+    return LiveProcessor(library, FaceTracker(isolated=live), controls, Metrics(), size, occlusion=hands)

@@ -150,6 +150,11 @@ class HandOccluder(Stage):
             self._starting = threading.Thread(target=self.open, name="hands-start", daemon=True)
             self._starting.start()
 
+    @property
+    def loading(self) -> bool:
+        """Whether a background start (``start``) is still under way."""
+        return self._starting is not None and self._starting.is_alive()
+
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait at most ``timeout_s`` for a background start to finish; whether the model is ready."""
         if self._starting is not None:

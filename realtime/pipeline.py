@@ -89,21 +89,28 @@ class FrameProcessor(Stage):
             opened.enter_context(self.tracker)
             self.generators.open()
             opened.pop_all()
-        if self.occlusion is not None:
-            # A hand model still loading takes a core from the stream's first frames, which then
-            # miss their deadline on two cores; past the wait, the stream starts without it.
-            if not self.occlusion.wait_ready(HANDS_START_WAIT_S):
-                logger.info("the hand model is not ready: the stream starts without hand occlusion")
+        self._wait_for_hands()
         return self
 
+    def _wait_for_hands(self) -> None:
+        # A hand model still loading takes a core from the stream's first frames, which then
+        # miss their deadline on two cores; past the wait, the stream starts without it.
+        hands = self.occlusion
+        if hands is not None and hands.loading and not hands.wait_ready(HANDS_START_WAIT_S):
+            logger.info("the hand model is not ready: the stream starts without hand occlusion")
+
     def close(self) -> None:
+        self._close_helpers()
+        self.generators.close()
+        self.tracker.close()
+
+    def _close_helpers(self) -> None:
+        """The output scaler's thread and the hand model's process."""
         if self._scaler is not None:
             self._scaler.shutdown(wait=True)
             self._scaler = None
         if self.occlusion is not None:
             self.occlusion.close()
-        self.generators.close()
-        self.tracker.close()
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         if (image.shape[1], image.shape[0]) == self.output_size:

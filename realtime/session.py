@@ -164,7 +164,14 @@ def make_live(
     controls.tune(refiner=refiner_on)
     providers = list(config.providers) if config.providers else None
     return make_live_processor(
-        paths, output_size, generator, providers, controls, driver_size, own_refiners=own_refiners
+        paths,
+        output_size,
+        generator,
+        providers,
+        controls,
+        driver_size,
+        own_refiners=own_refiners,
+        occlusion=config.occlusion,
     )
 
 

@@ -277,6 +277,32 @@ def test_a_real_hand_in_front_of_the_face_stays_in_front():
 
 
 @needs_media
+def test_the_live_commands_swap_keeps_a_real_hand_in_front_too():
+    """`realtime run` and `demo` (the live processor, with its avatar switching) keep the hand in
+    front as the offline path does; with --no-occlusion they don't look for hands."""
+    from realtime.controls import Controls
+    from realtime.live import make_live_processor
+
+    clip, hand_pixels, _ = _hand_on_face_clip()
+    avatar = str(MEDIA / "avatars" / "liveportrait_s42.jpg")
+    diffs = {}
+    for occlusion in (True, False):
+        processor = make_live_processor(
+            [avatar], (1280, 720), "warp", None, Controls(mode=Mode.SWAP), live=False, occlusion=occlusion
+        )
+        assert (processor.occlusion is not None) == occlusion
+        try:
+            processor.open()
+            for i, frame in enumerate(clip):
+                out = processor.process(Frame(frame, i, i / 30)).image
+        finally:
+            processor.close()
+        diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
+    assert diffs[False].mean() > 15
+    assert diffs[True].mean() < 4 and np.percentile(diffs[True], 95) < 12
+
+
+@needs_media
 def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
     import time
 

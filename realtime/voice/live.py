@@ -190,8 +190,11 @@ def use_lips(
         processor.tracker,
         MicrophoneMouth(device, model_path),
         mode=lips,
-        # Only auto asks whether a hand covers the mouth (the hand model's own process, <= 10 Hz).
-        occluder=HandOccluder(isolated=True) if lips == "auto" and occlusion else None,
+        # Only auto asks whether a hand covers the mouth (the hand model's own process, <= 10 Hz;
+        # swap mode's, when the processor has one).
+        occluder=(getattr(processor, "occlusion", None) or HandOccluder(isolated=True))
+        if lips == "auto" and occlusion
+        else None,
         idle=IdleMotion(seed),
         neutral_of=lambda: processor.retargeter.neutral,
         camera_delay_s=camera_delay_s,

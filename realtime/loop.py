@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from realtime.controls import Controls
-from realtime.frames import FaceTrack, Output
+from realtime.frames import FaceTrack, Frame, Output
 from realtime.metrics import Metrics
 from realtime.pipeline import FrameProcessor, OnceLogger
 from realtime.stages import Sink, Source
@@ -359,6 +359,7 @@ class Engine:
                 stack.enter_context(guard)
             for guard in self.guards:
                 guard.started = True
+            self._warm_up()
             self._stream(seconds)
         return self.metrics.summary(
             overwritten={
@@ -368,6 +369,26 @@ class Engine:
             },
             pipeline={"mode": self.pipeline, "frames": dict(self.frames_by_pipeline)},
         )
+
+    def _warm_up(self) -> None:
+        """Track and render the source's preview once before the stream's clock starts, outside its
+        metrics: the first detection and the swap compositor's first estimates took the first
+        frames 50-70 ms, and their followers missed the deadline. A source read without pacing
+        has no deadline to protect."""
+        image = self.source.preview() if self.source.paced else None
+        if image is None:
+            return
+        live_metrics = self.processor.metrics
+        self.processor.metrics = Metrics()
+        started = time.perf_counter()
+        try:
+            frame = Frame(image=image, index=-1, t_capture=self.clock.now())
+            self.processor.render(self.processor.track(frame))
+        except Exception as exc:  # the stream reports its own failures; a warm-up only costs time
+            logger.debug("warm-up failed: %s", exc)
+        finally:
+            self.processor.metrics = live_metrics
+        live_metrics.warm_up_ms = (time.perf_counter() - started) * 1000.0
 
     def _stream(self, seconds: float | None) -> None:
         clock = self.clock

@@ -92,6 +92,7 @@ class Metrics:
         self.errors: dict[str, int] = defaultdict(int)
         self.t_start: float | None = None
         self.t_end: float | None = None
+        self.warm_up_ms: float | None = None  # the engine's warm-up before the stream (None: none)
 
     def add_stage(self, name: str, ms: float) -> None:
         with self._lock:
@@ -142,6 +143,7 @@ class Metrics:
                 "dropped": int(sum(self.dropped.values())),
                 "dropped_by_reason": dict(self.dropped),
                 "dropped_in_first_second": self.dropped_in_first_second,
+                "warm_up_ms": None if self.warm_up_ms is None else round(self.warm_up_ms, 1),
                 "errors": dict(self.errors),
                 "duration_s": round(duration, 3),
                 "fps": round(frames / duration, 2) if duration > 0 else 0.0,

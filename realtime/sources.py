@@ -36,6 +36,7 @@ class CameraSource(SourceBase):
         self.index, self.width, self.height, self.fps = index, width, height, fps
         self._cap: cv2.VideoCapture | None = None
         self._count = 0
+        self._preview: np.ndarray | None = None  # the frame that proved the camera delivers
 
     def open(self) -> CameraSource:
         if self._cap is not None:
@@ -56,7 +57,7 @@ class CameraSource(SourceBase):
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         cap.set(cv2.CAP_PROP_FPS, self.fps)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver from queueing stale frames
-        ok, _ = cap.read()
+        ok, self._preview = cap.read()
         if not ok:
             cap.release()
             raise DeviceUnavailable(f"camera {self.index} opened but delivers no frames")
@@ -69,6 +70,9 @@ class CameraSource(SourceBase):
     def reopen(self) -> None:
         self.close()
         self.open()
+
+    def preview(self) -> np.ndarray | None:
+        return self._preview
 
     def read(self) -> Frame | None:
         if self._cap is None:
@@ -161,6 +165,9 @@ class VideoFileSource(SourceBase):
             self._first = image if ok else None
         return self
 
+    def preview(self) -> np.ndarray | None:
+        return self._first  # frame 0, decoded by open() and still to be read
+
     def read(self) -> Frame | None:
         if self._cap is None:
             self.open()
@@ -215,6 +222,9 @@ class ImageSource(SourceBase):
         self.frame_count = frames
         self._index = 0
         self._start: float | None = None
+
+    def preview(self) -> np.ndarray | None:
+        return self.image
 
     def read(self) -> Frame | None:
         if self.frames is not None and self._index >= self.frames:
@@ -300,6 +310,9 @@ class BuiltinDriverSource(SourceBase):
             )
             self._cache[i] = Blender().process(rendered)
         return self._cache[i]
+
+    def preview(self) -> np.ndarray | None:
+        return self.render(self._index % self.frame_count)  # cached: the read costs nothing more
 
     def read(self) -> Frame | None:
         if self._index >= self.frame_count and not self.loop:

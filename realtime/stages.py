@@ -64,6 +64,9 @@ class Source(Closeable, Protocol):
     def reopen(self) -> None:
         """Called after ``read`` raised, before the engine tries again."""
 
+    def preview(self) -> np.ndarray | None:
+        """Once open, an image like the first frames (None: unknown), for warming the pipeline."""
+
 
 @runtime_checkable
 class Tracker(Closeable, Protocol):
@@ -116,6 +119,10 @@ class SourceBase(Stage):
 
     def reopen(self) -> None:
         """A source that cannot reconnect is simply read again."""
+
+    def preview(self) -> np.ndarray | None:
+        """Nothing known before the first read by default."""
+        return None
 
 
 class SinkBase:

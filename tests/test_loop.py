@@ -420,6 +420,50 @@ def test_a_slow_first_frame_does_not_keep_the_pipeline_parallel(
     assert frames["parallel"] <= 5 and frames["serial"] >= 18, frames
 
 
+class FirstCallSlowGenerator(Stage):
+    """The real warp, but its first render ever takes ``delay_s`` longer (as a compositor's first
+    estimates and a detector's first run do)."""
+
+    name = "first-slow"
+
+    def __init__(self, warp, delay_s: float):
+        self.warp, self.delay_s, self.calls = warp, delay_s, 0
+
+    def render(self, target):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay_s)
+        return self.warp.render(target)
+
+
+class PreviewFramesSource(FramesSource):
+    """Frames that, like a camera or a file once open, show what their first frame will be."""
+
+    def preview(self):
+        return self.images[0]
+
+
+def test_the_engine_warms_up_on_the_sources_preview_so_a_slow_first_frame_drops_nothing(
+    builtin_avatar, driver_frames, make_processor
+):
+    summaries = {}
+    for name, source_kind in (("cold", FramesSource), ("warm", PreviewFramesSource)):
+        base = warps(builtin_avatar)
+        slow = FirstCallSlowGenerator(base.by_mode["reenact"], delay_s=0.2)
+        processor = make_processor(
+            builtin_avatar, Generators(by_mode={"reenact": slow}, fallback=base.fallback), live=True
+        )
+        engine = Engine(source_kind(driver_frames), processor, [RecordingSink()], fps=FPS)
+        summaries[name] = engine.run(seconds=2.0)
+    cold, warm = summaries["cold"], summaries["warm"]
+    # Cold, the 200-ms first frame costs the frames captured meanwhile.
+    assert cold["warm_up_ms"] is None and cold["dropped_in_first_second"] >= 4, cold
+    # Warm, it was spent before the stream's clock started, and outside its metrics.
+    assert warm["warm_up_ms"] >= 200.0
+    assert warm["dropped_in_first_second"] <= cold["dropped_in_first_second"] - 3, warm
+    assert warm["stages"]["generate"]["max"] < 150.0
+
+
 def test_unpaced_sources_always_run_in_parallel(builtin_avatar, driver_frames, make_processor):
     processor = make_processor(builtin_avatar, live=True)
     engine = Engine(FramesSource(driver_frames, paced=False), processor, [RecordingSink()], fps=FPS)

@@ -142,7 +142,7 @@ def evaluate_clip(
         eyes_l1=float(np.mean(rows["eyes"])),
         landmark_error=float(np.mean(rows["lm"])) if rows["lm"] else float("nan"),
         mouth_r=pearson(np.array(mouth_real), np.array(mouth_out)),
-        blink_r=pearson(np.array(eyes_real), np.array(eyes_out)),
+        blink_r=pearson(eyes_driver, np.array(eyes_out)),
         flicker=float(np.mean(rows["flicker"])) if rows["flicker"] else float("nan"),
         face_found=found / max(1, n),
         driver_blinks=int((eyes_driver < BLINK_BELOW * np.median(eyes_driver)).sum()) if n else 0,

@@ -255,23 +255,32 @@ def _hand_on_face_clip(frames_wanted: int = 4):
     return clip, hand_pixels, face
 
 
+def _hand_pixel_changes(make_processor) -> dict[bool, np.ndarray]:
+    """With and without occlusion (``make_processor(occlusion)``), how far the swapped clip's last
+    frame moved the pasted hand's pixels."""
+    clip, hand_pixels, _ = _hand_on_face_clip()
+    diffs = {}
+    for occlusion in (True, False):
+        with make_processor(occlusion) as processor:
+            assert (processor.occlusion is not None) == occlusion
+            for i, frame in enumerate(clip):
+                out = processor.process(Frame(frame, i, i / 30)).image
+        diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
+    return diffs
+
+
 @needs_media
 def test_a_real_hand_in_front_of_the_face_stays_in_front():
     """With occlusion the pasted hand's pixels survive the swap; without, the swap covers them."""
     from realtime.avatar import load_avatar
     from realtime.pipeline import offline_processor
 
-    clip, hand_pixels, _ = _hand_on_face_clip()
     avatar = load_avatar(str(MEDIA / "avatars" / "liveportrait_s42.jpg"), (1280, 720))
-    diffs = {}
-    for occlusion in (True, False):
-        processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=(1280, 720), occlusion=occlusion)
-        try:
-            for i, frame in enumerate(clip):
-                out = processor.process(Frame(frame, i, i / 30)).image
-        finally:
-            processor.close()
-        diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
+    diffs = _hand_pixel_changes(
+        lambda occlusion: offline_processor(
+            avatar, "warp", mode=Mode.SWAP, size=(1280, 720), occlusion=occlusion
+        )
+    )
     assert diffs[False].mean() > 15  # without occlusion the swap paints over the hand
     assert diffs[True].mean() < 4 and np.percentile(diffs[True], 95) < 12
 
@@ -283,21 +292,12 @@ def test_the_live_commands_swap_keeps_a_real_hand_in_front_too():
     from realtime.controls import Controls
     from realtime.live import make_live_processor
 
-    clip, hand_pixels, _ = _hand_on_face_clip()
     avatar = str(MEDIA / "avatars" / "liveportrait_s42.jpg")
-    diffs = {}
-    for occlusion in (True, False):
-        processor = make_live_processor(
+    diffs = _hand_pixel_changes(
+        lambda occlusion: make_live_processor(
             [avatar], (1280, 720), "warp", None, Controls(mode=Mode.SWAP), live=False, occlusion=occlusion
         )
-        assert (processor.occlusion is not None) == occlusion
-        try:
-            processor.open()
-            for i, frame in enumerate(clip):
-                out = processor.process(Frame(frame, i, i / 30)).image
-        finally:
-            processor.close()
-        diffs[occlusion] = np.abs(out.astype(int) - clip[-1]).mean(axis=2)[hand_pixels]
+    )
     assert diffs[False].mean() > 15
     assert diffs[True].mean() < 4 and np.percentile(diffs[True], 95) < 12
 
@@ -380,7 +380,7 @@ def test_a_hand_model_that_fails_to_start_leaves_the_stream_without_occlusion_an
         occluder.start()
         assert not occluder.wait_ready(60.0)
         occluder.update(np.zeros((64, 64, 3), np.uint8), np.zeros((478, 3)), 0.0)  # no second start
-        assert occluder._starting is None or not occluder._starting.is_alive()
+        assert not occluder.loading
     finally:
         occluder.close()
     assert raised == []

@@ -14,6 +14,9 @@ avatar than the warp by more than 0.01 (dlib distance), no more colourful than t
 correlation with the driver at most 0.03 below the warp's; and blink correlation on average
 no lower than the warp's.
 
+With ``--live-eval`` (pairs drawn at the live output size, ``realtime eval --pairs-size
+1280x720``), the model must pass the same cross-identity checks there as well.
+
 Whatever the outcome, the card records the numbers, each check and the verdict, so
 "default" is never set by hand.
 """
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the .onnx whose card (same name, .json) is updated")
     parser.add_argument("--eval", required=True, type=Path, help="JSON written by `realtime eval --json`")
     parser.add_argument("--command", default=None, help="the eval command, quoted in the card")
+    parser.add_argument(
+        "--live-eval", type=Path, default=None, help="JSON of `realtime eval --pairs ... --pairs-size WxH`"
+    )
+    parser.add_argument("--live-command", default=None, help="the live-size eval command, quoted in the card")
     args = parser.parse_args(argv)
     card_path = args.model.with_suffix(".json")
     if not card_path.exists():
@@ -122,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         card["cross_identity_evaluation"] = {"missing": "run `realtime eval --pairs AVATAR:DRIVER ...` too"}
         passes_cross = False
         print("no cross-identity evaluation in the file: the model cannot become the default")
+    if args.live_eval is not None:
+        live = json.loads(args.live_eval.read_text()).get("cross_identity", {})
+        if "warp" not in live.get("generators", {}):
+            raise SystemExit(f"{args.live_eval} has no cross-identity 'warp' baseline")
+        live_result = cross_verdict(live["generators"]["warp"], _find(live["generators"], args.model))
+        card["cross_identity_evaluation_live"] = {
+            "size": live.get("size"),
+            "command": args.live_command,
+            **live_result,
+        }
+        passes_cross = passes_cross and live_result["checks"]["passes"]
+        print("at the live size:", json.dumps(live_result["checks"], indent=2))
     card["default"] = bool(result["checks"]["beats_warp"] and passes_cross)
     card_path.write_text(json.dumps(card, indent=2))
     print(json.dumps(result["checks"], indent=2))

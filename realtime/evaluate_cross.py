@@ -13,6 +13,10 @@ must follow:
 
 An avatar is an image, a video's frame (``clip.mp4@N``; the first without ``@N``), or either
 with ``grey:`` in front (a black-and-white photo made from it).
+
+The avatar is drawn on a canvas of the driver's frame size, or of ``size`` (``realtime eval
+--pairs-size``): live, it fills the output (1280x720 by default), so a portrait that is a 24-px
+face in a 256-px driver clip is a 68-px face in a call.
 """
 
 from __future__ import annotations
@@ -115,11 +119,23 @@ class PairScore:
     face_found: float  # share of output frames where the tracker finds the face
 
 
-def _openings(judge: FaceTracker, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mouth and eye openings per frame (NaN where no face is found)."""
+def judge_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """Rows and columns of three times the face's box around it: the judge reads the output
+    there, so a small face on a large canvas (a full-length portrait filling a 1280x720 output)
+    is not too small for its face detector."""
+    low, high = landmarks[:, :2].min(axis=0), landmarks[:, :2].max(axis=0)
+    x0, y0 = np.maximum(np.floor(2 * low - high), 0).astype(int)
+    x1, y1 = np.ceil(2 * high - low).astype(int)
+    return slice(y0, min(y1, shape[0])), slice(x0, min(x1, shape[1]))
+
+
+def _openings(
+    judge: FaceTracker, frames: list[np.ndarray], box: tuple[slice, slice] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mouth and eye openings per frame (NaN where no face is found), read inside ``box``."""
     mouth, eyes = np.full(len(frames), np.nan), np.full(len(frames), np.nan)
     for i, image in enumerate(frames):
-        faces = judge.detect(image)
+        faces = judge.detect(np.ascontiguousarray(image[box]) if box else image)
         if faces:
             mouth[i], eyes[i] = mesh.mouth_opening(faces[0]), mesh.eye_opening(faces[0])
     return mouth, eyes
@@ -138,12 +154,15 @@ def _following(driver: np.ndarray, output: np.ndarray) -> tuple[float, float]:
 class CrossIdentityPair:
     """One avatar and one driver: the driver's frames and measurements, shared by every generator."""
 
-    def __init__(self, avatar: str, driver: str, max_frames: int = 150) -> None:
+    def __init__(
+        self, avatar: str, driver: str, max_frames: int = 150, size: tuple[int, int] | None = None
+    ) -> None:
         self.avatar_spec, self.driver_path = avatar, driver
         self.fps, _, _, _ = probe_video(driver)
         self.frames = list(read_frames(driver, max_frames))
         height, width = self.frames[0].shape[:2]
-        self.avatar: Avatar = make_avatar(avatar_image(avatar), (width, height), avatar)
+        self.size = size or (width, height)
+        self.avatar: Avatar = make_avatar(avatar_image(avatar), self.size, avatar)
         self.masks = region_masks(self.avatar.landmarks, self.avatar.image.shape)
         chroma_avatar = chroma(self.avatar.image)
         self.avatar_chroma = {k: float(chroma_avatar[self.masks[k]].mean()) for k in ("face", "features")}
@@ -159,7 +178,7 @@ class CrossIdentityPair:
 
     def score(self, generator: str, outputs: list[np.ndarray], embedder=None) -> PairScore:
         with FaceTracker(smoothing=False, track_width=0) as judge:
-            mouth, eyes = _openings(judge, outputs)
+            mouth, eyes = _openings(judge, outputs, judge_box(self.avatar.landmarks, self.avatar.image.shape))
         mouth_r, mouth_amp = _following(self.driver_mouth, mouth)
         blink_r, blink_amp = _following(self.driver_eyes, eyes)
         face, features, around_mouth = self.masks["face"], self.masks["features"], self.masks["mouth"]
@@ -282,8 +301,10 @@ def evaluate_pairs(
     max_frames: int = 150,
     providers: list[str] | None = None,
     sheet: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> dict[str, dict]:
-    """Every generator on every pair; per generator, the pairs and their means."""
+    """Every generator on every pair (on a ``size`` canvas; None: the driver's frame size); per
+    generator, the pairs and their means."""
     from tqdm import tqdm
 
     from realtime.identity import FaceEmbedder, embedder_available
@@ -294,7 +315,7 @@ def evaluate_pairs(
     scores: dict[str, list[PairScore]] = {name: [] for name in generators}
     rows = []
     for avatar, driver in tqdm(pairs, unit="pair", disable=None):
-        pair = CrossIdentityPair(avatar, driver, max_frames)
+        pair = CrossIdentityPair(avatar, driver, max_frames, size)
         outputs = {name: pair.render(name, providers) for name in generators}
         for name, images in outputs.items():
             scores[name].append(pair.score(name, images, embedder))

@@ -50,6 +50,40 @@ def test_the_colour_check_catches_a_model_that_tints_a_grey_avatar(tmp_path, ast
     assert abs(kept.chroma_face - warp.chroma_face) < 0.2
 
 
+def test_pairs_are_drawn_at_the_live_output_size(tmp_path, astronaut):
+    """--pairs-size: the avatar fills the output canvas as live, not the driver clip's small frame."""
+    from realtime import mesh
+    from realtime.evaluate_cross import CrossIdentityPair
+
+    cv2.imwrite(str(tmp_path / "avatar.png"), astronaut)
+    driver = write_astronaut_clip(tmp_path / "driver.mp4", 6)
+    small = CrossIdentityPair(str(tmp_path / "avatar.png"), str(driver), max_frames=6)
+    live = CrossIdentityPair(str(tmp_path / "avatar.png"), str(driver), max_frames=6, size=(960, 540))
+    assert live.size == (960, 540) and small.size == small.frames[0].shape[1::-1]
+    outputs = live.render("warp")
+    assert len(outputs) == 6 and all(image.shape == (540, 960, 3) for image in outputs)
+    # the face grows with the canvas: the driver clip's frame is 320x320
+    assert mesh.face_size(live.avatar.landmarks) > 1.4 * mesh.face_size(small.avatar.landmarks)
+
+
+def test_a_full_length_portrait_on_a_live_canvas_is_still_judged():
+    """The judge reads the output around the avatar's face: on a 1280x720 canvas a full-length
+    painting's face is too small for mediapipe's detector in the whole frame."""
+    import numpy as np
+
+    from realtime.evaluate_cross import CrossIdentityPair, _openings
+    from realtime.tracking import FaceTracker
+
+    pair = CrossIdentityPair(
+        str(media("avatars/liveportrait_s0.jpg")), str(media("clips/liveportrait_d9.mp4")), 6, (1280, 720)
+    )
+    outputs = pair.render("warp")
+    assert pair.score("warp", outputs).face_found == 1.0
+    with FaceTracker(smoothing=False, track_width=0) as judge:
+        whole_frame, _ = _openings(judge, outputs)
+    assert np.isnan(whole_frame).all()
+
+
 def cross_summary(**overrides) -> dict:
     pair = {
         "avatar": "a.jpg",
@@ -100,6 +134,31 @@ def test_promotion_needs_both_evaluations(tmp_path, self_ok, cross, expected):
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["default"] is expected
     assert "evaluation" in card and "cross_identity_evaluation" in card
+
+
+@pytest.mark.parametrize(("live", "expected"), [({}, True), ({"identity_to_avatar": 0.33}, False)])
+def test_promotion_with_a_live_size_evaluation_needs_it_passed_too(tmp_path, live, expected):
+    from export.promote import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    model.with_suffix(".json").write_text(json.dumps({"name": "m"}))
+    both = {"warp": cross_summary(), "m": cross_summary()}
+    evaluation = {
+        "generators": {"warp": self_summary(0.0267, 0.0508), "m": self_summary(0.0260, 0.035)},
+        "cross_identity": {"generators": both},
+    }
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    at_size = {"size": "1280x720", "generators": {"warp": cross_summary(), "m": cross_summary(**live)}}
+    (tmp_path / "live.json").write_text(json.dumps({"cross_identity": at_size}))
+    assert (
+        main([str(model), "--eval", str(tmp_path / "eval.json"), "--live-eval", str(tmp_path / "live.json")])
+        == 0
+    )
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["cross_identity_evaluation"]["checks"]["passes"]  # at the driver's size it passes
+    assert card["cross_identity_evaluation_live"]["size"] == "1280x720"
+    assert card["default"] is expected
 
 
 def test_cross_identity_eval_on_real_footage(tmp_path):

@@ -543,9 +543,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"contact sheet: {args.sheet}")
     if pairs:
         cross = evaluate_cross.evaluate_pairs(
-            pairs, args.generator, args.max_frames, args.provider, args.pairs_sheet
+            pairs, args.generator, args.max_frames, args.provider, args.pairs_sheet, args.pairs_size
         )
-        result["cross_identity"] = {"generators": cross}
+        result["cross_identity"] = {
+            "size": "x".join(map(str, args.pairs_size)) if args.pairs_size else "driver",
+            "generators": cross,
+        }
         print(evaluate_cross.format_table(cross))
         if args.pairs_sheet:
             print(f"cross-identity contact sheet: {args.pairs_sheet}")

@@ -368,6 +368,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", default=None, help="write the scores here")
     ev.add_argument("--sheet", default=None, help="write the self-reenactment contact sheet PNG here")
     ev.add_argument("--pairs-sheet", default=None, help="write the cross-identity contact sheet PNG here")
+    ev.add_argument(
+        "--pairs-size",
+        type=_size,
+        default=None,
+        help="the cross-identity output WxH, as live (e.g. 1280x720; default: each driver clip's frame size)",
+    )
 
 
 def _port(text: str) -> int:

@@ -118,6 +118,16 @@ def self_summary(l1: float, mouth_l1: float) -> dict:
 def test_promotion_needs_both_evaluations(tmp_path, self_ok, cross, expected):
     from export.promote import main
 
+    model, evaluation = promotion_files(tmp_path, self_ok, cross)
+    assert main([str(model), "--eval", str(evaluation)]) == 0
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["default"] is expected
+    assert "evaluation" in card and "cross_identity_evaluation" in card
+
+
+def promotion_files(tmp_path, self_ok: bool, cross: dict | None):
+    """A model with its card and an evaluation JSON: self-reenactment better than the warp or
+    not, and cross-identity with ``cross`` over the model's pair (None: no cross-identity)."""
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
     model.with_suffix(".json").write_text(json.dumps({"name": "m"}))
@@ -130,31 +140,17 @@ def test_promotion_needs_both_evaluations(tmp_path, self_ok, cross, expected):
     if cross is not None:
         evaluation["cross_identity"] = {"generators": {"warp": cross_summary(), "m": cross_summary(**cross)}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
-    assert main([str(model), "--eval", str(tmp_path / "eval.json")]) == 0
-    card = json.loads(model.with_suffix(".json").read_text())
-    assert card["default"] is expected
-    assert "evaluation" in card and "cross_identity_evaluation" in card
+    return model, tmp_path / "eval.json"
 
 
 @pytest.mark.parametrize(("live", "expected"), [({}, True), ({"identity_to_avatar": 0.33}, False)])
 def test_promotion_with_a_live_size_evaluation_needs_it_passed_too(tmp_path, live, expected):
     from export.promote import main
 
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
-    model.with_suffix(".json").write_text(json.dumps({"name": "m"}))
-    both = {"warp": cross_summary(), "m": cross_summary()}
-    evaluation = {
-        "generators": {"warp": self_summary(0.0267, 0.0508), "m": self_summary(0.0260, 0.035)},
-        "cross_identity": {"generators": both},
-    }
-    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    model, evaluation = promotion_files(tmp_path, True, {})
     at_size = {"size": "1280x720", "generators": {"warp": cross_summary(), "m": cross_summary(**live)}}
     (tmp_path / "live.json").write_text(json.dumps({"cross_identity": at_size}))
-    assert (
-        main([str(model), "--eval", str(tmp_path / "eval.json"), "--live-eval", str(tmp_path / "live.json")])
-        == 0
-    )
+    assert main([str(model), "--eval", str(evaluation), "--live-eval", str(tmp_path / "live.json")]) == 0
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["cross_identity_evaluation"]["checks"]["passes"]  # at the driver's size it passes
     assert card["cross_identity_evaluation_live"]["size"] == "1280x720"

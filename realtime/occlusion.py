@@ -10,6 +10,7 @@ polygon and thick finger bones), widened by how far a hand may have moved since 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ BOX_SCALE = 2.4  # the searched box: this many face widths around the face (a ha
 SEARCH_SIZE = 256  # px: the box is scaled to at most this before the hand model sees it
 MAX_AGE_S = 0.25
 LOST_AFTER_S = 2.0  # hands older than this are dropped (the hand may have left)
+# Live, the model looks again only when something moved: a grey thumbnail of the searched box
+# (CHANGE_GRID px a side) must differ by CHANGE_LEVEL grey levels over CHANGE_SHARE of it since
+# the model's last look, outside the mouth and eyes (which talking and blinking move); set
+# between a hand's share and a talking head's (benchmarks/RESULTS.md, swap mode, session 17).
+CHANGE_GRID = 32
+CHANGE_LEVEL = 20
+CHANGE_SHARE = 0.03
+RECHECK_S = 1.0  # with no hands and nothing moving, the model still looks this often
 
 
 class HandDetector(Stage):
@@ -93,6 +102,55 @@ def _serve_hands(channel: Any, shm_name: str, complexity: int) -> None:
         shm.close()
 
 
+class ChangeGate:
+    """``look(box, face_points, now, hands_seen)``: whether the hand model should look at this
+    searched box (``face_points``: the face's landmarks in box pixels).
+
+    It should while hands were there at its last look, when the box changed since that look, or
+    when that look is RECHECK_S old. A still, hand-free scene then costs one run of the model a
+    second instead of ten: the model's bursts on a busy core made the swap's 1080p latency tail.
+    """
+
+    def __init__(self, share: float = CHANGE_SHARE, recheck_s: float = RECHECK_S) -> None:
+        self.share = share
+        self.recheck_s = recheck_s
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None  # at the last look
+        self._t_reference = -math.inf
+        self.looks = 0
+        self.unchanged = 0  # boxes the model was spared
+
+    @staticmethod
+    def thumbnail(box: np.ndarray, face_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box's grey thumbnail, and where to compare it (not over the mouth or eyes)."""
+        grey = cv2.cvtColor(box, cv2.COLOR_BGR2GRAY) if box.ndim == 3 else box
+        thumb = cv2.resize(grey, (CHANGE_GRID, CHANGE_GRID), interpolation=cv2.INTER_AREA)
+        points = face_points[:, :2] * (CHANGE_GRID / box.shape[1], CHANGE_GRID / box.shape[0])
+        compare = np.ones((CHANGE_GRID, CHANGE_GRID), np.uint8)
+        for loop in (mesh.OUTER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE):
+            hull = cv2.convexHull(np.round(points[loop] * 4).astype(np.int32))
+            cv2.fillConvexPoly(compare, hull, 0, cv2.LINE_8, 2)
+        compare = cv2.erode(compare, np.ones((3, 3), np.uint8))  # and a cell round them
+        return thumb.astype(np.int16), compare > 0
+
+    def changed(self, thumbnail: tuple[np.ndarray, np.ndarray]) -> float:
+        """Share of the compared thumbnail that moved since the last look (1.0 before any)."""
+        if self._reference is None:
+            return 1.0
+        where = thumbnail[1] & self._reference[1]
+        if not where.any():
+            return 1.0
+        return float((np.abs(thumbnail[0] - self._reference[0])[where] > CHANGE_LEVEL).mean())
+
+    def look(self, box: np.ndarray, face_points: np.ndarray, now: float, hands_seen: bool) -> bool:
+        thumbnail = self.thumbnail(box, face_points)
+        if hands_seen or now - self._t_reference >= self.recheck_s or self.changed(thumbnail) > self.share:
+            self._reference, self._t_reference = thumbnail, now
+            self.looks += 1
+            return True
+        self.unchanged += 1
+        return False
+
+
 @dataclass
 class Hands:
     """Hands found in a frame: landmarks (21, 2) in frame pixels, and that frame's capture time."""
@@ -132,7 +190,10 @@ class HandOccluder(Stage):
         self.complexity = complexity
         # Live, the model runs at most this often: it costs about a frame of CPU, on the other core.
         self.min_interval_s = min_interval_s
+        # ... and only when the box changed (isolated only: offline, every frame gets its hands)
+        self.gate = ChangeGate()
         self._last_submit = -1e9
+        self._last_check = -1e9
         self._worker: ChildWorker | None = None
         self._local: HandDetector | None = None
         self._shm: Any = None
@@ -213,6 +274,17 @@ class HandOccluder(Stage):
         x0, y0 = centre - side / 2
         return np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float32), scale
 
+    @classmethod
+    def searched(cls, image: np.ndarray, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box the model searches (at most SEARCH_SIZE a side), and its frame→box affine."""
+        matrix, scale = cls.search_box(image.shape, face)
+        side = int(round(BOX_SCALE * float(np.ptp(face[mesh.face_oval(), 0])) * scale))
+        side = max(16, min(side, SEARCH_SIZE))
+        box = cv2.warpAffine(
+            image, matrix, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
+        return box, matrix
+
     def update(self, image: np.ndarray, face: np.ndarray | None, t_capture: float) -> None:
         """Hand this frame's face box to the model if it is free; collect what it found."""
         if face is None or self._failed:
@@ -221,24 +293,23 @@ class HandOccluder(Stage):
         if self.isolated and not self.ready:
             self.start()
             return
-        if self.isolated and (self._in_flight or time.monotonic() - self._last_submit < self.min_interval_s):
+        if self.isolated and (self._in_flight or time.monotonic() - self._last_check < self.min_interval_s):
             self._collect()
             return
         if not self.isolated:
             self.open()
-        matrix, scale = self.search_box(image.shape, face)
-        side = int(round(BOX_SCALE * float(np.ptp(face[mesh.face_oval(), 0])) * scale))
-        side = max(16, min(side, SEARCH_SIZE))
-        box = cv2.warpAffine(
-            image, matrix, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
-        )
+        box, matrix = self.searched(image, face)
         if not self.isolated:
             assert self._local is not None
             self.latest = Hands(self._to_frame(self._local.detect(box), matrix), t_capture)
             return
         self._collect()
         now = time.monotonic()
-        if self._in_flight or self._worker is None or now - self._last_submit < self.min_interval_s:
+        if self._in_flight or self._worker is None or now - self._last_check < self.min_interval_s:
+            return
+        self._last_check = now
+        hands_seen = self.latest is not None and bool(self.latest.landmarks)
+        if not self.gate.look(box, face[:, :2] @ matrix[:, :2].T + matrix[:, 2], now, hands_seen):
             return
         self._last_submit = now
         try:
@@ -250,6 +321,10 @@ class HandOccluder(Stage):
             logger.warning("hand occlusion stopped: %s", exc)
             self._failed = True
             self.close()
+
+    def stats(self) -> dict[str, int]:
+        """How often the live model looked, and how many of its chances the unchanged box spared."""
+        return {"looks": self.gate.looks, "spared_unchanged": self.gate.unchanged}
 
     def _collect(self) -> None:
         if self._worker is None:

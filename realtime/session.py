@@ -221,6 +221,8 @@ def stream(
         remote = remote_summary(processor.generators)
         if remote is not None:
             summary["remote"] = remote
+        if processor.occlusion is not None and processor.occlusion.isolated:
+            summary["hand_model"] = processor.occlusion.stats()
         if audio is not None:
             summary["audio"] = audio.stats()
     return summary, engine.budget_s * 1000.0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -60,11 +62,14 @@ def _consistent(report: dict) -> None:
     # No --generator: the bench runs what `realtime run` would, the best shipped generator.
     assert report["size"] == "640x480" and report["generator"] == default_generator()
     assert report["peak_rss_mb"] > 50 and 0 < report["cpu_percent"] <= 100
+    assert report["cpu_percent"] >= report["cpu_percent_main_process"] > 0
 
 
 def test_engine_report_is_complete_and_consistent(bench_json):
     report, plot = bench_json
     _consistent(report)
+    # The engine's tracker runs in its own process (the naive loop's doesn't), and the CPU counts it.
+    assert report["cpu_percent"] > report["cpu_percent_main_process"]
     # The engine never sends a frame later than its budget: late frames are dropped instead.
     assert report["late_frames"] == 0
     assert report["latency_ms"]["max"] <= report["budget_ms"] + 1.0
@@ -109,3 +114,32 @@ def test_drops_are_told_apart_by_when_they_happen():
     metrics.t_end = 110.0
     summary = metrics.summary()
     assert summary["dropped"] == 5 and summary["dropped_in_first_second"] == 2
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_cpu_meter_counts_helper_processes_and_only_the_stream():
+    """A helper process's CPU counts; the main process's work before the stream starts doesn't."""
+    import multiprocessing
+
+    from realtime.bench import ResourceMeter
+    from realtime.metrics import Metrics
+
+    metrics = Metrics()
+    meter = ResourceMeter(metrics)
+    _burn(0.6)  # loading models, say: before the stream's clock starts
+    metrics.t_start = time.monotonic()
+    time.sleep(0.05)  # the meter notices the start within 5 ms
+    helper = multiprocessing.get_context("spawn").Process(target=_burn, args=(0.8,))
+    helper.start()
+    helper.join()
+    report = meter.stop()
+    cores = os.cpu_count() or 1
+    wall_s = 100.0 * report["cpu_cores_used"] / report["cpu_percent"] / cores
+    helper_s = (report["cpu_percent"] - report["cpu_percent_main_process"]) * cores * wall_s / 100.0
+    assert helper_s > 0.7  # the helper's 0.8 s (its interpreter's start-up comes on top)
+    assert report["cpu_percent_main_process"] * cores * wall_s / 100.0 < 0.4  # not the 0.6 s before

@@ -241,7 +241,7 @@ def _hand_on_face_clip(frames_wanted: int = 4):
     cut = hand_mask([hand], photo.shape[:2], (0, 0), 0)
     frames = [
         cv2.resize(f, (1280, 720))
-        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 4)
+        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), frames_wanted)
     ]
     face = find_face(frames[0])
     scale = mesh.face_size(face) / mesh.face_size(find_face(photo))
@@ -327,6 +327,39 @@ def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
     assert mask is not None and (mask[hand_pixels] > 127).mean() > 0.9
     # Handing a box over is a copy, not a wait for the model (generous for a busy test machine).
     assert worst < 0.25
+
+
+@needs_media
+def test_the_live_hand_model_looks_again_when_a_hand_comes_in_not_while_a_face_only_talks():
+    """The change gate spares the model a talking, hand-free face and sends it the first box
+    with a hand in it; it looks anyway once a second, and always while hands were seen."""
+    from realtime.analysis import read_frames
+    from realtime.occlusion import RECHECK_S, ChangeGate, HandOccluder
+    from realtime.tracking import FaceTracker
+
+    with_hand, _, _ = _hand_on_face_clip(24)
+    frames = [
+        cv2.resize(f, (1280, 720))
+        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 20)
+    ]
+    frames += with_hand[20:]  # the hand comes in at frame 20
+    gate = ChangeGate()
+    looks = []
+    with FaceTracker(smoothing=False) as tracker:
+        for i, frame in enumerate(frames):
+            face = tracker.detect(frame)[0]
+            if i % 3 == 0:  # the live model's 10 Hz at 30 fps
+                box, matrix = HandOccluder.searched(frame, face)
+                points = face[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+                looks.append(gate.look(box, points, i / 30, hands_seen=False))
+    assert looks[0]  # nothing to compare with yet
+    assert not any(looks[1:7])  # frames 3-18: she talks, no hand
+    assert looks[7]  # frame 21: the hand
+    assert (gate.looks, gate.unchanged) == (2, 6)
+    # The same box again: spared, until the last look is RECHECK_S old; never while hands were seen.
+    assert not gate.look(box, points, 0.8, hands_seen=False)
+    assert gate.look(box, points, 0.7 + RECHECK_S, hands_seen=False)
+    assert gate.look(box, points, 0.8 + RECHECK_S, hands_seen=True)
 
 
 def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):

@@ -5,7 +5,7 @@ import pytest
 
 from realtime import mesh
 from realtime.frames import Frame
-from realtime.tracking import FaceTracker, OneEuroFilter, find_face
+from realtime.tracking import FaceTracker, OneEuroFilter, find_face, landmark_xyz
 from tests.conftest import media
 
 
@@ -16,6 +16,22 @@ def test_finds_478_points_with_iris_on_a_portrait(astronaut):
     for iris, outer, inner in ((mesh.RIGHT_IRIS_CENTRE, 33, 133), (mesh.LEFT_IRIS_CENTRE, 263, 362)):
         lo, hi = sorted((landmarks[outer, 0], landmarks[inner, 0]))
         assert lo < landmarks[iris, 0] < hi
+
+
+def test_landmarks_read_from_their_bytes_equal_reading_them_one_by_one(astronaut):
+    import cv2
+    import mediapipe as mp
+    from mediapipe.framework.formats import landmark_pb2
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as face_mesh:
+        face = face_mesh.process(cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB)).multi_face_landmarks[0]
+    one_by_one = np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32)
+    assert landmark_xyz(face).shape == (478, 3)
+    np.testing.assert_array_equal(landmark_xyz(face), one_by_one)
+    # A landmark with more than x, y and z (here a visibility) is read field by field.
+    face.landmark[7].visibility = 0.5
+    np.testing.assert_array_equal(landmark_xyz(face), one_by_one)
+    assert landmark_xyz(landmark_pb2.NormalizedLandmarkList()).shape == (0, 3)
 
 
 def test_no_face_in_negatives():

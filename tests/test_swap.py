@@ -362,6 +362,37 @@ def test_the_live_hand_model_looks_again_when_a_hand_comes_in_not_while_a_face_o
     assert gate.look(box, points, 0.8 + RECHECK_S, hands_seen=True)
 
 
+@needs_media
+def test_the_live_hand_process_is_spared_a_still_face_and_finds_the_hand_that_comes_in():
+    import time
+
+    from realtime.analysis import read_frames
+    from realtime.occlusion import HandOccluder
+
+    clip, _, face = _hand_on_face_clip(1)
+    still = cv2.resize(
+        next(iter(read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 1))), (1280, 720)
+    )
+    occluder = HandOccluder(isolated=True)
+    try:
+        occluder.start()
+        assert occluder.wait_ready(60.0)
+        started = time.monotonic()
+        while time.monotonic() - started < 0.6:  # the same hand-free frame at 30 fps
+            occluder.update(still, face, time.monotonic())
+            time.sleep(1 / 30)
+        before = occluder.stats()
+        assert before["looks"] == 1 and before["spared_unchanged"] >= 2
+        deadline = time.monotonic() + 5.0
+        while occluder.latest is None or not occluder.latest.landmarks:
+            assert time.monotonic() < deadline, "the hand that came in was not looked for"
+            occluder.update(clip[0], face, time.monotonic())
+            time.sleep(1 / 30)
+        assert occluder.stats()["looks"] - before["looks"] <= 2
+    finally:
+        occluder.close()
+
+
 def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
     image, landmarks = user
     points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20

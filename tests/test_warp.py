@@ -66,6 +66,41 @@ def opened(builtin_avatar):
     return pts, Blender().process(gen.render(target))
 
 
+def test_the_coarse_map_skips_the_faces_own_triangles_without_changing_a_pixel(builtin_avatar, monkeypatch):
+    """The face's fine map covers its box, so the coarse map leaves out the triangles inside it:
+    the same warp, pixel for pixel, as rasterising every triangle on both grids."""
+    gen = WarpGenerator(builtin_avatar.image, builtin_avatar.landmarks)
+    base = builtin_avatar.landmarks[:, :2].astype(np.float64)
+    targets = []
+    for opening, degrees, shift in (
+        (0.0, 0.0, (0.0, 0.0)),
+        (0.2, 4.0, (0.05, 0.0)),
+        (0.1, -8.0, (-0.1, 0.04)),
+    ):
+        pts = expression.head_pose(expression.open_mouth(base, opening), degrees, shift)
+        targets.append(
+            Target(
+                frame=Frame(builtin_avatar.image, 0, 0.0),
+                landmarks=mesh.with_mouth_centre(pts).astype(np.float32),
+            )
+        )
+    counts = []
+    original = WarpGenerator._outside
+
+    def counting(self, *args):
+        kept = original(self, *args)
+        counts.append(len(kept))
+        return kept
+
+    monkeypatch.setattr(WarpGenerator, "_outside", counting)
+    skipping = [gen.render(t).patch for t in targets]
+    assert len(counts) == len(targets) and max(counts) < len(gen.triangles) / 2  # it skips most
+    monkeypatch.setattr(WarpGenerator, "_outside", lambda self, dest, box, margin: self.triangles)
+    everything = [gen.render(t).patch for t in targets]
+    for fast, full in zip(skipping, everything, strict=True):
+        assert np.array_equal(fast, full)
+
+
 def test_open_mouth_target_opens_the_avatar_mouth(builtin_avatar, opened):
     pts, out = opened
     seen = find_face(out)

@@ -170,18 +170,34 @@ class WarpGenerator(Stage):
 
     def _warp(self, dest_all: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
         coarse = _auto_stride(roi, target_cells=56)
-        map_x, map_y = rasterise_map(dest_all, self.source_points, self.triangles, roi, coarse)
         # The face gets a finer map: lips and eyelids move a lot over few pixels, while
         # the hair/neck ring deforms smoothly and is fine on the coarse grid.
         face = bounding_roi(dest_all[: mesh.NUM_LANDMARKS + 1], (roi[3], roi[2]), margin=3)
         face = (max(face[0], roi[0]), max(face[1], roi[1]), face[2], face[3])
         fine = _auto_stride(face, target_cells=100)
-        if fine < coarse and face[2] > face[0] and face[3] > face[1]:
+        refined = fine < coarse and face[2] > face[0] and face[3] > face[1]
+        triangles = self._outside(dest_all, face, 2 * coarse + 1) if refined else self.triangles
+        map_x, map_y = rasterise_map(dest_all, self.source_points, triangles, roi, coarse)
+        if refined:
             fx, fy = rasterise_map(dest_all, self.source_points, self.triangles, face, fine)
             sx, sy = face[0] - roi[0], face[1] - roi[1]
             map_x[sy : sy + fy.shape[0], sx : sx + fx.shape[1]] = fx
             map_y[sy : sy + fy.shape[0], sx : sx + fx.shape[1]] = fy
         return cv2.remap(self.avatar_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def _outside(self, dest_all: np.ndarray, box: tuple[int, int, int, int], margin: int) -> np.ndarray:
+        """The triangles that reach past ``box`` shrunk by ``margin`` px. The fine map replaces
+        the coarse one over the face's box, whose inside the coarse map needs only within a
+        coarse cell of its edge (interpolation), so the face's own triangles are skipped there."""
+        corners = dest_all[self.triangles]
+        low, high = corners.min(axis=1), corners.max(axis=1)
+        hidden = (
+            (low[:, 0] >= box[0] + margin)
+            & (low[:, 1] >= box[1] + margin)
+            & (high[:, 0] <= box[2] - margin)
+            & (high[:, 1] <= box[3] - margin)
+        )
+        return self.triangles[~hidden]
 
     def _fill_mouth(self, patch: np.ndarray, dest: np.ndarray, roi: tuple[int, int, int, int]) -> None:
         """Paint a mouth interior where the target mouth is open wider than the avatar's."""

@@ -227,10 +227,17 @@ def test_an_open_mouth_avatar_closes_without_mouth_colour_on_the_chin():
     assert dark < 0.02
 
 
+def _face_clip(frames_wanted: int) -> list[np.ndarray]:
+    """The first frames of a real talking face (MEAD W023), at 1280x720."""
+    from realtime.analysis import read_frames
+
+    path = MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"
+    return [cv2.resize(f, (1280, 720)) for f in read_frames(str(path), frames_wanted)]
+
+
 def _hand_on_face_clip(frames_wanted: int = 4):
     """A real hand (HaGRID photo, cut out along its landmarks) pasted over the right cheek of
     a real face clip: the frames, the hand's pixels inside the inner face, the face."""
-    from realtime.analysis import read_frames
     from realtime.occlusion import HandDetector, hand_mask
 
     photo = cv2.imread(str(MEDIA / "occlusion" / "mediapipe_hagrid_call_5.jpg"))
@@ -239,10 +246,7 @@ def _hand_on_face_clip(frames_wanted: int = 4):
     assert hands
     hand = max(hands, key=lambda h: float(np.ptp(h[:, 1])))
     cut = hand_mask([hand], photo.shape[:2], (0, 0), 0)
-    frames = [
-        cv2.resize(f, (1280, 720))
-        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), frames_wanted)
-    ]
+    frames = _face_clip(frames_wanted)
     face = find_face(frames[0])
     scale = mesh.face_size(face) / mesh.face_size(find_face(photo))
     shift = face[205, :2] - scale * hand.mean(axis=0)  # the hand's centre on the right cheek
@@ -333,16 +337,11 @@ def test_the_live_hand_model_runs_in_its_own_process_and_never_blocks_a_frame():
 def test_the_live_hand_model_looks_again_when_a_hand_comes_in_not_while_a_face_only_talks():
     """The change gate spares the model a talking, hand-free face and sends it the first box
     with a hand in it; it looks anyway once a second, and always while hands were seen."""
-    from realtime.analysis import read_frames
     from realtime.occlusion import RECHECK_S, ChangeGate, HandOccluder
     from realtime.tracking import FaceTracker
 
     with_hand, _, _ = _hand_on_face_clip(24)
-    frames = [
-        cv2.resize(f, (1280, 720))
-        for f in read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 20)
-    ]
-    frames += with_hand[20:]  # the hand comes in at frame 20
+    frames = _face_clip(20) + with_hand[20:]  # the hand comes in at frame 20
     gate = ChangeGate()
     looks = []
     with FaceTracker(smoothing=False) as tracker:
@@ -366,13 +365,10 @@ def test_the_live_hand_model_looks_again_when_a_hand_comes_in_not_while_a_face_o
 def test_the_live_hand_process_is_spared_a_still_face_and_finds_the_hand_that_comes_in():
     import time
 
-    from realtime.analysis import read_frames
     from realtime.occlusion import HandOccluder
 
     clip, _, face = _hand_on_face_clip(1)
-    still = cv2.resize(
-        next(iter(read_frames(str(MEDIA / "webcam" / "spectre_mead_W023_surprised.mp4"), 1))), (1280, 720)
-    )
+    (still,) = _face_clip(1)
     occluder = HandOccluder(isolated=True)
     try:
         occluder.start()

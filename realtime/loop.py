@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from realtime.controls import Controls
 from realtime.frames import FaceTrack, Frame, Output
 from realtime.metrics import Metrics
+from realtime.native import OpenCVThreads
 from realtime.pipeline import FrameProcessor, OnceLogger
 from realtime.stages import Sink, Source
 
@@ -230,6 +231,7 @@ class Engine:
         self._rendered = LatestSlot(lambda: self.metrics.add_drop("skipped_before_sink", self.clock.now()))
         self._stop = threading.Event()
         self._errors = OnceLogger(logger)
+        self.opencv_threads = OpenCVThreads()
 
     # -- threads ---------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -340,6 +342,7 @@ class Engine:
         if self._late(track.frame.t_capture, "late_before_render"):
             return
         started = time.perf_counter()
+        self.opencv_threads.apply(self.controls.mode)
         try:
             out = self.processor.render(track)
         except Exception as exc:
@@ -353,6 +356,7 @@ class Engine:
     def run(self, seconds: float | None = None) -> dict:
         """Open every stage, stream until the source ends, ``seconds`` pass or quit; close all."""
         with ExitStack() as stack:
+            stack.callback(self.opencv_threads.restore)
             stack.enter_context(self.source)
             stack.enter_context(self.processor)
             for guard in self.guards:
@@ -381,6 +385,7 @@ class Engine:
         live_metrics = self.processor.metrics
         self.processor.metrics = Metrics()
         started = time.perf_counter()
+        self.opencv_threads.apply(self.controls.mode)
         try:
             frame = Frame(image=image, index=-1, t_capture=self.clock.now())
             self.processor.render(self.processor.track(frame))

@@ -1,5 +1,6 @@
-"""Native libraries (mediapipe's TFLite/absl, libpng, libjpeg) write straight to file
-descriptor 2; these helpers keep that noise out of the one-line errors users see."""
+"""Native libraries: mediapipe's TFLite/absl, libpng and libjpeg write straight to file
+descriptor 2, and these helpers keep that noise out of the one-line errors users see;
+OpenCV's worker threads are sized to the mode."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+
+import cv2
+
+from realtime.frames import Mode
 
 
 @contextlib.contextmanager
@@ -27,3 +32,27 @@ def quiet_native_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class OpenCVThreads:
+    """OpenCV's worker threads for the mode being drawn, set from the thread that renders.
+
+    Its pool's workers spin for a while after every parallel call. A reenact frame's calls are
+    small: the workers saved it no time and burnt 5-8 % of a two-core machine. The swap
+    compositor's full-face filters gain 2-3 ms a frame from them (benchmarks/RESULTS.md).
+    """
+
+    def __init__(self) -> None:
+        self.default = cv2.getNumThreads()
+        self.applied: int | None = None
+
+    def apply(self, mode: Mode) -> None:
+        wanted = self.default if mode is Mode.SWAP else 1
+        if wanted != self.applied:
+            cv2.setNumThreads(wanted)
+            self.applied = wanted
+
+    def restore(self) -> None:
+        if self.applied is not None and self.applied != self.default:
+            cv2.setNumThreads(self.default)
+        self.applied = None

@@ -14,13 +14,14 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
+import cv2
 import imageio_ffmpeg
 import numpy as np
 import pytest
 
 from realtime.blend import Blender
 from realtime.controls import Controls
-from realtime.frames import Frame, Output
+from realtime.frames import Frame, Mode, Output
 from realtime.generators.registry import Generators, build_generators
 from realtime.loop import Engine, LatestSlot, render_offline
 from realtime.metrics import Metrics
@@ -192,6 +193,21 @@ class SlowGenerator(Stage):
         if target.frame.index % self.every == 0:
             self.slow_indexes.add(target.frame.index)
             time.sleep(self.delay_s)
+        return self.warp.render(target)
+
+
+class ThreadCountingGenerator(Stage):
+    """The real warp of one mode, noting OpenCV's worker-thread count as each frame is drawn;
+    ``then`` is called once, after ``frames`` frames."""
+
+    def __init__(self, warp, name: str, frames: int = 0, then=None):
+        self.warp, self.name, self.frames, self.then = warp, name, frames, then
+        self.threads: list[int] = []
+
+    def render(self, target):
+        self.threads.append(cv2.getNumThreads())
+        if self.then is not None and len(self.threads) == self.frames:
+            self.then()
         return self.warp.render(target)
 
 
@@ -400,6 +416,34 @@ def test_auto_pipeline_overlaps_stages_when_rendering_outgrows_the_interval(
     # Shown frames still only move forward in time.
     captures = [t_capture for _, t_capture, index in sink.new_frames()]
     assert all(a < b for a, b in pairwise(captures))
+
+
+def test_opencv_workers_serve_swap_frames_only_and_are_given_back(
+    builtin_avatar, driver_frames, make_processor
+):
+    base = warps(builtin_avatar)
+    drawn = {
+        # after ten reenact frames, the user switches to swap mode
+        Mode.REENACT: ThreadCountingGenerator(
+            base.by_mode[Mode.REENACT], "reenact", 10, lambda: processor.controls.toggle_mode()
+        ),
+        Mode.SWAP: ThreadCountingGenerator(base.by_mode[Mode.SWAP], "swap"),
+    }
+    processor = make_processor(builtin_avatar, Generators(by_mode=drawn, fallback=base.fallback), live=True)
+    engine = Engine(
+        FramesSource(driver_frames), processor, [RecordingSink()], fps=FPS, budget_ms=LOOSE_BUDGET_MS
+    )
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # as on a two-core machine, whatever this one has
+    try:
+        engine.run(seconds=2.5)
+        after = cv2.getNumThreads()
+    finally:
+        cv2.setNumThreads(before)
+    reenact, swap = drawn[Mode.REENACT].threads, drawn[Mode.SWAP].threads
+    assert len(reenact) >= 10 and len(swap) >= 5, (len(reenact), len(swap))
+    assert set(reenact) == {1} and set(swap) == {2}
+    assert after == 2
 
 
 def test_a_slow_first_frame_does_not_keep_the_pipeline_parallel(

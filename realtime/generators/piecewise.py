@@ -77,16 +77,19 @@ def rasterise_map(
         gy_local = local // ew
         gx = lo[tri, 0].astype(np.int32) + (local - gy_local * ew)
         gy = lo[tri, 1].astype(np.int32) + gy_local
-        coef = planes[tri]  # one gather for everything per candidate
+        # The inside test needs only the barycentric planes; the affine columns are gathered
+        # for the covered points alone (about half the candidates).
+        bary = planes[tri, :6]
         fx, fy = gx.astype(np.float32), gy.astype(np.float32)
-        l1 = coef[:, 0] * fx + coef[:, 1] * fy + coef[:, 2]
-        l2 = coef[:, 3] * fx + coef[:, 4] * fy + coef[:, 5]
+        l1 = bary[:, 0] * fx + bary[:, 1] * fy + bary[:, 2]
+        l2 = bary[:, 3] * fx + bary[:, 4] * fy + bary[:, 5]
         eps = -1e-4
-        inside = (l1 >= eps) & (l2 >= eps) & (l1 + l2 <= 1.0 - eps)
-        coef, fx, fy = coef[inside], fx[inside], fy[inside]
+        inside = np.flatnonzero((l1 >= eps) & (l2 >= eps) & (l1 + l2 <= 1.0 - eps))
+        coef = planes[tri[inside], 6:]
+        fx, fy = fx[inside], fy[inside]
         gx, gy = gx[inside], gy[inside]
-        disp[gy, gx, 0] = coef[:, 6] * fx + coef[:, 7] * fy + coef[:, 8]
-        disp[gy, gx, 1] = coef[:, 9] * fx + coef[:, 10] * fy + coef[:, 11]
+        disp[gy, gx, 0] = coef[:, 0] * fx + coef[:, 1] * fy + coef[:, 2]
+        disp[gy, gx, 1] = coef[:, 3] * fx + coef[:, 4] * fy + coef[:, 5]
 
     if stride > 1:
         disp = cv2.resize(disp, (grid_w * stride, grid_h * stride), interpolation=cv2.INTER_LINEAR)

@@ -44,7 +44,7 @@ class OpenCVThreads:
 
     def __init__(self) -> None:
         self.default = cv2.getNumThreads()
-        self.applied: int | None = None
+        self.applied = self.default
 
     def apply(self, mode: Mode) -> None:
         wanted = self.default if mode is Mode.SWAP else 1
@@ -53,6 +53,4 @@ class OpenCVThreads:
             self.applied = wanted
 
     def restore(self) -> None:
-        if self.applied is not None and self.applied != self.default:
-            cv2.setNumThreads(self.default)
-        self.applied = None
+        self.apply(Mode.SWAP)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -70,6 +71,11 @@ def test_engine_report_is_complete_and_consistent(bench_json):
     _consistent(report)
     # The engine's tracker runs in its own process (the naive loop's doesn't), and the CPU counts it.
     assert report["cpu_percent"] > report["cpu_percent_main_process"]
+    assert report["cpu_percent_helper_processes"] > 0
+    # The main process's CPU by thread: the engine's named threads, at most all of it.
+    by_thread = report["cpu_percent_main_process_by_thread"]
+    assert {"capture", "track"} <= set(by_thread) and by_thread["track"] > 0, by_thread
+    assert sum(by_thread.values()) <= report["cpu_percent_main_process"] + 1.0, by_thread
     # The engine never sends a frame later than its budget: late frames are dropped instead.
     assert report["late_frames"] == 0
     assert report["latency_ms"]["max"] <= report["budget_ms"] + 1.0
@@ -137,9 +143,29 @@ def test_the_cpu_meter_counts_helper_processes_and_only_the_stream():
     helper = multiprocessing.get_context("spawn").Process(target=_burn, args=(0.8,))
     helper.start()
     helper.join()
+    burnt, stopped = threading.Event(), threading.Event()
+
+    def burner() -> None:  # alive until the meter stops, as the engine's threads are not
+        _burn(0.5)
+        burnt.set()
+        stopped.wait(10.0)
+
+    worker = threading.Thread(target=burner, name="burner_0")
+    worker.start()
+    burnt.wait(10.0)
     report = meter.stop()
+    wall_s = time.monotonic() - metrics.t_start
+    stopped.set()
+    worker.join()
     cores = os.cpu_count() or 1
-    wall_s = 100.0 * report["cpu_cores_used"] / report["cpu_percent"] / cores
-    helper_s = (report["cpu_percent"] - report["cpu_percent_main_process"]) * cores * wall_s / 100.0
-    assert helper_s > 0.7  # the helper's 0.8 s (its interpreter's start-up comes on top)
-    assert report["cpu_percent_main_process"] * cores * wall_s / 100.0 < 0.4  # not the 0.6 s before
+
+    def seconds(percent: float) -> float:
+        return percent * cores * wall_s / 100.0
+
+    assert seconds(report["cpu_percent_helper_processes"]) > 0.7  # the helper's 0.8 s and its start-up
+    main_s = seconds(report["cpu_percent_main_process"])
+    assert 0.45 < main_s < 0.8  # the thread's 0.5 s, not the 0.6 s before the stream
+    # The thread is named without its pool index, and holds nearly all of the main process's CPU.
+    by_thread = report["cpu_percent_main_process_by_thread"]
+    assert seconds(by_thread["burner"]) > 0.45, by_thread
+    assert sum(by_thread.values()) == pytest.approx(report["cpu_percent_main_process"], abs=2.0)

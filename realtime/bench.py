@@ -202,9 +202,9 @@ def format_table(results: dict[str, dict]) -> str:
                 f"{frames['parallel']} parallel"
             )
         if "cpu_percent_main_process_by_thread" in s:
-            threads = "  ".join(f"{k} {v:.0f}%" for k, v in s["cpu_percent_main_process_by_thread"].items())
+            threads = ", ".join(f"{k} {v:.0f}%" for k, v in s["cpu_percent_main_process_by_thread"].items())
             lines.append(
-                f"  cpu: helper processes {s['cpu_percent_helper_processes']:.0f}%, main process {threads}"
+                f"  cpu: helper processes {s['cpu_percent_helper_processes']:.0f}%; main process: {threads}"
             )
         lines.append(f"  {'stage':<10}{'p50':>8}{'p95':>8}{'p99':>8}  ms")
         for stage, v in s["stages"].items():

@@ -345,27 +345,35 @@ class OnnxRefinerGenerator(Stage):
         # Each crop's correction (already weighted by the model's mask) is mapped back and
         # added to the full-resolution warp, so a small crop never blurs a large face. A
         # model with a flow moves the full-resolution pixels the same way first.
-        patch = base.patch.astype(np.float32)
-        h, w = patch.shape[:2]
+        h, w = base.patch.shape[:2]
         x0, y0 = base.origin
-        for k, crop in enumerate(crops):
-            if not self._pasted[k]:
-                continue
-            inverse = inverses[k].copy()
+        boxes: dict[int, tuple[int, int, int, int]] = {}
+        for k in range(len(crops)):
             corners = footprints[k] - (x0, y0)
             bx0, by0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
             bx1, by1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, (w, h))
-            if bx1 <= bx0 or by1 <= by0:
-                continue
+            if self._pasted[k] and bx1 > bx0 and by1 > by0:
+                boxes[k] = (int(bx0), int(by0), int(bx1), int(by1))
+        # Only the crops' boxes are worked on in float (a whole portrait's patch took milliseconds
+        # to convert and back); a flow samples the whole patch.
+        if OUT_FLOW in outputs or not boxes:
+            ux0, uy0, ux1, uy1 = 0, 0, w, h
+        else:
+            ux0, uy0 = (min(b[i] for b in boxes.values()) for i in (0, 1))
+            ux1, uy1 = (max(b[i] for b in boxes.values()) for i in (2, 3))
+        out = base.patch.copy()
+        patch = out[uy0:uy1, ux0:ux1].astype(np.float32)
+        for k, (bx0, by0, bx1, by1) in boxes.items():
+            crop = crops[k]
+            inverse = inverses[k].copy()
             inverse[:, 2] -= (x0 + bx0, y0 + by0)
-            box = (int(bx1 - bx0), int(by1 - by0))
+            box = (bx1 - bx0, by1 - by0)
+            bx0, by0, bx1, by1 = bx0 - ux0, by0 - uy0, bx1 - ux0, by1 - uy0
             moved = crop.astype(np.float32)
             if OUT_FLOW in outputs:
                 flow = outputs[OUT_FLOW][k].transpose(1, 2, 0)
                 moved = displace(moved, flow)
-                patch[by0:by1, bx0:bx1] = displace(
-                    patch, _image_flow(flow, inverse, box), origin=(int(bx0), int(by0))
-                )
+                patch[by0:by1, bx0:bx1] = displace(patch, _image_flow(flow, inverse, box), origin=(bx0, by0))
             refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._luma_only:
@@ -385,9 +393,10 @@ class OnnxRefinerGenerator(Stage):
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=(0.0, 0.0, 0.0),
             )
+        out[uy0:uy1, ux0:ux1] = np.clip(patch, 0, 255).astype(np.uint8)
         return Rendered(
             frame=base.frame,
-            patch=np.clip(patch, 0, 255).astype(np.uint8),
+            patch=out,
             mask=base.mask,
             origin=base.origin,
             colour_match=base.colour_match,

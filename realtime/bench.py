@@ -79,15 +79,17 @@ class ResourceMeter:
             return {}
 
     def _watch(self) -> None:
+        if self._wait_for_stream():
+            while not self._stopped.wait(self.SAMPLE_S):
+                self._threads_seen.update(self._thread_seconds())
+
+    def _wait_for_stream(self) -> bool:
         while self._metrics is not None and not self._stopped.wait(0.005):
             if self._metrics.t_start is not None:
                 self._start = (time.monotonic(), *self._cpu_seconds())
                 self._threads_start = self._thread_seconds()
-                break
-        else:
-            return
-        while not self._stopped.wait(self.SAMPLE_S):
-            self._threads_seen.update(self._thread_seconds())
+                return True
+        return False
 
     def _by_thread(self, wall: float, cores: int) -> dict[str, float]:
         self._threads_seen.update(self._thread_seconds())

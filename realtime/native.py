@@ -38,8 +38,8 @@ class OpenCVThreads:
     """OpenCV's worker threads for the mode being drawn, set from the thread that renders.
 
     Its pool's workers spin for a while after every parallel call. A reenact frame's calls are
-    small: the workers saved it no time and burnt 5-8 % of a two-core machine. The swap
-    compositor's full-face filters gain 2-3 ms a frame from them (benchmarks/RESULTS.md).
+    small: the workers saved it no time and burnt 3-7 % of a two-core machine. The swap
+    compositor's full-face filters gain about 2 ms a frame from them (benchmarks/RESULTS.md).
     """
 
     def __init__(self) -> None:

@@ -362,7 +362,7 @@ class OnnxRefinerGenerator(Stage):
             ux0, uy0 = (min(b[i] for b in boxes.values()) for i in (0, 1))
             ux1, uy1 = (max(b[i] for b in boxes.values()) for i in (2, 3))
         out = base.patch.copy()
-        patch = out[uy0:uy1, ux0:ux1].astype(np.float32)
+        region = out[uy0:uy1, ux0:ux1].astype(np.float32)
         for k, (bx0, by0, bx1, by1) in boxes.items():
             crop = crops[k]
             inverse = inverses[k].copy()
@@ -373,7 +373,9 @@ class OnnxRefinerGenerator(Stage):
             if OUT_FLOW in outputs:
                 flow = outputs[OUT_FLOW][k].transpose(1, 2, 0)
                 moved = displace(moved, flow)
-                patch[by0:by1, bx0:bx1] = displace(patch, _image_flow(flow, inverse, box), origin=(bx0, by0))
+                region[by0:by1, bx0:bx1] = displace(
+                    region, _image_flow(flow, inverse, box), origin=(bx0, by0)
+                )
             refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
             delta = refined - moved  # float32 already: the model's output and the crop
             if self._luma_only:
@@ -385,7 +387,7 @@ class OnnxRefinerGenerator(Stage):
                 delta[:] = np.minimum(delta, 0.0) + np.maximum(delta, 0.0) * rim
             if self._gate_loops[k]:
                 delta *= self._region_gate(points[k], size, self._gate_loops[k])[..., None]
-            patch[by0:by1, bx0:bx1] += cv2.warpAffine(
+            region[by0:by1, bx0:bx1] += cv2.warpAffine(
                 delta,
                 inverse,
                 box,
@@ -393,7 +395,7 @@ class OnnxRefinerGenerator(Stage):
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=(0.0, 0.0, 0.0),
             )
-        out[uy0:uy1, ux0:ux1] = np.clip(patch, 0, 255).astype(np.uint8)
+        out[uy0:uy1, ux0:ux1] = np.clip(region, 0, 255).astype(np.uint8)
         return Rendered(
             frame=base.frame,
             patch=out,

@@ -47,10 +47,12 @@ class OpenCVThreads:
         self.applied = self.default
 
     def apply(self, mode: Mode) -> None:
-        wanted = self.default if mode is Mode.SWAP else 1
-        if wanted != self.applied:
-            cv2.setNumThreads(wanted)
-            self.applied = wanted
+        self._set(self.default if mode is Mode.SWAP else 1)
 
     def restore(self) -> None:
-        self.apply(Mode.SWAP)
+        self._set(self.default)
+
+    def _set(self, threads: int) -> None:
+        if threads != self.applied:
+            cv2.setNumThreads(threads)
+            self.applied = threads

@@ -304,9 +304,9 @@ class HandOccluder(Stage):
             self.latest = Hands(self._to_frame(self._local.detect(box), matrix), t_capture)
             return
         self._collect()
-        now = time.monotonic()
-        if self._in_flight or self._worker is None or now - self._last_check < self.min_interval_s:
+        if self._worker is None:
             return
+        now = time.monotonic()  # the model is free and due: the check on entry returned otherwise
         self._last_check = now
         hands_seen = self.latest is not None and bool(self.latest.landmarks)
         if not self.gate.look(box, face[:, :2] @ matrix[:, :2].T + matrix[:, 2], now, hands_seen):

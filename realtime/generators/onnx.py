@@ -361,7 +361,7 @@ class OnnxRefinerGenerator(Stage):
         else:
             ux0, uy0 = (min(b[i] for b in boxes.values()) for i in (0, 1))
             ux1, uy1 = (max(b[i] for b in boxes.values()) for i in (2, 3))
-        out = base.patch.copy()
+        out = base.patch  # the warp's own patch of this frame, drawn for this render only
         region = out[uy0:uy1, ux0:ux1].astype(np.float32)
         for k, (bx0, by0, bx1, by1) in boxes.items():
             crop = crops[k]

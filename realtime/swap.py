@@ -67,6 +67,8 @@ DETAIL_GAIN = (0.12, 2.2)
 DETAIL_EVERY = 4  # the camera's sharpness and grain are re-measured every this many frames
 EYE_RIM = 0.15  # around each eye, this many face sizes are left out of the shading (lids, glasses)
 TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is left out of the shading
+# From this many face sizes under the eyes, what stands out from the avatar's skin is its own look
+OWN_FEATURES_BELOW_EYES = 0.12
 CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G, R
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
@@ -126,6 +128,18 @@ def _typical(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(
         np.minimum((ratio - low * 0.9) / (low * 0.1), (high * 1.1 - ratio) / (high * 0.1)), 0.0, 1.0
     )
+
+
+def _below_eyes(shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray:
+    """(h, w) float32: 0 down to OWN_FEATURES_BELOW_EYES face sizes under the eyes' lowest point,
+    rising to 1 over a tenth of a face size beyond, along the face's own forehead-to-chin axis."""
+    down = points[CHIN] - points[FOREHEAD]
+    down /= np.linalg.norm(down) + 1e-9
+    start = float((points[mesh.RIGHT_EYE + mesh.LEFT_EYE] @ down).max()) + OWN_FEATURES_BELOW_EYES * size
+    xs = np.arange(shape[1], dtype=np.float32)[None, :]
+    ys = np.arange(shape[0], dtype=np.float32)[:, None]
+    depth = xs * np.float32(down[0]) + ys * np.float32(down[1])  # (h, w) by broadcasting
+    return np.clip((depth - np.float32(start)) / np.float32(0.1 * size), 0.0, 1.0)
 
 
 def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -367,9 +381,15 @@ class SwapCompositor:
         small_clip = _area_down(clip, small)[..., None]
         small_avatar = small_user + (small_patch - small_user) * small_clip
         # Robust statistics: on the user's face, what is far brighter or darker than its skin
-        # (specular highlights, a glasses frame) is not the light. (The avatar's shadows are
-        # its photo's light, to be replaced, so its statistics keep them.)
+        # (specular highlights, a glasses frame) is not the light. On the avatar's, below the
+        # eyes, it is its own look (a beard, a moustache): left out, it keeps its darkness. Its
+        # dark lids and sockets are a hard light's more often than not, so they are relit.
         weight = weight * _typical(small_user, weight, sigma)
+        k = small[0] / w
+        own = 1.0 - _below_eyes(weight.shape, points * k, size * k) * (
+            1.0 - _typical(small_avatar, weight, sigma)
+        )
+        weight = weight * own
         if float(weight.sum()) < 4.0:
             return front
         # Brightness follows the user's shading closely; colour only region by region, so a

@@ -39,16 +39,19 @@ def rasterise_map(
     tri_src = source[triangles].astype(np.float64)
     # Only grid points inside a triangle's bounding box can be inside it: a small triangle
     # between grid points has none and is skipped (the map is only sampled at grid points).
-    lo = np.maximum(np.ceil(tri_dst.min(axis=1) - 1e-3).astype(np.int64), 0)
-    hi = np.minimum(np.floor(tri_dst.max(axis=1) + 1e-3).astype(np.int64), [grid_w - 1, grid_h - 1])
+    # (element-wise over the three corners: several times faster than min/max along an axis of 3)
+    a, b, c = tri_dst[:, 0], tri_dst[:, 1], tri_dst[:, 2]
+    lo = np.maximum(np.ceil(np.minimum(np.minimum(a, b), c) - 1e-3).astype(np.int64), 0)
+    hi = np.minimum(
+        np.floor(np.maximum(np.maximum(a, b), c) + 1e-3).astype(np.int64), [grid_w - 1, grid_h - 1]
+    )
     extent = hi - lo + 1
     # Per triangle, once: barycentric coordinates as planes over the grid (l = a*gx + b*gy + c)
     # and the affine map from a grid point to its source pixel minus the point's own pixel
     # position (the displacement). Degenerate triangles are dropped.
-    a, b, c = tri_dst[:, 0], tri_dst[:, 1], tri_dst[:, 2]
     v0, v1 = b - a, c - a
     det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    keep = (extent > 0).all(axis=1) & (np.abs(det) > 1e-9)
+    keep = (extent[:, 0] > 0) & (extent[:, 1] > 0) & (np.abs(det) > 1e-9)
     a, v0, v1, det = a[keep], v0[keep], v1[keep], det[keep]
     tri_src, lo, extent = tri_src[keep], lo[keep], extent[keep]
     inv = 1.0 / det
@@ -63,7 +66,8 @@ def rasterise_map(
     affine[:, :, 2] += s0 - origin
     affine[:, 0, 0] -= stride
     affine[:, 1, 1] -= stride
-    planes = np.concatenate([l1_plane, l2_plane, affine.reshape(-1, 6)], axis=1).astype(np.float32)
+    bary_planes = np.concatenate([l1_plane, l2_plane], axis=1).astype(np.float32)
+    affine_planes = affine.reshape(-1, 6).astype(np.float32)
 
     disp = np.zeros((grid_h, grid_w, 2), np.float32)
     counts = extent[:, 0] * extent[:, 1]
@@ -73,23 +77,25 @@ def rasterise_map(
         local = np.arange(total, dtype=np.int32) - np.repeat(
             (np.cumsum(counts) - counts).astype(np.int32), counts
         )
-        ew = extent[tri, 0].astype(np.int32)
+        # np.take on contiguous tables: faster than fancy indexing for these gathers.
+        ew = np.take(extent[:, 0].astype(np.int32), tri)
         gy_local = local // ew
-        gx = lo[tri, 0].astype(np.int32) + (local - gy_local * ew)
-        gy = lo[tri, 1].astype(np.int32) + gy_local
-        # The inside test needs only the barycentric planes; the affine columns are gathered
+        gx = np.take(lo[:, 0].astype(np.int32), tri) + (local - gy_local * ew)
+        gy = np.take(lo[:, 1].astype(np.int32), tri) + gy_local
+        # The inside test needs only the barycentric planes; the affine ones are gathered
         # for the covered points alone (about half the candidates).
-        bary = planes[tri, :6]
+        bary = np.take(bary_planes, tri, axis=0)
         fx, fy = gx.astype(np.float32), gy.astype(np.float32)
         l1 = bary[:, 0] * fx + bary[:, 1] * fy + bary[:, 2]
         l2 = bary[:, 3] * fx + bary[:, 4] * fy + bary[:, 5]
         eps = -1e-4
         inside = np.flatnonzero((l1 >= eps) & (l2 >= eps) & (l1 + l2 <= 1.0 - eps))
-        coef = planes[tri[inside], 6:]
-        fx, fy = fx[inside], fy[inside]
-        gx, gy = gx[inside], gy[inside]
-        disp[gy, gx, 0] = coef[:, 0] * fx + coef[:, 1] * fy + coef[:, 2]
-        disp[gy, gx, 1] = coef[:, 3] * fx + coef[:, 4] * fy + coef[:, 5]
+        coef = np.take(affine_planes, np.take(tri, inside), axis=0)
+        fx, fy = np.take(fx, inside), np.take(fy, inside)
+        cell = np.take(gy, inside) * grid_w + np.take(gx, inside)
+        cells = disp.reshape(-1, 2)
+        cells[cell, 0] = coef[:, 0] * fx + coef[:, 1] * fy + coef[:, 2]
+        cells[cell, 1] = coef[:, 3] * fx + coef[:, 4] * fy + coef[:, 5]
 
     if stride > 1:
         disp = cv2.resize(disp, (grid_w * stride, grid_h * stride), interpolation=cv2.INTER_LINEAR)

@@ -189,8 +189,8 @@ class WarpGenerator(Stage):
         """The triangles that reach past ``box`` shrunk by ``margin`` px. The fine map replaces
         the coarse one over the face's box, whose inside the coarse map needs only within a
         coarse cell of its edge (interpolation), so the face's own triangles are skipped there."""
-        corners = dest_all[self.triangles]
-        low, high = corners.min(axis=1), corners.max(axis=1)
+        a, b, c = (dest_all[self.triangles[:, k]] for k in range(3))
+        low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
         hidden = (
             (low[:, 0] >= box[0] + margin)
             & (low[:, 1] >= box[1] + margin)

@@ -135,14 +135,14 @@ def test_a_dark_hard_lit_avatar_on_a_light_user_with_glasses_is_not_harsh_or_ora
 def test_a_bearded_avatar_keeps_his_beard_dark_so_the_users_mouth_reads_true():
     """The bearded, dark-skinned avatar on a light-skinned woman (W015): his chin beard under her
     lower lip was relit as if it were shadow, brightened to her skin, and the mouth judge took it
-    for part of an open mouth (r 0.52-0.59 over these frames). Kept dark, the output's mouth
+    for part of an open mouth (r 0.69 over the clip before). Kept dark, the output's mouth
     follows hers."""
     from realtime.avatar import make_avatar
     from realtime.pipeline import offline_processor
 
     size = (1280, 720)
     clip = MEDIA / "webcam" / "spectre_mead_W015_neutral.mp4"
-    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in read_frames(str(clip), 60)]
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in read_frames(str(clip))]
     cap = cv2.VideoCapture(str(MEDIA / "clips" / "extra_rppg_man_darkskin.mp4"))
     ok, avatar_image = cap.read()
     cap.release()
@@ -150,18 +150,24 @@ def test_a_bearded_avatar_keeps_his_beard_dark_so_the_users_mouth_reads_true():
     processor = offline_processor(
         make_avatar(avatar_image, size, "beard"), "warp", mode=Mode.SWAP, size=size, occlusion=False
     )
-    judge = FaceTracker(smoothing=False, track_width=0)
+    # a judge for each video: mediapipe follows a face from one frame to the next
+    judge_user, judge_out = (
+        FaceTracker(smoothing=False, track_width=0),
+        FaceTracker(smoothing=False, track_width=0),
+    )
     user, out = [], []
     try:
         for i, frame in enumerate(frames):
-            faces = judge.detect(processor.process(Frame(frame, i, i / 30.0)).image)
-            if faces:
-                user.append(mesh.mouth_opening(judge.detect(frame)[0]))
+            faces = judge_out.detect(processor.process(Frame(frame, i, i / 30.0)).image)
+            mine = judge_user.detect(frame)
+            if faces and mine:
+                user.append(mesh.mouth_opening(mine[0]))
                 out.append(mesh.mouth_opening(faces[0]))
     finally:
         processor.close()
-        judge.close()
-    assert len(out) >= 55
+        judge_user.close()
+        judge_out.close()
+    assert len(out) >= 110
     assert np.std(user) > 0.02  # the premise: she talks
     assert np.corrcoef(user, out)[0, 1] > 0.8
 

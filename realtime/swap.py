@@ -74,12 +74,16 @@ LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
+def _face_down(points: np.ndarray) -> np.ndarray:
+    """The unit vector along the face from forehead to chin."""
+    down = points[CHIN] - points[FOREHEAD]
+    return down / (np.linalg.norm(down) + 1e-9)
+
+
 def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:
     """(35, 2) loop around brows, eyes, nose, mouth, cheeks and chin, inside the jaw line."""
     points = landmarks[:, :2].astype(np.float64)
-    up = points[FOREHEAD] - points[CHIN]
-    up /= np.linalg.norm(up) + 1e-9
-    brows = points[BROWS] + up * BROW_LIFT * mesh.face_size(points)
+    brows = points[BROWS] - _face_down(points) * BROW_LIFT * mesh.face_size(points)
     return np.concatenate([points[JAW], brows])
 
 
@@ -133,8 +137,7 @@ def _typical(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
 def _below_eyes(shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray:
     """(h, w) float32: 0 down to OWN_FEATURES_BELOW_EYES face sizes under the eyes' lowest point,
     rising to 1 over a tenth of a face size beyond, along the face's own forehead-to-chin axis."""
-    down = points[CHIN] - points[FOREHEAD]
-    down /= np.linalg.norm(down) + 1e-9
+    down = _face_down(points)
     start = float((points[mesh.RIGHT_EYE + mesh.LEFT_EYE] @ down).max()) + OWN_FEATURES_BELOW_EYES * size
     xs = np.arange(shape[1], dtype=np.float32)[None, :]
     ys = np.arange(shape[0], dtype=np.float32)[:, None]

@@ -19,7 +19,7 @@ from scipy.spatial import Delaunay
 
 from realtime import mesh
 from realtime.frames import Mode, Rendered, Target
-from realtime.generators.piecewise import bounding_roi, rasterise_map
+from realtime.generators.piecewise import bounding_roi, corner_bounds, rasterise_map
 from realtime.stages import Stage
 from realtime.swap import inner_face_polygon
 
@@ -189,8 +189,7 @@ class WarpGenerator(Stage):
         """The triangles that reach past ``box`` shrunk by ``margin`` px. The fine map replaces
         the coarse one over the face's box, whose inside the coarse map needs only within a
         coarse cell of its edge (interpolation), so the face's own triangles are skipped there."""
-        a, b, c = (dest_all[self.triangles[:, k]] for k in range(3))
-        low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+        low, high = corner_bounds(dest_all[self.triangles])
         hidden = (
             (low[:, 0] >= box[0] + margin)
             & (low[:, 1] >= box[1] + margin)

@@ -22,6 +22,10 @@ open-mouth photo. Per pair:
   seamless.
 - flicker: mean |Δoutput − Δinput| between consecutive frames inside the face oval of the
   aligned crop, in [0, 1] grey levels (as ``benchmarks/swap_eval.py``).
+- nose_gap: does the swapped face sit straight on the user's head? The nose tip's offset from
+  midway between the outer eye corners, along the eye line, in eye-corner distances, output
+  minus input (mediapipe on each), the mean of its size over frames. A turned avatar drawn
+  with its nose towards one cheek on a user who faces the camera raises it.
 - what the input offers: the std of the user's mouth opening (a still face, about 0.01 face
   sizes or less, leaves mouth_r to the tracker's noise) and its frames with a blink (none:
   blink_r follows small lid movements only).
@@ -115,7 +119,7 @@ PAIRS = [
         "woman to woman, red hair",
     ),
 ]
-COLUMNS = ["dist_avatar", "dist_user", "mouth_r", "blink_r", "seam", "flicker", "render_ms"]
+COLUMNS = ["dist_avatar", "dist_user", "mouth_r", "blink_r", "seam", "flicker", "nose_gap", "render_ms"]
 INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames"]
 
 
@@ -182,6 +186,14 @@ def seam_score(out: np.ndarray, real: np.ndarray) -> float | None:
     return float(grad[border].mean() / max(grad[inside].mean(), 1e-3))
 
 
+def nose_offset(points: np.ndarray) -> float:
+    """The nose tip's offset from midway between the outer eye corners, along the eye line, in
+    eye-corner distances (0 on a face towards the camera)."""
+    right, left = points[mesh.RIGHT_EYE_OUTER, :2], points[mesh.LEFT_EYE_OUTER, :2]
+    across = left - right
+    return float((points[mesh.NOSE_TIP, :2] - (right + left) / 2) @ across / (across @ across))
+
+
 def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, [np.round(points[mesh.face_oval()]).astype(np.int32)], 255)
@@ -212,7 +224,9 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         if (e := embed(img, lm)) is not None
     ]
     ref_user = np.mean(user_embeddings, axis=0)
-    mouth_in, mouth_out, eyes_in, eyes_out, flicker, seams, d_avatar, d_user = ([] for _ in range(8))
+    mouth_in, mouth_out, eyes_in, eyes_out, flicker, seams, d_avatar, d_user, nose_gaps = (
+        [] for _ in range(9)
+    )
     previous = None
     for index, (out, real, lm) in enumerate(zip(outputs, frames, input_lms, strict=True)):
         if lm is None:
@@ -223,6 +237,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         eyes_in.append(mesh.eye_opening(lm))
         mouth_out.append(mesh.mouth_opening(faces[0]) if faces else np.nan)
         eyes_out.append(mesh.eye_opening(faces[0]) if faces else np.nan)
+        if faces:
+            nose_gaps.append(abs(nose_offset(faces[0]) - nose_offset(lm)))
         matrix = alignment(lm, CROP)
         crop_in = cv2.warpAffine(real, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA)
         crop_out = cv2.warpAffine(out, matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA)
@@ -258,6 +274,7 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         "input_mouth_std": round(float(np.std(mouth_in)), 4) if mouth_in else 0.0,
         "seam": round(float(np.median(seams)), 3) if seams else None,
         "flicker": round(float(np.mean(flicker)), 5) if flicker else None,
+        "nose_gap": round(float(np.mean(nose_gaps)), 4) if nose_gaps else None,
         "render_ms": round(float(np.median(render_ms)), 2),
         "input_size": f"{size[0]}x{size[1]}",
     }

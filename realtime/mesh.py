@@ -32,7 +32,6 @@ RIGHT_UPPER_LID, RIGHT_LOWER_LID, LEFT_UPPER_LID, LEFT_LOWER_LID = 159, 145, 386
 MOUTH_RIGHT_CORNER, MOUTH_LEFT_CORNER = 78, 308
 NOSE_BOTTOM = 2
 NOSE_TIP = 1
-RIGHT_CHEEK_OUTER, LEFT_CHEEK_OUTER = 234, 454
 
 # Points that barely move with expression: used to estimate head pose.
 RIGID = [1, 4, 5, 6, 168, 197, 195, 10, 151, 9, 8, 33, 263, 133, 362, 234, 454, 127, 356, 93, 323, 132, 361]
@@ -73,6 +72,14 @@ def _topology() -> dict[str, np.ndarray]:
     # machines without mediapipe.
     with np.load(TOPOLOGY_FILE) as data:
         return {name: data[name] for name in data.files}
+
+
+@lru_cache(maxsize=1)
+def mirror() -> np.ndarray:
+    """(479,) the landmark each landmark mirrors onto across the face's midline (the person's
+    right eye's corner onto the left eye's, and so on); the 28 midline points and MOUTH_CENTRE
+    map onto themselves. Derived by ``scripts/derive_face_mirror.py``."""
+    return np.append(_topology()["mirror"], MOUTH_CENTRE).astype(np.int64)
 
 
 def face_oval() -> np.ndarray:
@@ -119,12 +126,50 @@ def face_size(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2])) + 1e-6
 
 
-def turned(landmarks: np.ndarray) -> float:
-    """How far the face is turned to one side: where the nose tip sits between the cheeks'
-    outer points, 0 midway (facing the camera) to 1 at either (about a profile) or beyond."""
-    left, right = landmarks[RIGHT_CHEEK_OUTER, 0], landmarks[LEFT_CHEEK_OUTER, 0]
-    nose = landmarks[NOSE_TIP, 0]
-    return float(abs(2.0 * (nose - left) / (right - left + 1e-6) - 1.0))
+def symmetry_normal(landmarks: np.ndarray) -> np.ndarray:
+    """Unit normal (3,) of the face's plane of symmetry, from the person's right to their left,
+    in the landmarks' own (x, y, depth) axes: each point minus its mirror point lies along it."""
+    points = landmarks[:NUM_LANDMARKS, :3].astype(np.float64)
+    partner = mirror()[:NUM_LANDMARKS]
+    across = points - points[partner]
+    _, _, vt = np.linalg.svd(across[partner != np.arange(NUM_LANDMARKS)], full_matrices=False)
+    normal = vt[0]
+    return normal if normal @ (points[LEFT_EYE_OUTER] - points[RIGHT_EYE_OUTER]) > 0 else -normal
+
+
+def yaw_degrees(landmarks: np.ndarray) -> float:
+    """How far the face is turned from the camera, from its plane of symmetry (0 facing it;
+    positive when the person's left side is the farther one)."""
+    normal = symmetry_normal(landmarks)
+    return float(np.degrees(np.arctan2(normal[2], np.hypot(normal[0], normal[1]))))
+
+
+def far_side(landmarks: np.ndarray) -> np.ndarray:
+    """(479,) bool: the landmarks on the half of the face turned away from the camera."""
+    points = with_mouth_centre(landmarks[:NUM_LANDMARKS, :3].astype(np.float64))
+    normal = symmetry_normal(landmarks)
+    leftwards = (points - points[mirror()]) @ normal  # > 0 on the left half, 0 on the midline
+    return leftwards > 1e-6 if normal[2] > 0 else leftwards < -1e-6
+
+
+def frontal(landmarks: np.ndarray) -> np.ndarray:
+    """(478, 2) the face turned to face the camera, about its rigid points' centre, seen
+    orthographically: the plane of symmetry rotated onto the image's vertical plane through
+    the eye line (in-plane tilt kept). Depth comes from the landmarks' third column."""
+    points = landmarks[:NUM_LANDMARKS, :3].astype(np.float64)
+    normal = symmetry_normal(landmarks)
+    towards = np.array([normal[0], normal[1], 0.0])
+    towards /= max(float(np.linalg.norm(towards)), 1e-9)
+    axis = np.cross(normal, towards)
+    sin, cos = float(np.linalg.norm(axis)), float(normal @ towards)
+    if sin < 1e-9:
+        return points[:, :2].copy()
+    axis /= sin
+    # Rodrigues: the rotation about ``axis`` that takes ``normal`` onto ``towards``
+    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    rotation = np.eye(3) + sin * k + (1.0 - cos) * k @ k
+    centre = points[RIGID].mean(axis=0)
+    return ((points - centre) @ rotation.T + centre)[:, :2]
 
 
 def landmark_distance(landmarks: np.ndarray, reference: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from realtime import mesh
+from realtime import frontal, mesh
 from realtime.frames import FaceTrack, Mode, Target
 from realtime.stages import Stage
 
@@ -265,8 +265,9 @@ class Retargeter(Stage):
             self._adapt_neutral(unposed)
         return scale, rotation, unposed
 
-    def transfer(self, driver: np.ndarray) -> np.ndarray:
-        """Avatar landmarks (478, 3) for a driver face (478, 3), relative to the neutral."""
+    def transfer(self, driver: np.ndarray, reshape: np.ndarray | None = None) -> np.ndarray:
+        """Avatar landmarks (478, 3) for a driver face (478, 3), relative to the neutral;
+        ``reshape`` (478, 2) is added to the avatar's face before the driver's pose."""
         scale, rotation, unposed = self.settle_neutral(driver)
         neutral = self.neutral
         lim = self.limits
@@ -278,6 +279,8 @@ class Retargeter(Stage):
         if lim.lids_by_ratio:
             gain = lim.expression_gain * lim.part_gains[1]
             expressive = lids_by_ratio(expressive, self._rest_eyes, unposed, neutral, gain)
+        if reshape is not None:
+            expressive[:, :2] += reshape
         # Relative pose, expressed in the avatar's frame and clamped.
         rotation_avatar = r_na @ _clamp_rotation(rotation, lim.max_rotation_deg, lim.pose_gain) @ r_na.T
         rel_scale = float(np.clip(scale**lim.pose_gain, *lim.scale_range))
@@ -298,13 +301,14 @@ class Retargeter(Stage):
             self.neutral = self.closed_mouth(driver) if automatic else driver.copy()
             self._recalibrate = False
 
-    def onto_driver(self, driver: np.ndarray) -> np.ndarray:
+    def onto_driver(self, driver: np.ndarray, reshape: np.ndarray | None = None) -> np.ndarray:
         """The avatar's face with the driver's expression (``transfer``), placed on the driver's
         own face by a similarity fitted on rigid points: the avatar's proportions where the
-        driver's face is (swap mode's shape, ``SwapTargeter``)."""
+        driver's face is (swap mode's shape, ``SwapTargeter``). ``reshape`` (478, 2), in the
+        avatar's pixels, is added before it is placed (a turned avatar turned to the camera)."""
         driver = driver.astype(np.float64)
         self._take_neutral(driver)
-        shaped = self.transfer(driver)
+        shaped = self.transfer(driver, reshape)
         scale, rotation, translation = mesh.umeyama(shaped[mesh.RIGID], driver[mesh.RIGID])
         return shaped @ (scale * rotation).T + translation
 
@@ -335,8 +339,9 @@ class Retargeter(Stage):
 # to the first of LIPS_KEPT's distances from them (face sizes), moved fully from the second,
 # because the user's own open mouth shows through the swap there.
 SWAP_SHAPE = 0.7
-# An avatar turned further than this (mesh.turned) gets a warning in swap mode.
-TURNED_WARNING = 0.6
+# An avatar turned further than this (degrees, frontal.turn) gets a warning in swap mode: even
+# mirrored, its near half is seen too much from the side.
+TURNED_WARNING_DEG = 45.0
 LIPS_KEPT = (0.05, 0.3)
 # Landmarks swap mode may move: all but the face outline.
 _INSIDE_OVAL = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), mesh.face_oval())
@@ -360,6 +365,8 @@ class SwapTargeter(Stage):
         self._lips_of: Retargeter | None = None
         self._checked_turn: Retargeter | None = None
         self._lips_weight = np.zeros((len(_INSIDE_OVAL), 1))
+        self._reshape_of: Retargeter | None = None
+        self._reshape: np.ndarray | None = None
         self._last: Target | None = None
         self._last_seen: float | None = None
 
@@ -373,7 +380,7 @@ class SwapTargeter(Stage):
         if self.retargeter is None or self.shape <= 0.0:
             return user[:, :2]
         moved = user[:, :2].astype(np.float64)
-        avatar = self.retargeter.onto_driver(user)
+        avatar = self.retargeter.onto_driver(user, self._turned_to_camera())
         inside = moved[_INSIDE_OVAL]
         moved[_INSIDE_OVAL] += self.shape * self._away_from_lips() * (avatar[_INSIDE_OVAL, :2] - inside)
         return moved
@@ -391,15 +398,36 @@ class SwapTargeter(Stage):
             self._lips_of, self._lips_weight = self.retargeter, weight[:, None]
         return self._lips_weight
 
+    def _turned_to_camera(self) -> np.ndarray | None:
+        """(478, 2) what turns the avatar's face to the camera (``frontal.facing_camera``),
+        as a change of its landmarks; None when it faces the camera. Once per avatar."""
+        assert self.retargeter is not None
+        if self._reshape_of is not self.retargeter:
+            avatar = self.retargeter.avatar
+            facing = frontal.facing_camera(avatar)
+            self._reshape = None if facing is None else facing - avatar[:, :2]
+            self._reshape_of = self.retargeter
+        return self._reshape
+
     def _warn_if_turned(self) -> None:
-        """Once per avatar: a face turned to one side cannot be swapped well."""
+        """Once per avatar: what swap mode does with a face turned to one side, and a warning
+        where that is too far to swap well."""
         if self.retargeter is None or self._checked_turn is self.retargeter:
             return
         self._checked_turn = self.retargeter
-        if mesh.turned(self.retargeter.avatar) > TURNED_WARNING:
+        avatar = self.retargeter.avatar
+        degrees = frontal.turn(avatar)
+        if degrees >= TURNED_WARNING_DEG:
             logger.warning(
-                "swap: the avatar's face is turned to one side; a 2-D warp stretches its far side "
-                "(hair, background) across yours; a photo facing the camera swaps best"
+                "swap: the avatar's face is turned %.0f degrees to one side, too far to swap well; "
+                "a photo facing the camera swaps best",
+                degrees,
+            )
+        elif frontal.mirrors_far_half(avatar):
+            logger.info(
+                "swap: the avatar's face is turned %.0f degrees to one side: its far half is drawn "
+                "from its near half, mirrored",
+                degrees,
             )
 
     def process(self, track: FaceTrack) -> Target | None:

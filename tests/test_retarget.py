@@ -277,22 +277,52 @@ def test_swap_takes_the_avatars_proportions_inside_the_users_jaw_and_keeps_the_u
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
-def test_swap_warns_once_about_an_avatar_turned_to_one_side(faces, caplog):
-    """Girl with a Pearl Earring looks over her shoulder: swap mode stretches her far side, and
-    says so once; a face towards the camera gets no warning."""
+def test_swap_says_once_how_it_draws_an_avatar_turned_to_one_side(faces, caplog):
+    """Girl with a Pearl Earring looks over her shoulder (32 degrees): swap mode draws her far
+    half from her near half and says so once; a face turned past 45 degrees gets a warning; a
+    face towards the camera gets neither."""
+    import cv2
+
+    from realtime.retarget import SwapTargeter
+    from tests.test_mesh import _turned
+
+    avatar, user = faces
+    pearl = find_face(cv2.imread(str(MEDIA / "avatars" / "liveportrait_s10.jpg"))).astype(np.float64)
+    assert abs(mesh.yaw_degrees(avatar)) < 5 and 25 < abs(mesh.yaw_degrees(pearl)) < 45
+    with caplog.at_level("INFO", logger="realtime.retarget"):
+        SwapTargeter(retargeter=Retargeter(avatar)).process(_track(user))
+        assert not caplog.records
+        swap = SwapTargeter(retargeter=Retargeter(pearl))
+        swap.process(_track(user))
+        swap.process(_track(user, 0.033))
+        assert [r.levelname for r in caplog.records] == ["INFO"]
+        assert "mirrored" in caplog.records[0].getMessage()
+        SwapTargeter(retargeter=Retargeter(_turned(avatar, 55.0))).process(_track(user))
+        assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
+        assert "too far" in caplog.records[1].getMessage()
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
+def test_swap_takes_a_turned_avatars_proportions_as_if_it_faced_the_camera(faces):
+    """The Pearl Earring girl's face, squeezed by her turn, would pull the user's nose and far
+    eye sideways; turned to the camera first, the swapped face stays as symmetric as the user's."""
     import cv2
 
     from realtime.retarget import SwapTargeter
 
-    avatar, user = faces
-    turned = find_face(cv2.imread(str(MEDIA / "avatars" / "liveportrait_s10.jpg"))).astype(np.float64)
-    assert mesh.turned(avatar) < 0.2 and mesh.turned(turned) > 0.6
-    with caplog.at_level("WARNING", logger="realtime.retarget"):
-        SwapTargeter(retargeter=Retargeter(avatar)).process(_track(user))
-        assert not caplog.records
-        swap = SwapTargeter(retargeter=Retargeter(turned))
-        swap.process(_track(user))
-        swap.process(_track(user, 0.033))
-        assert len(caplog.records) == 1 and "turned to one side" in caplog.records[0].getMessage()
-        SwapTargeter(retargeter=Retargeter(turned), shape=0.0).process(_track(user))  # shape off too
-    assert len(caplog.records) == 2
+    _, user = faces
+    pearl = find_face(cv2.imread(str(MEDIA / "avatars" / "liveportrait_s10.jpg"))).astype(np.float64)
+
+    def lopsided(points: np.ndarray) -> float:
+        # the nose tip's offset from midway between the outer eye corners, in face sizes
+        middle = (points[mesh.RIGHT_EYE_OUTER, :2] + points[mesh.LEFT_EYE_OUTER, :2]) / 2
+        across = points[mesh.LEFT_EYE_OUTER, :2] - points[mesh.RIGHT_EYE_OUTER, :2]
+        return abs(float((points[mesh.NOSE_TIP, :2] - middle) @ across)) / float(across @ across)
+
+    swapped = SwapTargeter(retargeter=Retargeter(pearl), shape=1.0).process(_track(user)).landmarks
+    flat = pearl.copy()
+    flat[:, 2] = 0.0  # without depth no turn is known, and the swap takes her squeezed face over
+    as_is = SwapTargeter(retargeter=Retargeter(flat), shape=1.0).process(_track(user)).landmarks
+    assert lopsided(pearl) > 0.15  # her nose sits far towards her far cheek
+    assert lopsided(as_is) > 0.1
+    assert lopsided(swapped) < lopsided(user) + 0.03

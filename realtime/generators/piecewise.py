@@ -19,11 +19,13 @@ def rasterise_map(
     triangles: np.ndarray,
     roi: tuple[int, int, int, int],
     stride: int,
+    source_triangles: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward map (map_x, map_y) for the pixels of ``roi`` = (x0, y0, x1, y1).
 
     ``dest``/``source`` are (V, 2) vertex positions; ``triangles`` (T, 3) indices. Later
     triangles win where triangles overlap. Pixels outside every triangle map to themselves.
+    ``source_triangles`` (T, 3): where each triangle samples, when not from itself.
     """
     x0, y0, x1, y1 = roi
     width, height = x1 - x0, y1 - y0
@@ -36,7 +38,7 @@ def rasterise_map(
     # cv2.resize by `stride` puts the centre of source pixel (i, j).
     origin = np.array([x0 - pad * stride + offset, y0 - pad * stride + offset])
     tri_dst = ((dest[triangles] - origin) / stride).astype(np.float64)  # (T, 3, 2) in grid units
-    tri_src = source[triangles].astype(np.float64)
+    tri_src = source[triangles if source_triangles is None else source_triangles].astype(np.float64)
     # Only grid points inside a triangle's bounding box can be inside it: a small triangle
     # between grid points has none and is skipped (the map is only sampled at grid points).
     low, high = corner_bounds(tri_dst)

@@ -8,7 +8,8 @@ a mouth interior (cavity and teeth) is painted in.
 
 Swap: the same face triangles map the avatar's face onto the user's landmarks in the
 user's own frame, in the box of the inner face; the blend stage composites it
-(``realtime.swap``).
+(``realtime.swap``). A turned avatar's far half is sampled from its near half, mirrored
+(``realtime.frontal``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from realtime import mesh
+from realtime import frontal, mesh
 from realtime.frames import Mode, Rendered, Target
 from realtime.generators.piecewise import bounding_roi, corner_bounds, rasterise_map
 from realtime.stages import Stage
@@ -83,6 +84,8 @@ class WarpGenerator(Stage):
         else:
             self.source_points = self.avatar_points
             self.triangles = mesh.face_triangles()
+            # A turned avatar's far half is drawn from its near half, mirrored.
+            self.source_triangles = frontal.source_triangles(avatar_landmarks, self.triangles)
             # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
             # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
             self._levels = [(avatar_image, self.avatar_points)]
@@ -150,7 +153,7 @@ class WarpGenerator(Stage):
         while level + 1 < len(self._levels) and mesh.face_size(self._levels[level + 1][1]) >= drawn:
             level += 1
         source_image, source_points = self._levels[level]
-        map_x, map_y = rasterise_map(dest, source_points, self.triangles, roi, stride)
+        map_x, map_y = rasterise_map(dest, source_points, self.triangles, roi, stride, self.source_triangles)
         patch = cv2.remap(source_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mask = np.zeros(patch.shape[:2], np.uint8)
         cv2.fillPoly(mask, [np.round(polygon - roi[:2]).astype(np.int32)], 255)

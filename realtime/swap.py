@@ -70,6 +70,11 @@ TYPICAL = (0.7, 1.35)  # skin this far below / above its surroundings' luma is l
 # From this many face sizes under the eyes, what stands out from the avatar's skin is its own look
 OWN_FEATURES_BELOW_EYES = 0.12
 CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stronger than the user's
+# Hair, headwear or background inside the avatar's swap region is looked for this far (face sizes)
+# in from the region's edge, down to its nose, and where it stands out from its skin by this many
+# robust sigmas (of brightness, or of colour).
+NOT_FACE_BAND = 0.2
+NOT_FACE_SIGMAS = 4.0
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G, R
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
@@ -85,6 +90,90 @@ def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:
     points = landmarks[:, :2].astype(np.float64)
     brows = points[BROWS] - _face_down(points) * BROW_LIFT * mesh.face_size(points)
     return np.concatenate([points[JAW], brows])
+
+
+def not_face(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """uint8 (h, w) over the avatar ``image``, 255 where its swap region (``inner_face_polygon``)
+    shows something other than its face at the region's top and sides: a fringe or a lock of
+    hair, a headscarf, background past a turned cheek. Found by colour against the avatar's own
+    skin, as blobs that reach the region's edge (a shadow by the nose does not). None when
+    there is nothing."""
+    points = landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64)
+    x0, y0, x1, y1 = _box(inner_face_polygon(points), 4, image.shape[:2])
+    found = _not_face_in(image[y0:y1, x0:x1], points - (x0, y0))
+    if found is None:
+        return None
+    whole = np.zeros(image.shape[:2], np.uint8)
+    whole[y0:y1, x0:x1] = found
+    return whole
+
+
+def _not_face_in(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+    """``not_face`` over the box of the swap region (``points`` in its pixels)."""
+    size = mesh.face_size(points)
+    h, w = image.shape[:2]
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(inner_face_polygon(points)).astype(np.int32)], 255)
+    # The features stand out from the skin by nature: eyes, lips and brows, with a margin.
+    features = np.zeros((h, w), np.uint8)
+    for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE, mesh.OUTER_LIP):
+        cv2.fillPoly(features, [np.round(points[loop]).astype(np.int32)], 255)
+    for brow in (BROWS[:5], BROWS[5:]):
+        cv2.polylines(
+            features, [np.round(points[brow]).astype(np.int32)], False, 255, max(1, round(0.12 * size))
+        )
+    features = cv2.dilate(features, np.ones((2 * round(0.075 * size) + 1,) * 2, np.uint8))
+    skin = cv2.erode(region, np.ones((2 * round(0.125 * size) + 1,) * 2, np.uint8)) & ~features
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
+    samples = lab[skin > 0]
+    if len(samples) < 50:
+        return None
+    centre = np.median(samples, axis=0)
+    # robust sigmas, floored at a few levels: a flat cartoon's skin has almost none
+    sigma = 1.4826 * np.median(np.abs(samples - centre), axis=0) + np.float32([3.0, 1.5, 1.5])
+    z = np.abs(lab - centre) / sigma
+    apart = np.maximum(z[..., 0], np.hypot(z[..., 1], z[..., 2])) > NOT_FACE_SIGMAS
+    depth = np.arange(w)[None, :] * _face_down(points)[0] + np.arange(h)[:, None] * _face_down(points)[1]
+    above_nose = depth < points[mesh.NOSE_BOTTOM] @ _face_down(points)
+    from_edge = cv2.distanceTransform(region, cv2.DIST_L2, 5)
+    candidate = (
+        apart & above_nose & (region > 0) & (from_edge < NOT_FACE_BAND * size) & (features == 0)
+    ).astype(np.uint8)
+    k = 2 * round(0.03 * size) + 1
+    candidate = cv2.morphologyEx(candidate, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+    count, labels = cv2.connectedComponents(candidate)
+    if count < 2:
+        return None
+    at_edge = np.unique(labels[(candidate > 0) & (from_edge <= max(2.0, 0.03 * size))])
+    keep = np.isin(labels, at_edge[at_edge > 0])
+    if not keep.any():
+        return None
+    # grown a little: a lock's soft edge is not skin either
+    return cv2.dilate(keep.astype(np.uint8) * 255, np.ones((k, k), np.uint8))
+
+
+def without_hair(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The avatar ``image`` with ``not_face`` painted over by the skin around it: the local mean
+    of the swap region's other pixels (so no hair outside the region bleeds back in). The image
+    itself when there is nothing to paint."""
+    points = landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64)
+    size = mesh.face_size(points)
+    x0, y0, x1, y1 = _box(inner_face_polygon(points), 4 + round(0.1 * size), image.shape[:2])
+    box = image[y0:y1, x0:x1]
+    cover = _not_face_in(box, points - (x0, y0))
+    if cover is None:
+        return image
+    region = np.zeros(box.shape[:2], np.uint8)
+    cv2.fillPoly(region, [np.round(inner_face_polygon(points - (x0, y0))).astype(np.int32)], 255)
+    known = ((region > 0) & (cover == 0)).astype(np.float32)
+    skin = _box_mean(box.astype(np.float32), known, max(2.0, 0.08 * size))
+    # all of what was found, fading out beyond it
+    k = 2 * round(0.04 * size) + 1
+    grown = cv2.dilate(cover, np.ones((k, k), np.uint8))
+    share = cv2.GaussianBlur(grown, (k, k), 0).astype(np.float32)[..., None] / 255.0
+    painted = image.copy()
+    painted[y0:y1, x0:x1] = np.clip(box + (skin - box) * share, 0, 255).astype(np.uint8)
+    return painted
 
 
 @dataclass

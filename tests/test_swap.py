@@ -490,3 +490,86 @@ def test_a_turned_avatars_far_half_is_drawn_from_its_near_half_mirrored():
     generator.source_triangles = None  # her own far half, squeezed and shadowed
     own = halves_differ(generator)
     assert mirrored < 6.0 and own > 5 * mirrored
+
+
+def _media_image(spec: str) -> np.ndarray:
+    """An image under ../shared/media, or frame N of a clip (``clip.mp4@N``)."""
+    from realtime.analysis import read_frames
+
+    path, _, index = spec.partition("@")
+    if not index:
+        return cv2.imread(str(MEDIA / path))
+    return list(read_frames(str(MEDIA / path), int(index) + 1))[-1]
+
+
+@needs_media
+def test_hair_and_headwear_in_the_swapped_region_are_found_and_nothing_else():
+    """A lock of hair at the temple, red hair past a turned cheek, the Mona Lisa's hair, the
+    Pearl Earring's turban: found at the region's edge, above the nose. A beard, glasses, a
+    painting's shadowed nose, a cartoon and plain portraits: nothing."""
+    from realtime.swap import not_face
+
+    with_hair = [
+        "clips/styletalk_surprisegirl_clip2.mp4@39",
+        "clips/extra_pexels7322716_woman_redhair.mp4@0",
+        "avatars/liveportrait_s9.jpg",
+        "avatars/liveportrait_s10.jpg",
+    ]
+    without = [
+        "clips/extra_rppg_man_darkskin.mp4@0",
+        "clips/extra_pexels8048492_man_glasses.mp4@0",
+        "avatars/liveportrait_s8.jpg",
+        "avatars/liveportrait_s7.jpg",
+        "avatars/liveportrait_s5.jpg",
+        "avatars/liveportrait_s42.jpg",
+    ]
+    for spec in with_hair:
+        image = _media_image(spec)
+        landmarks = find_face(image)
+        found = not_face(image, landmarks)
+        assert found is not None, spec
+        ys, xs = np.nonzero(found)
+        size = mesh.face_size(landmarks)
+        region = _polygon_mask(landmarks, image.shape, grow=int(0.05 * size))
+        assert region[ys, xs].all(), spec  # inside the swapped region (and its blur)
+        down = landmarks[152, :2] - landmarks[10, :2]  # forehead to chin
+        down /= np.linalg.norm(down)
+        depth = np.stack([xs, ys], 1) @ down
+        assert depth.max() < landmarks[mesh.NOSE_BOTTOM, :2] @ down + 0.05 * size, spec
+    for spec in without:
+        image = _media_image(spec)
+        assert not_face(image, find_face(image)) is None, spec
+
+
+@needs_media
+def test_a_lock_of_hair_on_the_avatars_temple_is_painted_over_with_its_skin():
+    """Swapped, the avatar's hair inside the region would land as a dark streak on the user's
+    temple; the swap warp draws her skin there instead."""
+    from realtime.swap import not_face
+
+    image = _media_image("clips/styletalk_surprisegirl_clip2.mp4@39")
+    landmarks = find_face(image)
+    hair = not_face(image, landmarks) > 0
+    generator = WarpGenerator(image, landmarks, mode="swap")
+    target = Target(
+        frame=Frame(image, 0, 0.0),
+        landmarks=mesh.with_mouth_centre(landmarks[:, :2]).astype(np.float32),
+        mode=Mode.SWAP,
+    )
+    rendered = generator.render(target)  # drawn at its own landmarks: the avatar as it is, but for that
+    drawn = image.copy()
+    x0, y0 = rendered.origin
+    h, w = rendered.patch.shape[:2]
+    drawn[y0 : y0 + h, x0 : x0 + w] = rendered.patch
+    lab_image = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
+    lab_drawn = cv2.cvtColor(drawn, cv2.COLOR_BGR2LAB).astype(np.float32)
+    cheeks = (
+        cv2.erode(_polygon_mask(landmarks, image.shape).astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
+    )
+    skin = np.median(lab_image[cheeks], axis=0)
+    before = np.linalg.norm(lab_image[hair] - skin, axis=1).mean()
+    after = np.linalg.norm(lab_drawn[hair] - skin, axis=1).mean()
+    elsewhere = cheeks & ~cv2.dilate(hair.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert before > 2 * after
+    # the rest of the face is the avatar's own, to within the warp's resampling
+    assert np.abs(lab_drawn[elsewhere] - lab_image[elsewhere]).mean() < 3.0

@@ -9,7 +9,8 @@ a mouth interior (cavity and teeth) is painted in.
 Swap: the same face triangles map the avatar's face onto the user's landmarks in the
 user's own frame, in the box of the inner face; the blend stage composites it
 (``realtime.swap``). A turned avatar's far half is sampled from its near half, mirrored
-(``realtime.frontal``).
+(``realtime.frontal``), and hair or headwear inside the swapped region is painted over with the
+avatar's skin around it (``realtime.swap.without_hair``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from realtime import frontal, mesh
 from realtime.frames import Mode, Rendered, Target
 from realtime.generators.piecewise import bounding_roi, corner_bounds, rasterise_map
 from realtime.stages import Stage
-from realtime.swap import inner_face_polygon
+from realtime.swap import inner_face_polygon, without_hair
 
 INNER_RING_SCALE = 1.35  # inner anchor ring: this many times the face oval, from its centre
 OUTER_RING_SCALE = 2.3
@@ -86,6 +87,8 @@ class WarpGenerator(Stage):
             self.triangles = mesh.face_triangles()
             # A turned avatar's far half is drawn from its near half, mirrored.
             self.source_triangles = frontal.source_triangles(avatar_landmarks, self.triangles)
+            # Hair or headwear inside the swapped region is painted over with the skin around it.
+            avatar_image = without_hair(avatar_image, landmarks)
             # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
             # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
             self._levels = [(avatar_image, self.avatar_points)]

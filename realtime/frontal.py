@@ -42,14 +42,14 @@ def facing_camera(avatar_landmarks: np.ndarray) -> np.ndarray | None:
     if not mirrors_far_half(avatar_landmarks):
         return face
     partner = mesh.mirror()[: mesh.NUM_LANDMARKS]
-    midline = face[partner == np.arange(mesh.NUM_LANDMARKS)].mean(axis=0)
+    on_midline = partner == np.arange(mesh.NUM_LANDMARKS)
+    midline = face[on_midline].mean(axis=0)
     across = face[mesh.LEFT_EYE_OUTER] - face[mesh.RIGHT_EYE_OUTER]
     across /= max(float(np.linalg.norm(across)), 1e-9)
     reflected = face - 2.0 * ((face - midline) @ across)[:, None] * across
     far = mesh.far_side(avatar_landmarks)[: mesh.NUM_LANDMARKS]
     face[far] = reflected[partner[far]]
     # and the midline on the axis of the reflection: the nose straight down the middle
-    on_midline = partner == np.arange(mesh.NUM_LANDMARKS)
     face[on_midline] = (face[on_midline] + reflected[on_midline]) / 2
     return face
 

@@ -133,8 +133,9 @@ def _not_face_in(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     sigma = 1.4826 * np.median(np.abs(samples - centre), axis=0) + np.float32([3.0, 1.5, 1.5])
     z = np.abs(lab - centre) / sigma
     apart = np.maximum(z[..., 0], np.hypot(z[..., 1], z[..., 2])) > NOT_FACE_SIGMAS
-    depth = np.arange(w)[None, :] * _face_down(points)[0] + np.arange(h)[:, None] * _face_down(points)[1]
-    above_nose = depth < points[mesh.NOSE_BOTTOM] @ _face_down(points)
+    down = _face_down(points)
+    depth = np.arange(w)[None, :] * down[0] + np.arange(h)[:, None] * down[1]
+    above_nose = depth < points[mesh.NOSE_BOTTOM] @ down
     from_edge = cv2.distanceTransform(region, cv2.DIST_L2, 5)
     candidate = (
         apart & above_nose & (region > 0) & (from_edge < NOT_FACE_BAND * size) & (features == 0)

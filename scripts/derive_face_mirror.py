@@ -6,7 +6,7 @@ mediapipe's 478 landmarks come from a symmetric canonical mesh, but the package 
 of which point mirrors which. Here mediapipe finds the landmarks on a face and on the same image
 flipped left to right; flipped back, each point of the second set lands on its mirror partner
 of the first. The distances (in face sizes) are summed over a few images, then the partners are
-matched one to one (Hungarian). Images: scikit-image's astronaut, and the first frames of four
+matched one to one (Hungarian). Images: the built-in portrait (scikit-image's astronaut), and the first frames of four
 clips of ``../shared/media`` where present. ``--check`` only compares with the stored map.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from skimage import data
 
 from realtime import mesh
+from realtime.avatar import builtin_portrait
 from realtime.tracking import FaceMeshDetector
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -34,7 +34,7 @@ CLIPS = (
 
 
 def images() -> list[np.ndarray]:
-    found = [cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)]
+    found = [builtin_portrait()]
     for clip in CLIPS:
         capture = cv2.VideoCapture(str(MEDIA / clip))
         ok, image = capture.read()

@@ -22,6 +22,10 @@ open-mouth photo. Per pair:
   seamless.
 - flicker: mean |Δoutput − Δinput| between consecutive frames inside the face oval of the
   aligned crop, in [0, 1] grey levels (as ``benchmarks/swap_eval.py``).
+- face_score: does the output pass for a face at all? dlib's HOG frontal-face detector's best
+  score on the face's box (scaled to 60 px between the eye corners), the median over the
+  embedded frames; the input's own is ``input_face_score``. A crumpled face scores lower; the
+  identity distance does not always notice it.
 - nose_gap: does the swapped face sit straight on the user's head? The nose tip's offset from
   midway between the outer eye corners, along the eye line, in eye-corner distances, output
   minus input (mediapipe on each), the mean of its size over frames. A turned avatar drawn
@@ -119,8 +123,18 @@ PAIRS = [
         "woman to woman, red hair",
     ),
 ]
-COLUMNS = ["dist_avatar", "dist_user", "mouth_r", "blink_r", "seam", "flicker", "nose_gap", "render_ms"]
-INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames"]
+COLUMNS = [
+    "dist_avatar",
+    "dist_user",
+    "mouth_r",
+    "blink_r",
+    "seam",
+    "flicker",
+    "nose_gap",
+    "face_score",
+    "render_ms",
+]
+INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames", "input_face_score"]
 
 
 def read_clip(path: Path, limit: int, max_width: int = 1280) -> tuple[list[np.ndarray], float]:
@@ -194,6 +208,18 @@ def nose_offset(points: np.ndarray) -> float:
     return float((points[mesh.NOSE_TIP, :2] - (right + left) / 2) @ across / (across @ across))
 
 
+def face_score(embed: FaceEmbedder, image: np.ndarray, points: np.ndarray) -> float:
+    """dlib's HOG frontal-face detector's best score on the face's box, scaled to 60 px between
+    the outer eye corners (-1 when it finds nothing above -1)."""
+    scale = 60.0 / mesh.face_size(points)
+    margin = 40.0 / scale  # 40 px round the landmarks once scaled
+    x0, y0 = np.maximum(points[:, :2].min(axis=0) - margin, 0).astype(int)
+    x1, y1 = (points[:, :2].max(axis=0) + margin).astype(int)
+    box = cv2.resize(image[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    _, scores, _ = embed.detector.run(np.ascontiguousarray(box[:, :, ::-1]), 0, -1.0)
+    return float(max(scores)) if len(scores) else -1.0
+
+
 def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, [np.round(points[mesh.face_oval()]).astype(np.int32)], 255)
@@ -227,6 +253,7 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
     mouth_in, mouth_out, eyes_in, eyes_out, flicker, seams, d_avatar, d_user, nose_gaps = (
         [] for _ in range(9)
     )
+    scores_out, scores_in = [], []
     previous = None
     for index, (out, real, lm) in enumerate(zip(outputs, frames, input_lms, strict=True)):
         if lm is None:
@@ -250,6 +277,9 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         previous = (crop_in.astype(np.float32) / 255, crop_out.astype(np.float32) / 255)
         if (seam := seam_score(crop_out, crop_in)) is not None:
             seams.append(seam)
+        if index % args.stride == 0:
+            scores_in.append(face_score(embed, real, lm))
+            scores_out.append(face_score(embed, out, faces[0] if faces else lm))
         if index % args.stride == 0 and ref_avatar is not None:
             e = embed(out, faces[0] if faces else lm)
             if e is not None:
@@ -275,6 +305,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         "seam": round(float(np.median(seams)), 3) if seams else None,
         "flicker": round(float(np.mean(flicker)), 5) if flicker else None,
         "nose_gap": round(float(np.mean(nose_gaps)), 4) if nose_gaps else None,
+        "face_score": round(float(np.median(scores_out)), 3) if scores_out else None,
+        "input_face_score": round(float(np.median(scores_in)), 3) if scores_in else None,
         "render_ms": round(float(np.median(render_ms)), 2),
         "input_size": f"{size[0]}x{size[1]}",
     }

@@ -531,7 +531,7 @@ def test_hair_and_headwear_in_the_swapped_region_are_found_and_nothing_else():
         ys, xs = np.nonzero(found)
         size = mesh.face_size(landmarks)
         region = _polygon_mask(landmarks, image.shape, grow=int(0.05 * size))
-        assert region[ys, xs].all(), spec  # inside the swapped region (and its blur)
+        assert region[ys, xs].all(), spec  # inside the swapped region (found blobs are grown a little)
         down = landmarks[152, :2] - landmarks[10, :2]  # forehead to chin
         down /= np.linalg.norm(down)
         depth = np.stack([xs, ys], 1) @ down
@@ -563,13 +563,13 @@ def test_a_lock_of_hair_on_the_avatars_temple_is_painted_over_with_its_skin():
     drawn[y0 : y0 + h, x0 : x0 + w] = rendered.patch
     lab_image = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
     lab_drawn = cv2.cvtColor(drawn, cv2.COLOR_BGR2LAB).astype(np.float32)
-    cheeks = (
+    face_core = (
         cv2.erode(_polygon_mask(landmarks, image.shape).astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
     )
-    skin = np.median(lab_image[cheeks], axis=0)
+    skin = np.median(lab_image[face_core], axis=0)
     before = np.linalg.norm(lab_image[hair] - skin, axis=1).mean()
     after = np.linalg.norm(lab_drawn[hair] - skin, axis=1).mean()
-    elsewhere = cheeks & ~cv2.dilate(hair.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    elsewhere = face_core & ~cv2.dilate(hair.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
     assert before > 2 * after
     # the rest of the face is the avatar's own, to within the warp's resampling
     assert np.abs(lab_drawn[elsewhere] - lab_image[elsewhere]).mean() < 3.0

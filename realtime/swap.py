@@ -85,6 +85,13 @@ def _face_down(points: np.ndarray) -> np.ndarray:
     return down / (np.linalg.norm(down) + 1e-9)
 
 
+def _depth_down(shape: tuple[int, int], down: np.ndarray) -> np.ndarray:
+    """(h, w) float32: each pixel's position along the unit vector ``down``."""
+    xs = np.arange(shape[1], dtype=np.float32)[None, :]
+    ys = np.arange(shape[0], dtype=np.float32)[:, None]
+    return xs * np.float32(down[0]) + ys * np.float32(down[1])  # (h, w) by broadcasting
+
+
 def inner_face_polygon(landmarks: np.ndarray) -> np.ndarray:
     """(35, 2) loop around brows, eyes, nose, mouth, cheeks and chin, inside the jaw line."""
     points = landmarks[:, :2].astype(np.float64)
@@ -134,8 +141,7 @@ def _not_face_in(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     z = np.abs(lab - centre) / sigma
     apart = np.maximum(z[..., 0], np.hypot(z[..., 1], z[..., 2])) > NOT_FACE_SIGMAS
     down = _face_down(points)
-    depth = np.arange(w)[None, :] * down[0] + np.arange(h)[:, None] * down[1]
-    above_nose = depth < points[mesh.NOSE_BOTTOM] @ down
+    above_nose = _depth_down((h, w), down) < points[mesh.NOSE_BOTTOM] @ down
     from_edge = cv2.distanceTransform(region, cv2.DIST_L2, 5)
     candidate = (
         apart & above_nose & (region > 0) & (from_edge < NOT_FACE_BAND * size) & (features == 0)
@@ -229,9 +235,7 @@ def _below_eyes(shape: tuple[int, int], points: np.ndarray, size: float) -> np.n
     rising to 1 over a tenth of a face size beyond, along the face's own forehead-to-chin axis."""
     down = _face_down(points)
     start = float((points[mesh.RIGHT_EYE + mesh.LEFT_EYE] @ down).max()) + OWN_FEATURES_BELOW_EYES * size
-    xs = np.arange(shape[1], dtype=np.float32)[None, :]
-    ys = np.arange(shape[0], dtype=np.float32)[:, None]
-    depth = xs * np.float32(down[0]) + ys * np.float32(down[1])  # (h, w) by broadcasting
+    depth = _depth_down(shape, down)
     return np.clip((depth - np.float32(start)) / np.float32(0.1 * size), 0.0, 1.0)
 
 

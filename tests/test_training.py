@@ -105,6 +105,25 @@ def test_a_run_can_start_from_another_runs_model_and_anneal(tiny_run, tiny_clips
     assert last_lr < 0.1 * cfg.lr  # the cosine schedule has brought the rate down to near 0
 
 
+def test_bf16_training_on_the_cpu_follows_the_float32_run_and_saves_float32_weights(
+    tiny_run, tiny_clips, tmp_path
+):
+    from realtime.train.refiner import train
+
+    out, _, _ = tiny_run
+    runs = {}
+    for bf16 in (False, True):
+        cfg = tiny_config(tiny_clips, steps=6, eval_every=6, init=str(out / "refiner.pt"), bf16=bf16)
+        runs[bf16] = train(cfg, tmp_path / f"bf16_{bf16}")
+    losses = {bf16: np.array([h["loss"] for h in r["history"]]) for bf16, r in runs.items()}
+    assert np.isfinite(losses[True]).all()
+    # bf16 keeps 8 bits of mantissa: the same steps, the loss within a few percent, not equal
+    assert np.abs(losses[True] - losses[False]).max() < 0.05 * losses[False].max()
+    assert not np.array_equal(losses[True], losses[False])
+    state = torch.load(tmp_path / "bf16_True" / "refiner.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
 def test_a_narrow_model_grows_wider_computing_the_same_function(tiny_run, tiny_clips, tmp_path):
     from realtime.crops import CropSpec
     from realtime.train import models

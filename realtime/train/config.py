@@ -208,6 +208,7 @@ class RefinerConfig:
     seed: int = 0
     workers: int = flag(1, "processes that build training pairs")
     device: str = flag("auto", "auto (CUDA when present), cpu or cuda")
+    bf16: bool = flag(False, "bf16 autocast on CPU too (CPUs with AVX512-BF16/AMX)")  # always on CUDA
     data: list[str] = flag(
         default_factory=list, help="videos, cached clips (.npz) or folders of them", required=True
     )

@@ -529,7 +529,11 @@ def train(cfg: Config, out: Path, resume: bool = True, data: Data | None = None)
     history = []
     log = open(out / "log.jsonl", "a", buffering=1)  # line-buffered: a running job can be watched
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="refiner")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cfg.bf16)
+    if cfg.bf16 and device.type == "cpu":
+        # oneDNN's bf16 convolutions (AMX) are fastest on channels-last tensors.
+        nets.net.to(memory_format=torch.channels_last)
+        nets.disc.to(memory_format=torch.channels_last)
     budget = TimeBudget(cfg.max_minutes, cfg.deadline)
     timer = CheckpointTimer(cfg.checkpoint_minutes)
     best_score = math.inf

@@ -39,6 +39,32 @@ def _region_mask(points: np.ndarray, loops: list[list[int]], size: int, grow: in
 
 
 @dataclass
+class ScoredCrop:
+    """Where a frame is scored: the face crop re-centred on the real frame's landmarks, those
+    landmarks in it, and the mouth and eye regions whose L1 the evaluation reports."""
+
+    matrix: np.ndarray  # 2x3, frame → crop
+    points: np.ndarray  # the real landmarks in crop pixels
+    mouth: np.ndarray  # bool (S, S): the lips and a ring of about 1/20 eye distance around them
+    eyes: np.ndarray
+
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (frame pixels) cut to the crop."""
+        return cv2.warpAffine(image, self.matrix, (CROP.size, CROP.size), flags=cv2.INTER_AREA)
+
+
+def scored_crop(real_landmarks: np.ndarray) -> ScoredCrop:
+    matrix = alignment(real_landmarks, CROP)
+    points = real_landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    return ScoredCrop(
+        matrix,
+        points,
+        _region_mask(points, [mesh.OUTER_LIP], CROP.size, 9),
+        _region_mask(points, [mesh.RIGHT_EYE, mesh.LEFT_EYE], CROP.size, 9),
+    )
+
+
+@dataclass
 class ClipScore:
     clip: str
     frames: int
@@ -93,22 +119,17 @@ def evaluate_clip(
             previous = None
             continue
         real_lm = real_faces[0]
-        matrix = alignment(real_lm, CROP)
-        size = CROP.size
-        crop_real = cv2.warpAffine(real, matrix, (size, size), flags=cv2.INTER_AREA)
-        crop_out = cv2.warpAffine(out, matrix, (size, size), flags=cv2.INTER_AREA)
+        scored = scored_crop(real_lm)
+        crop_real, crop_out = scored.cut(real), scored.cut(out)
         a, b = crop_real.astype(np.float32) / 255.0, crop_out.astype(np.float32) / 255.0
         diff = np.abs(a - b).mean(axis=2)
-        pts = real_lm[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-        mouth = _region_mask(pts, [mesh.OUTER_LIP], size, 9)
-        eyes = _region_mask(pts, [mesh.RIGHT_EYE, mesh.LEFT_EYE], size, 9)
         mse = float(((a - b) ** 2).mean())
         rows["l1"].append(float(diff.mean()))
         rows["psnr"].append(10 * np.log10(1.0 / max(mse, 1e-10)))
         rows["ssim"].append(float(structural_similarity(crop_real, crop_out, channel_axis=2, data_range=255)))
-        rows["mouth"].append(float(diff[mouth].mean()))
-        rows["lips"].append(float(diff[_region_mask(pts, [mesh.OUTER_LIP], size, 1)].mean()))
-        rows["eyes"].append(float(diff[eyes].mean()))
+        rows["mouth"].append(float(diff[scored.mouth].mean()))
+        rows["lips"].append(float(diff[_region_mask(scored.points, [mesh.OUTER_LIP], CROP.size, 1)].mean()))
+        rows["eyes"].append(float(diff[scored.eyes].mean()))
         if previous is not None:
             rows["flicker"].append(float(np.abs((b - previous[1]) - (a - previous[0])).mean()))
         previous = (a, b)

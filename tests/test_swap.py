@@ -492,6 +492,49 @@ def test_a_turned_avatars_far_half_is_drawn_from_its_near_half_mirrored():
     assert mirrored < 6.0 and own > 5 * mirrored
 
 
+@needs_media
+def test_a_portrait_lit_hard_from_one_side_has_its_shadowed_half_drawn_from_its_lit_half():
+    """``liveportrait_s4`` faces the camera with half her face in deep shadow: swapped, that half
+    is her lit half mirrored, so both halves are about as bright. Faces lit from the front, and
+    portraits in ordinary side light, keep their own halves."""
+    from realtime import frontal
+
+    image = cv2.imread(str(MEDIA / "avatars" / "liveportrait_s4.jpg"))
+    landmarks = find_face(image).astype(np.float64)
+    assert not frontal.mirrors_far_half(landmarks)  # not turned: lit from one side
+    shadowed = frontal.shadowed_half(image, landmarks)
+    assert shadowed is not None
+    lit = ~shadowed & (mesh.mirror() != np.arange(len(shadowed)))
+
+    def shadowed_over_lit(picture: np.ndarray) -> float:
+        return frontal.half_brightness(picture, landmarks, shadowed) / frontal.half_brightness(
+            picture, landmarks, lit
+        )
+
+    assert shadowed_over_lit(image) < frontal.SIDE_LIT_BELOW  # 0.40
+
+    generator = WarpGenerator(image, landmarks, mode="swap")
+    assert generator.source_triangles is not None
+    points = mesh.with_mouth_centre(landmarks[:, :2]).astype(np.float32)
+    rendered = generator.render(Target(frame=Frame(image, 0, 0.0), landmarks=points, mode=Mode.SWAP))
+    drawn = image.copy()
+    x0, y0 = rendered.origin
+    h, w = rendered.patch.shape[:2]
+    drawn[y0 : y0 + h, x0 : x0 + w] = rendered.patch
+    assert shadowed_over_lit(drawn) > 0.9  # 0.99
+
+    for spec in [
+        "avatars/liveportrait_s0.jpg",  # portrait light, ratio about 0.7
+        "avatars/liveportrait_s3.jpg",  # and 0.58: the relighting has to do there
+        "avatars/liveportrait_s7.jpg",
+        "avatars/liveportrait_s42.jpg",
+        "clips/extra_rppg_man_darkskin.mp4@0",
+        "clips/extra_pexels8048492_man_glasses.mp4@0",
+    ]:
+        other = _media_image(spec)
+        assert frontal.shadowed_half(other, find_face(other).astype(np.float64)) is None, spec
+
+
 def _media_image(spec: str) -> np.ndarray:
     """An image under ../shared/media, or frame N of a clip (``clip.mp4@N``)."""
     from realtime.analysis import read_frames

@@ -85,10 +85,13 @@ class WarpGenerator(Stage):
         else:
             self.source_points = self.avatar_points
             self.triangles = mesh.face_triangles()
-            # A turned avatar's far half is drawn from its near half, mirrored.
-            self.source_triangles = frontal.source_triangles(avatar_landmarks, self.triangles)
             # Hair or headwear inside the swapped region is painted over with the skin around it.
             avatar_image = without_hair(avatar_image, landmarks)
+            # A turned avatar's far half, or a side-lit one's shadowed half, is drawn from the
+            # other half, mirrored.
+            self.source_triangles = frontal.source_triangles(
+                frontal.mirrored_half(avatar_image, avatar_landmarks), self.triangles
+            )
             # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
             # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
             self._levels = [(avatar_image, self.avatar_points)]

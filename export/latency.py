@@ -52,12 +52,19 @@ def _stats(times_s: list[float]) -> dict[str, float]:
 
 
 def onnxruntime_latency(
-    onnx_path: str | Path, feeds: dict[str, np.ndarray], provider: str, runs: int, warmup: int
+    onnx_path: str | Path,
+    feeds: dict[str, np.ndarray],
+    provider: str,
+    runs: int,
+    warmup: int,
+    threads: int = 0,
 ) -> dict:
-    """Times ``OnnxRunner.run`` on ``provider``; the provider that really ran is reported."""
+    """Times ``OnnxRunner.run`` on ``provider`` (``threads``: onnxruntime's, 0 its default); the
+    provider that really ran is reported."""
     from realtime.generators.onnx import OnnxRunner
 
-    runner = OnnxRunner(str(onnx_path), [provider, "CPUExecutionProvider"], warmup=0)
+    providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+    runner = OnnxRunner(str(onnx_path), providers, threads=threads, warmup=0)
     for _ in range(warmup):
         runner.run(feeds)
     times = []

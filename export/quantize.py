@@ -1,6 +1,6 @@
 """An int8 refiner for CPUs: static quantization calibrated on the crops the runtime cuts.
 
-    python -m export.quantize weights/refiner.onnx --out weights/refiner_int8.onnx [--frames 40]
+    python -m export.quantize weights/refiner.onnx --out weights/refiner.int8.onnx [--frames 40]
 
 Calibration: the runtime's own per-frame path (``offline_processor``) drives each calibration
 clip's first frame with the clip, and the refiner's inputs of every second frame are kept:
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import runner, save_card
+from .latency import onnxruntime_latency
 
 logger = logging.getLogger(__name__)
 
@@ -139,18 +140,9 @@ def parity(model: Path, quantized: Path, feeds: list[dict[str, np.ndarray]]) -> 
     }
 
 
-def timing(path: Path, feed: dict[str, np.ndarray], runs: int = 300) -> float:
+def timing(path: Path, feed: dict[str, np.ndarray]) -> float:
     """Median ms of one call, one thread."""
-    from realtime.generators.onnx import OnnxRunner
-
-    session = OnnxRunner(str(path), ["CPUExecutionProvider"], threads=1, warmup=20)
-    session.warm_up(feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feed)
-        times.append(time.perf_counter() - start)
-    return round(float(np.median(times)) * 1000, 3)
+    return onnxruntime_latency(path, feed, "CPUExecutionProvider", runs=300, warmup=20, threads=1)["p50_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,7 +92,7 @@ def servable_models(paths: list[str] | None) -> dict[str, str]:
                 raise UserError(f"model not found: {path}")
             models[Path(path).stem] = path
         return models
-    # fp16 exports are served by name only when asked for: the CPU runs them slower than fp32.
+    # fp16 and int8 copies (NAME.fp16, NAME.int8) are served only when asked for by path.
     shipped = {
         name: card["path"]
         for name, card in shipped_models().items()

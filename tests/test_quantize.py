@@ -19,7 +19,7 @@ def test_an_int8_refiner_stays_close_to_the_float_one_and_runs_live(tmp_path, bu
     from realtime.pipeline import offline_processor
     from realtime.train.people import SELECTION_PEOPLE, VALIDATION_PEOPLE, person_of
 
-    out = tmp_path / "refiner_int8.onnx"
+    out = tmp_path / "refiner.int8.onnx"
     assert main([str(REPO / "weights" / "refiner.onnx"), "--out", str(out), "--frames", "16"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["default"] is False and "evaluation" not in card  # its own evaluation is still to come
@@ -40,5 +40,5 @@ def test_an_int8_refiner_stays_close_to_the_float_one_and_runs_live(tmp_path, bu
         finally:
             processor.close()
         outputs[model.stem] = output.astype(np.float32)
-    difference = np.abs(outputs["refiner"] - outputs["refiner_int8"])
+    difference = np.abs(outputs["refiner"] - outputs["refiner.int8"])
     assert 0 < difference.max() and difference.mean() < 0.5

@@ -23,15 +23,15 @@ import cv2
 import numpy as np
 
 from realtime import mesh
+from realtime.swap import LUMA_BGR
 
 logger = logging.getLogger(__name__)
 
 FRONTAL_FROM_DEG = 5.0  # below this the avatar counts as facing the camera: nothing changes
 MIRROR_FROM_DEG = 12.0  # from this its far half is squeezed, and often in the shadow of a side light
 # The darker half's median skin brightness over the lighter half's, below which the darker half
-# is a side light's shadow. Plainly lit photos measure 0.85-0.98, classic portrait light 0.58-0.76.
+# is a side light's shadow; well below classic portrait light (benchmarks/RESULTS.md, session 21).
 SIDE_LIT_BELOW = 0.45
-LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)
 
 
 def turn(avatar_landmarks: np.ndarray) -> float:

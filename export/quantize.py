@@ -161,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         clips_of("train", CALIBRATION_CLIPS),
         clips_of("selection", PARITY_CLIPS),
     )
-    calibration = [f for clip in calibration_clips for f in refiner_inputs(args.model, clip, args.frames)]
-    held_out = [f for clip in parity_clips for f in refiner_inputs(args.model, clip, args.frames)]
+    from realtime.errors import UserError
+
+    try:
+        calibration = [f for clip in calibration_clips for f in refiner_inputs(args.model, clip, args.frames)]
+        held_out = [f for clip in parity_clips for f in refiner_inputs(args.model, clip, args.frames)]
+    except UserError as exc:  # not a refiner, or not ONNX at all
+        raise SystemExit(f"error: {exc}") from None
     logger.info("calibrating on %d frames of %d clips", len(calibration), len(calibration_clips))
     quantize(args.model, args.out, calibration)
     checks = {

@@ -42,3 +42,19 @@ def test_an_int8_refiner_stays_close_to_the_float_one_and_runs_live(tmp_path, bu
         outputs[model.stem] = output.astype(np.float32)
     difference = np.abs(outputs["refiner"] - outputs["refiner.int8"])
     assert 0 < difference.max() and difference.mean() < 0.5
+
+
+def test_quantizing_what_is_not_a_refiner_is_a_one_line_error(tmp_path):
+    if not (MEDIA / "clips").is_dir():
+        pytest.skip(f"calibration needs real clips: {MEDIA / 'clips'} is absent")
+    from export.quantize import main
+
+    garbage = tmp_path / "broken.onnx"
+    garbage.write_bytes(b"not a model")
+    garbage.with_suffix(".json").write_text("{}")
+    for model in (REPO / "weights" / "voice.onnx", garbage, tmp_path / "missing.onnx"):
+        with pytest.raises(SystemExit) as raised:
+            main([str(model), "--out", str(tmp_path / "out.onnx")])
+        message = str(raised.value)
+        assert message.startswith("error: ") and "\n" not in message and str(model.name) in message
+    assert not (tmp_path / "out.onnx").exists()

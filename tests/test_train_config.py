@@ -54,6 +54,7 @@ def test_refiner_flags_are_the_ones_the_cli_declared():
         "--pairs-per-clip": "pairs_per_clip",
         "--workers": "workers",
         "--device": "device",
+        "--bf16": "bf16",
         "--layout": "layout",
         "--size": "size",
         "--widths": "widths",

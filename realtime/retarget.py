@@ -188,10 +188,9 @@ class Retargeter(Stage):
         self._rest_eyes = rest_eyes(self._avatar_base)
         self.adaptive_neutral = adaptive_neutral
         # Regions of the driver's neutral that adapt: everything below the nose (mouth and
-        # jaw), and the eyelids with the irises.
+        # jaw), and the eyelids with the irises (EYES).
         below_nose = self.avatar[:, 1] > self.avatar[mesh.NOSE_BOTTOM, 1]
         self._mouth_region = np.flatnonzero(below_nose)
-        self._eye_region = np.array(mesh.RIGHT_EYE + mesh.LEFT_EYE + mesh.RIGHT_IRIS + mesh.LEFT_IRIS)
         self._parts = self._part_masks()
 
     def _part_masks(self) -> np.ndarray:
@@ -227,7 +226,12 @@ class Retargeter(Stage):
         if mesh.mouth_opening(unposed) < mesh.mouth_opening(neutral) - 0.004:
             neutral[self._mouth_region] = unposed[self._mouth_region]
         if mesh.eye_opening(unposed) > mesh.eye_opening(neutral) + 0.01:
-            neutral[self._eye_region] = unposed[self._eye_region]
+            # The wider lids (and that frame's gaze), each eye kept where its corners were: a
+            # head pitched a little differently leaves the eyes a few percent of a face size off
+            # the rigid points, and taken whole that offset would shift the avatar's eyes for good.
+            for loop, outer, inner, _, _, iris in EYES:
+                kept = neutral[[outer, inner]].mean(axis=0) - unposed[[outer, inner]].mean(axis=0)
+                neutral[loop + iris] = unposed[loop + iris] + kept
 
     @staticmethod
     def closed_mouth(face: np.ndarray) -> np.ndarray:

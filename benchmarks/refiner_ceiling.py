@@ -5,10 +5,11 @@
 The region refiner corrects the warp in 48-px crops of the mouth and the eyes, and the model
 card's paste rules say what of its correction is applied: its brightness only (``correction:
 luma``) or its colour too, inside the openings only or the lips too (``confine``), and for the
-mouth perhaps only darker (``darken_only``) or brighter only near the lips (``dark_centre``). This puts the perfect correction through each rule:
-self-reenactment as ``realtime eval`` runs it (the clip's first frame is the avatar, the warp
-drives it), and in place of a model's output, the real frame, cut by the runtime's own crops at
-the tracked landmarks and pasted back as the runtime pastes. Scored exactly as ``realtime eval``
+mouth perhaps only darker (``darken_only``) or brighter only near the lips (``dark_centre``).
+This puts the perfect correction through each rule: self-reenactment as ``realtime eval`` runs
+it (the clip's first frame is the avatar, the warp drives it), and in place of a model's output,
+the real frame, cut by the runtime's own crops at the tracked landmarks and put through the
+runtime's own paste rules (``realtime.generators.onnx.applied_correction``). Scored exactly as ``realtime eval``
 scores (``realtime.evaluate.scored_crop``): mouth and eye L1 against the real frame.
 
 A model under a rule cannot beat that rule's ceiling, so an issue bar below it needs another
@@ -32,10 +33,10 @@ from tqdm import tqdm
 from realtime import mesh
 from realtime.analysis import read_frames
 from realtime.avatar import make_avatar
-from realtime.crops import REGIONS, CropSpec, antialiased_warp, crop_matrices, dark_centre_weight, fill_mask
+from realtime.crops import REGIONS, CropSpec, antialiased_warp, crop_matrices, fill_mask
 from realtime.evaluate import CROP, scored_crop
 from realtime.frames import Frame
-from realtime.generators.onnx import CONFINES, LUMA_BGR, OnnxRefinerGenerator
+from realtime.generators.onnx import CONFINES, applied_correction
 from realtime.metrics import machine_description, write_json
 from realtime.pipeline import offline_processor
 from realtime.sources import probe_video
@@ -71,15 +72,17 @@ def corrected(
         delta = antialiased_warp(real, matrix, spec.size).astype(np.float32) - antialiased_warp(
             warp, matrix, spec.size
         ).astype(np.float32)
-        if correction == "luma":
-            delta[:] = (delta @ LUMA_BGR)[..., None]
         points = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-        if region == "mouth" and mouth_rule == "darken_only":
-            np.minimum(delta, 0.0, out=delta)
-        elif region == "mouth" and mouth_rule == "dark_centre":
-            rim = dark_centre_weight(fill_mask(points, spec))[..., None]
-            delta[:] = np.minimum(delta, 0.0) + np.maximum(delta, 0.0) * rim
-        delta *= OnnxRefinerGenerator._region_gate(points, spec.size, [CONFINES[confine][k]])[..., None]
+        mouth = region == "mouth"
+        applied_correction(
+            delta,
+            points,
+            fill_mask(points, spec),
+            correction == "luma",
+            mouth and mouth_rule == "darken_only",
+            mouth and mouth_rule == "dark_centre",
+            [CONFINES[confine][k]],
+        )
         # crop → frame → scored crop, in one warp
         back = np.vstack([cv2.invertAffineTransform(matrix), [0, 0, 1]])
         out += cv2.warpAffine(delta, to_scored @ back, (CROP.size, CROP.size), flags=cv2.INTER_LINEAR)

@@ -6,8 +6,8 @@ mediapipe's 478 landmarks come from a symmetric canonical mesh, but the package 
 of which point mirrors which. Here mediapipe finds the landmarks on a face and on the same image
 flipped left to right; flipped back, each point of the second set lands on its mirror partner
 of the first. The distances (in face sizes) are summed over a few images, then the partners are
-matched one to one (Hungarian). Images: the built-in portrait (scikit-image's astronaut), and the first frames of four
-clips of ``../shared/media`` where present. ``--check`` only compares with the stored map.
+matched one to one (Hungarian). Images: the built-in portrait (scikit-image's astronaut), and the
+first frames of four clips of ``../shared/media`` where present. ``--check`` only compares with the stored map.
 """
 
 from __future__ import annotations

@@ -679,7 +679,7 @@ def test_the_training_loss_sees_the_correction_as_the_runtime_applies_it(builtin
 
     from realtime import mesh
     from realtime.crops import CropSpec, crop_matrices, fill_mask
-    from realtime.generators.onnx import CONFINES, OnnxRefinerGenerator
+    from realtime.generators.onnx import CONFINES, region_gate
     from realtime.train.refiner import as_applied, opening_gate
 
     spec = CropSpec(48, layout="regions")
@@ -687,7 +687,7 @@ def test_the_training_loss_sees_the_correction_as_the_runtime_applies_it(builtin
     for k, matrix in enumerate(crop_matrices(points, spec)):
         local = points @ matrix[:, :2].T + matrix[:, 2]
         fill = torch.from_numpy(fill_mask(local, spec)[None, None].astype(np.float32) / 255.0)
-        runtime = OnnxRefinerGenerator._region_gate(local, 48, [CONFINES["openings"][k]])
+        runtime = region_gate(local, 48, [CONFINES["openings"][k]])
         assert runtime.max() > 0.9
         assert np.abs(opening_gate(fill)[0, 0].numpy() - runtime).max() < 0.02
 

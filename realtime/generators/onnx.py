@@ -155,6 +155,40 @@ DARKENABLE = ("mouth", "eyes")
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
 
 
+def region_gate(points: np.ndarray, size: int, loops: list) -> np.ndarray:
+    """Soft mask of the landmark loops ``loops``, a little dilated and feathered."""
+    gate = np.zeros((size, size), np.uint8)
+    for loop in loops:
+        cv2.fillPoly(gate, [np.round(points[loop]).astype(np.int32)], 255)
+    grow = max(3, int(size * 0.06)) | 1
+    gate = cv2.dilate(gate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
+    return cv2.GaussianBlur(gate.astype(np.float32) / 255.0, (0, 0), grow / 3)
+
+
+def applied_correction(
+    delta: np.ndarray,
+    points: np.ndarray,
+    fill: np.ndarray,
+    luma_only: bool,
+    darken_only: bool,
+    dark_centre: bool,
+    gate_loops: list | None,
+) -> np.ndarray:
+    """What the card's paste rules let through of one crop's correction ``delta`` (float32 BGR
+    (S, S, 3), changed in place and returned): its brightness only, only darker, brighter only
+    near the opening's rim (``fill``: the crop's openings), gated to ``gate_loops`` of ``points``."""
+    if luma_only:
+        delta[:] = (delta @ LUMA_BGR)[..., None]
+    if darken_only:
+        np.minimum(delta, 0.0, out=delta)
+    elif dark_centre:
+        rim = dark_centre_weight(fill)[..., None]
+        delta[:] = np.minimum(delta, 0.0) + np.maximum(delta, 0.0) * rim
+    if gate_loops:
+        delta *= region_gate(points, delta.shape[0], gate_loops)[..., None]
+    return delta
+
+
 class OnnxRefinerGenerator(Stage):
     """Warp first, then an ONNX model refines aligned crops; the correction is pasted back.
 
@@ -280,16 +314,6 @@ class OnnxRefinerGenerator(Stage):
             source[y0 : y0 + h, x0 : x0 + w] = base.patch
         return antialiased_warp(source, matrix, size)
 
-    @staticmethod
-    def _region_gate(points: np.ndarray, size: int, loops: list) -> np.ndarray:
-        """Soft mask of the landmark loops ``loops``, a little dilated and feathered."""
-        gate = np.zeros((size, size), np.uint8)
-        for loop in loops:
-            cv2.fillPoly(gate, [np.round(points[loop]).astype(np.int32)], 255)
-        grow = max(3, int(size * 0.06)) | 1
-        gate = cv2.dilate(gate, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
-        return cv2.GaussianBlur(gate.astype(np.float32) / 255.0, (0, 0), grow / 3)
-
     @property
     def provider(self) -> str:
         return self.runner.provider
@@ -377,16 +401,15 @@ class OnnxRefinerGenerator(Stage):
                     region, _image_flow(flow, inverse, box), origin=(bx0, by0)
                 )
             refined = outputs[OUT_IMAGE][k].transpose(1, 2, 0)[:, :, ::-1] * 255.0
-            delta = refined - moved  # float32 already: the model's output and the crop
-            if self._luma_only:
-                delta[:] = (delta @ LUMA_BGR)[..., None]
-            if self._darken_only[k]:
-                np.minimum(delta, 0.0, out=delta)
-            elif self._dark_centre[k]:
-                rim = dark_centre_weight(fills[k])[..., None]
-                delta[:] = np.minimum(delta, 0.0) + np.maximum(delta, 0.0) * rim
-            if self._gate_loops[k]:
-                delta *= self._region_gate(points[k], size, self._gate_loops[k])[..., None]
+            delta = applied_correction(
+                refined - moved,  # float32 already: the model's output and the crop
+                points[k],
+                fills[k],
+                self._luma_only,
+                self._darken_only[k],
+                self._dark_centre[k],
+                self._gate_loops[k],
+            )
             region[by0:by1, bx0:bx1] += cv2.warpAffine(
                 delta,
                 inverse,

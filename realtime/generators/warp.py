@@ -9,8 +9,8 @@ a mouth interior (cavity and teeth) is painted in.
 Swap: the same face triangles map the avatar's face onto the user's landmarks in the
 user's own frame, in the box of the inner face; the blend stage composites it
 (``realtime.swap``). A turned avatar's far half, or a side-lit avatar's shadowed half, is
-sampled from the other half, mirrored (``realtime.frontal``), and hair or headwear inside the swapped region is painted over with the
-avatar's skin around it (``realtime.swap.without_hair``).
+sampled from the other half, mirrored (``realtime.frontal``), and hair or headwear inside the
+swapped region is painted over with the avatar's skin around it (``realtime.swap.without_hair``).
 """
 
 from __future__ import annotations

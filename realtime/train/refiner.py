@@ -123,7 +123,7 @@ LUMA_RGB = (0.299, 0.587, 0.114)
 
 
 def opening_gate(fill: torch.Tensor) -> torch.Tensor:
-    """The runtime's confine gate (OnnxRefinerGenerator._region_gate for crops up to 66 px):
+    """The runtime's confine gate (realtime.generators.onnx.region_gate for crops up to 66 px):
     the openings dilated by a 3x3 cross, then blurred with sigma 1."""
     padded = torch.nn.functional.pad(fill, (1, 1, 1, 1))
     grown = torch.stack(

@@ -37,7 +37,15 @@ MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 CALIBRATION_CLIPS = 8
 PARITY_CLIPS = 2
 # Dropped from the source card: they describe the float model, not this one.
-SOURCE_ONLY = ("evaluation", "cross_identity_evaluation", "export", "sha256", "bytes", "default")
+SOURCE_ONLY = (
+    "evaluation",
+    "cross_identity_evaluation",
+    "cross_identity_evaluation_live",
+    "export",
+    "sha256",
+    "bytes",
+    "default",
+)
 
 
 class Recording:
@@ -182,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     card["name"] = args.out.stem
     card["quantization"] = {
         "from": args.model.name,
+        # where training goes on from: the float model's PyTorch checkpoint, beside it
+        "checkpoint": checkpoint.name if (checkpoint := args.model.with_suffix(".pt")).exists() else None,
         "method": "onnxruntime quantize_static: QDQ, int8 weights per channel, uint8 activations, min-max",
         "calibration_clips": [c.name for c in calibration_clips],
         "calibration_frames": len(calibration),

@@ -22,7 +22,9 @@ def test_an_int8_refiner_stays_close_to_the_float_one_and_runs_live(tmp_path, bu
     out = tmp_path / "refiner.int8.onnx"
     assert main([str(REPO / "weights" / "refiner.onnx"), "--out", str(out), "--frames", "16"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["default"] is False and "evaluation" not in card  # its own evaluation is still to come
+    assert card["default"] is False  # its own evaluations are still to come
+    assert not {"evaluation", "cross_identity_evaluation", "cross_identity_evaluation_live"} & set(card)
+    assert card["quantization"]["checkpoint"] == "refiner.pt"  # training goes on from the float model's
     people = {person_of(clip) for clip in card["quantization"]["calibration_clips"]}
     assert people and not people & (SELECTION_PEOPLE | VALIDATION_PEOPLE)
     assert {person_of(c) for c in card["quantization"]["parity_clips"]} <= SELECTION_PEOPLE

@@ -73,6 +73,9 @@ EYES = (
         mesh.LEFT_IRIS,
     ),
 )
+# The neutral takes a driver's lids open this many times wider than its own: a neutral caught
+# mid-blink or squinting. Smaller widenings are expression (benchmarks/RESULTS.md, session 22).
+EYES_WIDER = 1.3
 MAX_LID_RATIO = 1.5  # a driver's eye opened wider than its neutral widens the avatar's at most this much
 
 
@@ -220,12 +223,14 @@ class Retargeter(Stage):
         A neutral taken mid-word or mid-blink would make every later frame look "more
         closed" than neutral, and a portrait (closed mouth, open eyes) could then never
         open its mouth. Whenever the driver's mouth is more closed, or its eyes more
-        open, than the neutral's, that region of the neutral is replaced.
+        open, than the neutral's, that region of the neutral is replaced: the eyes only when
+        markedly wider (EYES_WIDER), so a few percent wider for a while (surprise) does not
+        narrow the avatar's eyes for the rest of the session.
         """
         neutral = self.neutral
         if mesh.mouth_opening(unposed) < mesh.mouth_opening(neutral) - 0.004:
             neutral[self._mouth_region] = unposed[self._mouth_region]
-        if mesh.eye_opening(unposed) > mesh.eye_opening(neutral) + 0.01:
+        if mesh.eye_opening(unposed) > EYES_WIDER * mesh.eye_opening(neutral):
             # The wider lids (and that frame's gaze), each eye kept where its corners were: a
             # head pitched a little differently leaves the eyes a few percent of a face size off
             # the rigid points, and taken whole that offset would shift the avatar's eyes for good.

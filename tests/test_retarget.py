@@ -328,7 +328,6 @@ def test_swap_takes_a_turned_avatars_proportions_as_if_it_faced_the_camera(faces
     assert lopsided(swapped) < lopsided(user) + 0.03
 
 
-@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
 def _w011_faces(count: int) -> list[np.ndarray]:
     """MEAD W011 (neutral), tracked frame by frame."""
     from realtime.analysis import read_frames
@@ -342,6 +341,7 @@ def _w011_faces(count: int) -> list[np.ndarray]:
         tracker.close()
 
 
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
 def test_the_avatars_eyes_stay_where_the_driver_puts_them_when_the_neutral_takes_wider_lids():
     """Self-reenactment (the avatar is the clip's first frame): the target should be the driver.
     Here the neutral is caught squinting, so it takes the wider lids of MEAD W011's later frames,
@@ -368,6 +368,7 @@ def test_the_avatars_eyes_stay_where_the_driver_puts_them_when_the_neutral_takes
     assert np.median(offsets[30:]) < 0.005
 
 
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
 def test_eyes_opened_a_little_wider_for_a_while_do_not_narrow_the_avatars_for_good():
     """Self-reenactment of MEAD W011: her eyes open a few percent wider than in the first frame
     for a while. The neutral used to take those lids, and the avatar's eyes were then drawn 10 %

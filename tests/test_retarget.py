@@ -328,12 +328,13 @@ def test_swap_takes_a_turned_avatars_proportions_as_if_it_faced_the_camera(faces
     assert lopsided(swapped) < lopsided(user) + 0.03
 
 
-def _w011_faces(count: int) -> list[np.ndarray]:
-    """MEAD W011 (neutral), tracked frame by frame."""
+@pytest.fixture(scope="module")
+def w011_faces() -> list[np.ndarray]:
+    """MEAD W011 (neutral), its first 90 frames tracked frame by frame, once for both tests."""
     from realtime.analysis import read_frames
     from realtime.tracking import FaceTracker
 
-    frames = list(read_frames(str(MEDIA / "clips" / "dreamtalk_mead_W011_neutral.mp4"), count))
+    frames = list(read_frames(str(MEDIA / "clips" / "dreamtalk_mead_W011_neutral.mp4"), 90))
     tracker = FaceTracker(smoothing=False, track_width=0)
     try:
         return [tracker.detect(frame)[0].astype(np.float64) for frame in frames]
@@ -342,12 +343,12 @@ def _w011_faces(count: int) -> list[np.ndarray]:
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
-def test_the_avatars_eyes_stay_where_the_driver_puts_them_when_the_neutral_takes_wider_lids():
+def test_the_avatars_eyes_stay_where_the_driver_puts_them_when_the_neutral_takes_wider_lids(w011_faces):
     """Self-reenactment (the avatar is the clip's first frame): the target should be the driver.
     Here the neutral is caught squinting, so it takes the wider lids of MEAD W011's later frames,
     whose head is pitched a little differently. It once took their offset from the rigid points
     too, which left the avatar's eyes 2.5 % of a face size off hers for the rest of the clip."""
-    faces = _w011_faces(60)
+    faces = w011_faces[:60]
     retarget = Retargeter(faces[0])
     squinting = faces[0].copy()
     for loop, corners in (
@@ -369,11 +370,11 @@ def test_the_avatars_eyes_stay_where_the_driver_puts_them_when_the_neutral_takes
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/media")
-def test_eyes_opened_a_little_wider_for_a_while_do_not_narrow_the_avatars_for_good():
+def test_eyes_opened_a_little_wider_for_a_while_do_not_narrow_the_avatars_for_good(w011_faces):
     """Self-reenactment of MEAD W011: her eyes open a few percent wider than in the first frame
     for a while. The neutral used to take those lids, and the avatar's eyes were then drawn 10 %
     narrower than hers for the rest of the clip (0.036 below her lid gap over eye width of 0.35)."""
-    faces = _w011_faces(90)
+    faces = w011_faces
     retarget = Retargeter(faces[0])
     narrower = [
         mesh.eye_opening(face) - mesh.eye_opening(retarget.process(_track(face, t=index / 25)).landmarks)

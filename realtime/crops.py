@@ -160,9 +160,10 @@ def driver_map(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, spe
     driver's openings (inner mouth, eyes): grey levels relative to the face around them
     (128 = as bright as the surrounding skin), zero outside the openings. Only the openings
     and only relative brightness, so little of the driver's identity or lighting comes with it.
+    ``image``: BGR, or already grey (the runtime greys the face once for all its crops).
     """
     crop = antialiased_warp(image, matrix, spec.size)
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grey = (crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)).astype(np.float32)
     points = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     openings = fill_mask(points, spec) > 0
     around = grey[~openings]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import cv2
 import numpy as np
@@ -41,6 +42,7 @@ from realtime.crops import (
 )
 from realtime.errors import UserError
 from realtime.frames import Rendered, Target
+from realtime.generators.piecewise import bounding_roi
 from realtime.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -74,11 +76,27 @@ def _provider_options(name: str, cache_dir: str) -> tuple[str, dict] | str:
     return name
 
 
+# ``threads="auto"`` on a CPU: one intra-op thread unless it is this much slower than the pool.
+# A small model (the refiner's 48-px crops) often runs as fast on one thread, and the pool's
+# helper thread costs CPU that the tracker and the call app need.
+ONE_THREAD_SLOWER_MAX = 1.1
+THREAD_PROBE_RUNS = 15
+
+
+def one_thread_pays(one_thread_ms: list[float], pool_ms: list[float]) -> bool:
+    """Whether one intra-op thread is fast enough, from interleaved timings of the same runs."""
+    return float(np.median(one_thread_ms)) <= ONE_THREAD_SLOWER_MAX * float(np.median(pool_ms))
+
+
 class OnnxRunner:
-    """Load an ONNX model, pick a provider with fallback, warm up, run with IO binding."""
+    """Load an ONNX model, pick a provider with fallback, warm up, run with IO binding.
+
+    ``threads``: onnxruntime's intra-op threads; 0 its default (one per core); "auto" times one
+    thread against the default at warm-up on a CPU and keeps one thread if it pays
+    (``one_thread_pays``)."""
 
     def __init__(
-        self, path: str, providers: list[str] | None = None, threads: int = 0, warmup: int = 2
+        self, path: str, providers: list[str] | None = None, threads: int | str = 0, warmup: int = 2
     ) -> None:
         ort = import_onnxruntime()
         if not os.path.isfile(path):
@@ -91,17 +109,13 @@ class OnnxRunner:
         wanted = providers or PREFERRED_PROVIDERS
         chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         cache_dir = os.path.join(os.path.dirname(os.path.abspath(path)), ".trt_cache")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        # Idle onnxruntime threads would otherwise spin after each run, on the core the
-        # tracker process needs next.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        self._auto_threads = threads == "auto"
+        self.threads = 0 if self._auto_threads else int(threads)
         try:
             self.session = ort.InferenceSession(
-                path, sess_options=options, providers=[_provider_options(p, cache_dir) for p in chosen]
+                path,
+                sess_options=self._options(ort, self.threads),
+                providers=[_provider_options(p, cache_dir) for p in chosen],
             )
         except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -119,21 +133,61 @@ class OnnxRunner:
         )
         self._warmup = warmup
 
+    @staticmethod
+    def _options(ort, threads: int):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        # Idle onnxruntime threads would otherwise spin after each run, on the core the
+        # tracker process needs next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        return options
+
     def input_shape(self, name: str) -> list:
         return list(self.inputs[name].shape)
 
     def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
         for _ in range(self._warmup):
             self.run(feeds)
+        if self._auto_threads and self.provider == "CPUExecutionProvider" and (os.cpu_count() or 1) > 1:
+            self._pick_threads(feeds)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        binding = self.session.io_binding()
+    def _pick_threads(self, feeds: dict[str, np.ndarray]) -> None:
+        ort = import_onnxruntime()
+        pool = self.session
+        one = ort.InferenceSession(
+            self.path, sess_options=self._options(ort, 1), providers=["CPUExecutionProvider"]
+        )
+        self._run(one, feeds)
+        pool_ms, one_ms = [], []
+        for _ in range(THREAD_PROBE_RUNS):  # interleaved, so a busy moment hits both alike
+            for session, times in ((pool, pool_ms), (one, one_ms)):
+                started = time.perf_counter()
+                self._run(session, feeds)
+                times.append((time.perf_counter() - started) * 1000.0)
+        if one_thread_pays(one_ms, pool_ms):
+            self.session, self.threads = one, 1
+        logger.info(
+            "%s: %.2f ms on one thread, %.2f ms on the pool: %s",
+            os.path.basename(self.path),
+            float(np.median(one_ms)),
+            float(np.median(pool_ms)),
+            "one thread" if self.threads == 1 else "the pool",
+        )
+
+    def _run(self, session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.outputs:
             binding.bind_output(name, self._device)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self.session, feeds)
 
 
 # The card fields OnnxRefinerGenerator reads to cut crops and paste corrections (a remote
@@ -215,7 +269,7 @@ class OnnxRefinerGenerator(Stage):
         # ``runner`` and ``card``: the model runs elsewhere (``realtime.generators.remote``); any
         # object with OnnxRunner's inputs/outputs/input_shape/provider/warm_up/run will do, and
         # its ``run`` may return None (no answer in time: the frame keeps the warp).
-        self.runner = runner if runner is not None else OnnxRunner(path, providers)
+        self.runner = runner if runner is not None else OnnxRunner(path, providers, threads="auto")
         self.name = os.path.splitext(os.path.basename(path))[0]
         self.warp = warp
         names = set(self.runner.inputs)
@@ -337,9 +391,19 @@ class OnnxRefinerGenerator(Stage):
         if IN_DRIVER not in self.runner.inputs or target.driver_landmarks is None:
             return np.zeros((crops, 1, size, size), np.float32)
         points = mesh.with_mouth_centre(target.driver_landmarks[:, :2])
-        maps = [
-            driver_map(target.frame.image, points, m, self.spec) for m in crop_matrices(points, self.spec)
-        ]
+        matrices = crop_matrices(points, self.spec)
+        # Grey the crops' part of the frame once: cutting three colour crops and greying each
+        # cost three times the shrinking.
+        corners = np.concatenate([footprint(cv2.invertAffineTransform(m), size) for m in matrices])
+        # A wider margin than antialiased_warp's own, so its shrinking sees the same pixels.
+        x0, y0, x1, y1 = bounding_roi(corners, target.frame.image.shape, margin=4)
+        grey = cv2.cvtColor(target.frame.image[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+        local = points - (x0, y0)
+        maps = []
+        for matrix in matrices:
+            shifted = matrix.copy()
+            shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+            maps.append(driver_map(grey, local, shifted, self.spec))
         return np.stack(maps)[:, None].astype(np.float32) / 255.0
 
     def render(self, target: Target) -> Rendered:

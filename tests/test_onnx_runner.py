@@ -62,3 +62,42 @@ def test_the_refiners_driver_maps_match_cutting_each_crop_from_the_colour_frame(
             assert np.array_equal(got > 0, want > 0)  # the same openings
             assert np.abs(got - want).max() <= 3.0
             assert np.abs(got - want).mean() < 0.5
+
+
+def _refined_against_warp(avatar_image, avatar_points, scale):
+    """The shipped int8 refiner's and the warp's renders of the avatar, scaled by ``scale``,
+    with its mouth opened, and the mouth's box in them."""
+    import cv2
+
+    from realtime import expression, mesh
+    from realtime.blend import Blender
+    from realtime.frames import Frame, Target
+    from realtime.generators.onnx import OnnxRefinerGenerator
+    from realtime.generators.warp import WarpGenerator
+
+    image = cv2.resize(avatar_image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    points = avatar_points * scale
+    warp = WarpGenerator(image, points)
+    refiner = OnnxRefinerGenerator(str(INT8_REFINER), warp)
+    opened = mesh.with_mouth_centre(expression.open_mouth(points[:, :2].astype(np.float64), 0.25))
+    target = Target(frame=Frame(image, 0, 0.0), landmarks=opened.astype(np.float32), driver_landmarks=opened)
+    plain = Blender().process(warp.render(target)).astype(int)
+    refined = Blender().process(refiner.render(target)).astype(int)
+    lips = opened[mesh.OUTER_LIP]
+    x0, y0 = np.floor(lips.min(axis=0)).astype(int) - 1
+    x1, y1 = np.ceil(lips.max(axis=0)).astype(int) + 2
+    return plain[y0:y1, x0:x1], refined[y0:y1, x0:x1], plain, refined
+
+
+def test_the_mouth_of_a_face_too_small_for_the_refiners_crop_is_the_warps(builtin_avatar):
+    """A mouth a few pixels wide is not pasted over (MOUTH_UPSCALE_MAX); on a face big enough,
+    the same refiner shades the opened mouth."""
+    from realtime import mesh
+
+    points = builtin_avatar.landmarks[:, :2].astype(np.float64)
+    big_plain, big_refined, _, _ = _refined_against_warp(builtin_avatar.image, points, 1.0)
+    assert np.abs(big_refined - big_plain).max() > 8  # the opening is shaded
+    scale = 40.0 / mesh.face_size(points)  # eye corners 40 px apart: the 48-px mouth crop enlarges
+    small_plain, small_refined, plain, refined = _refined_against_warp(builtin_avatar.image, points, scale)
+    assert np.array_equal(small_refined, small_plain)
+    assert np.abs(refined - plain).max() > 0  # the eyes are still refined

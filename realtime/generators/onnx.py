@@ -207,6 +207,10 @@ DARKENABLE = ("mouth", "eyes")
 # Card "dark_centre": region crops whose correction may brighten only near the opening's rim (teeth
 # below the lips); around its centre line it may only darken (crops.dark_centre_weight).
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights; they sum to 1
+# The mouth crop's correction is not pasted where the crop would enlarge the image (its scale
+# above this): a mouth a few pixels wide gains nothing from it, and its shading made the judging
+# tracker read such a mouth less open (benchmarks/RESULTS.md, session 23).
+MOUTH_UPSCALE_MAX = 1.0
 
 
 def region_gate(points: np.ndarray, size: int, loops: list) -> np.ndarray:
@@ -310,6 +314,7 @@ class OnnxRefinerGenerator(Stage):
             not gated_regions or ("mouth" if name == "mouth" else "eyes") in self._regions
             for name in (REGIONS if layout == "regions" else ["face"])
         ]
+        self._mouth_crop = list(REGIONS).index("mouth") if layout == "regions" else None
         # Each crop's correction is gated to these landmark loops (None: applied whole). A face
         # crop: the card's regions. A region crop with the card's "confine" (CONFINES): only inside
         # its own feature or opening, so skin, moustache and brows keep the avatar's look.
@@ -367,6 +372,12 @@ class OnnxRefinerGenerator(Stage):
             source = base.background.copy()
             source[y0 : y0 + h, x0 : x0 + w] = base.patch
         return antialiased_warp(source, matrix, size)
+
+    def _too_small(self, crop: int, matrix: np.ndarray) -> bool:
+        """Whether crop ``crop`` is the mouth's and would enlarge the image (MOUTH_UPSCALE_MAX)."""
+        return (
+            crop == self._mouth_crop and float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) > MOUTH_UPSCALE_MAX
+        )
 
     @property
     def provider(self) -> str:
@@ -440,7 +451,7 @@ class OnnxRefinerGenerator(Stage):
             corners = footprints[k] - (x0, y0)
             bx0, by0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
             bx1, by1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, (w, h))
-            if self._pasted[k] and bx1 > bx0 and by1 > by0:
+            if self._pasted[k] and bx1 > bx0 and by1 > by0 and not self._too_small(k, matrices[k]):
                 boxes[k] = (int(bx0), int(by0), int(bx1), int(by1))
         # Only the crops' boxes are worked on in float (a whole portrait's patch took milliseconds
         # to convert and back); a flow samples the whole patch.

@@ -125,8 +125,13 @@ class IrisLayers:
             around = (opening > 0) & ~hole
             if around.sum() >= 8:
                 grey = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
-                white = (around & (grey >= 0.85 * np.percentile(grey[around], 90))).astype(np.float32)
-                spread = max(1.0, radius * 0.6)
+                saturation = cv2.cvtColor(region, cv2.COLOR_BGR2HSV)[..., 1]
+                white = (
+                    around
+                    & (grey >= 0.6 * np.percentile(grey[around], 90))
+                    & (saturation <= np.percentile(saturation[around], 50))
+                ).astype(np.float32)
+                spread = max(1.0, radius * 0.35)
                 colour = cv2.GaussianBlur(region.astype(np.float32) * white[..., None], (0, 0), spread)
                 weight = cv2.GaussianBlur(white, (0, 0), spread)[..., None]
                 # Far from any white, its median: the blur's weight fades into it.

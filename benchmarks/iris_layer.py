@@ -3,15 +3,16 @@
 The warp fills each eye with a fan from the lid loop to the iris centre, so a pixel moves by the
 centre's displacement times its nearness to the centre and a glance comes out a quarter to a half
 of its size. Here, once per avatar, each iris is cut out of the image the warp samples (the hole
-filled with the eye's white around it) and pasted back each frame moved, turned and scaled with
-its eye, cut by the target's lid opening. This script runs any ``realtime`` command with the warp
+filled from the eye's pale pixels around it) and pasted back each frame moved, turned and scaled
+with its eye, cut by the target's lid opening. This script runs any ``realtime`` command with the warp
 so changed, for before/after measurements:
 
     python benchmarks/iris_layer.py eval --max-frames 150 --generator warp --data CLIP...
     python benchmarks/iris_layer.py render --avatar IMAGE --driver CLIP --out OUT.mp4
 
-What it still gets wrong: the cut against the lids is hard, and the white's fill shows as a flat
-patch where an iris leaves it (paintings, the cartoon).
+What it still gets wrong: the cut against the lids is hard (a feathered one cost the blinks), a
+large iris leaves slivers on the lid line, and the fill shows as a bright patch where an iris
+leaves a shaded corner (paintings, the cartoon).
 """
 
 from __future__ import annotations

@@ -366,8 +366,7 @@ class OnnxRefinerGenerator(Stage):
         )
         if inside:
             source = base.patch
-            matrix = matrix.copy()
-            matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+            matrix = _from_origin(matrix, x0, y0)
         else:
             source = base.background.copy()
             source[y0 : y0 + h, x0 : x0 + w] = base.patch
@@ -410,11 +409,7 @@ class OnnxRefinerGenerator(Stage):
         x0, y0, x1, y1 = bounding_roi(corners, target.frame.image.shape, margin=4)
         grey = cv2.cvtColor(target.frame.image[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
         local = points - (x0, y0)
-        maps = []
-        for matrix in matrices:
-            shifted = matrix.copy()
-            shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
-            maps.append(driver_map(grey, local, shifted, self.spec))
+        maps = [driver_map(grey, local, _from_origin(m, x0, y0), self.spec) for m in matrices]
         return np.stack(maps)[:, None].astype(np.float32) / 255.0
 
     def render(self, target: Target) -> Rendered:
@@ -505,6 +500,13 @@ class OnnxRefinerGenerator(Stage):
             driver_landmarks=base.driver_landmarks,
             occluder=base.occluder,
         )
+
+
+def _from_origin(matrix: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """An image→crop 2x3 ``matrix`` for the sub-image whose pixel (0, 0) is image pixel (x0, y0)."""
+    shifted = matrix.copy()
+    shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+    return shifted
 
 
 def _image_flow(flow: np.ndarray, inverse: np.ndarray, box: tuple[int, int]) -> np.ndarray:

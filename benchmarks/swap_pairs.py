@@ -128,13 +128,24 @@ COLUMNS = [
     "dist_user",
     "mouth_r",
     "blink_r",
+    "gaze_r",
+    "gaze_amp",
     "seam",
     "flicker",
     "nose_gap",
     "face_score",
     "render_ms",
 ]
-INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames", "input_face_score"]
+INPUT_COLUMNS = ["input_mouth_std", "input_blink_frames", "input_gaze_std", "input_face_score"]
+
+
+def spread_ratio(source: list[float], output: list[float]) -> float | None:
+    """The output's std over the source's, over the frames where both are found."""
+    a, b = np.asarray(source, float), np.asarray(output, float)
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 3 or a[both].std() < 1e-9:
+        return None
+    return round(float(b[both].std() / a[both].std()), 3)
 
 
 def read_clip(path: Path, limit: int, max_width: int = 1280) -> tuple[list[np.ndarray], float]:
@@ -250,8 +261,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         if (e := embed(img, lm)) is not None
     ]
     ref_user = np.mean(user_embeddings, axis=0)
-    mouth_in, mouth_out, eyes_in, eyes_out, flicker, seams, d_avatar, d_user, nose_gaps = (
-        [] for _ in range(9)
+    mouth_in, mouth_out, eyes_in, eyes_out, gaze_in, gaze_out, flicker, seams, d_avatar, d_user, nose_gaps = (
+        [] for _ in range(11)
     )
     scores_out, scores_in = [], []
     previous = None
@@ -264,6 +275,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         eyes_in.append(mesh.eye_opening(lm))
         mouth_out.append(mesh.mouth_opening(faces[0]) if faces else np.nan)
         eyes_out.append(mesh.eye_opening(faces[0]) if faces else np.nan)
+        gaze_in.append(mesh.gaze(lm))
+        gaze_out.append(mesh.gaze(faces[0]) if faces else np.nan)
         if faces:
             nose_gaps.append(abs(nose_offset(faces[0]) - nose_offset(lm)))
         matrix = alignment(lm, CROP)
@@ -298,6 +311,10 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
         "blink_r": round(pearson(np.array(eyes_in), np.array(eyes_out)), 3),
         # Frames where the user's eyes are at most 60% as open as usual: 0 means the clip has
         # no blink, and blink_r only follows small lid movements.
+        # Where the eyes look across (mesh.gaze): r, and the output's spread over the user's.
+        "gaze_r": round(pearson(np.array(gaze_in), np.array(gaze_out)), 3),
+        "gaze_amp": spread_ratio(gaze_in, gaze_out),
+        "input_gaze_std": round(float(np.std(gaze_in)), 4) if gaze_in else 0.0,
         "input_blink_frames": int(np.sum(np.array(eyes_in) < 0.6 * np.median(eyes_in))) if eyes_in else 0,
         # How much the user's mouth moves (std of its opening, face sizes): at about 0.01 or
         # below (a still face) mouth_r follows the tracker's noise, not speech.

@@ -115,6 +115,8 @@ class PairScore:
     mouth_amplitude: float  # spread of the output's mouth opening / the driver's
     blink_r: float
     blink_amplitude: float
+    gaze_r: float  # where the eyes look across, output vs driver (mesh.gaze)
+    gaze_amplitude: float
     mouth_change: float  # mean |frame-to-frame change| in the avatar's mouth region, grey levels
     face_found: float  # share of output frames where the tracker finds the face
 
@@ -131,14 +133,18 @@ def judge_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, sli
 
 def _openings(
     judge: FaceTracker, frames: list[np.ndarray], box: tuple[slice, slice] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mouth and eye openings per frame (NaN where no face is found), read inside ``box``."""
-    mouth, eyes = np.full(len(frames), np.nan), np.full(len(frames), np.nan)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mouth and eye openings and gaze per frame (NaN where no face is found), read inside ``box``."""
+    mouth, eyes, gaze = (np.full(len(frames), np.nan) for _ in range(3))
     for i, image in enumerate(frames):
         faces = judge.detect(np.ascontiguousarray(image[box]) if box else image)
         if faces:
-            mouth[i], eyes[i] = mesh.mouth_opening(faces[0]), mesh.eye_opening(faces[0])
-    return mouth, eyes
+            mouth[i], eyes[i], gaze[i] = (
+                mesh.mouth_opening(faces[0]),
+                mesh.eye_opening(faces[0]),
+                mesh.gaze(faces[0]),
+            )
+    return mouth, eyes, gaze
 
 
 def _following(driver: np.ndarray, output: np.ndarray) -> tuple[float, float]:
@@ -167,7 +173,7 @@ class CrossIdentityPair:
         chroma_avatar = chroma(self.avatar.image)
         self.avatar_chroma = {k: float(chroma_avatar[self.masks[k]].mean()) for k in ("face", "features")}
         with FaceTracker(smoothing=False, track_width=0) as judge:
-            self.driver_mouth, self.driver_eyes = _openings(judge, self.frames)
+            self.driver_mouth, self.driver_eyes, self.driver_gaze = _openings(judge, self.frames)
 
     def render(self, generator: str, providers: list[str] | None = None) -> list[np.ndarray]:
         """The avatar driven by every driver frame in order, through the live per-frame path."""
@@ -178,9 +184,12 @@ class CrossIdentityPair:
 
     def score(self, generator: str, outputs: list[np.ndarray], embedder=None) -> PairScore:
         with FaceTracker(smoothing=False, track_width=0) as judge:
-            mouth, eyes = _openings(judge, outputs, judge_box(self.avatar.landmarks, self.avatar.image.shape))
+            mouth, eyes, gaze = _openings(
+                judge, outputs, judge_box(self.avatar.landmarks, self.avatar.image.shape)
+            )
         mouth_r, mouth_amp = _following(self.driver_mouth, mouth)
         blink_r, blink_amp = _following(self.driver_eyes, eyes)
+        gaze_r, gaze_amp = _following(self.driver_gaze, gaze)
         face, features, around_mouth = self.masks["face"], self.masks["features"], self.masks["mouth"]
         chroma_means = np.array([(c[face].mean(), c[features].mean()) for c in map(chroma, outputs)])
         mouths = [image[around_mouth].astype(np.float32) for image in outputs]
@@ -202,6 +211,8 @@ class CrossIdentityPair:
             mouth_amplitude=mouth_amp,
             blink_r=blink_r,
             blink_amplitude=blink_amp,
+            gaze_r=gaze_r,
+            gaze_amplitude=gaze_amp,
             mouth_change=float(np.mean(change)) if change and around_mouth.any() else 0.0,
             face_found=float(np.isfinite(mouth).mean()),
         )
@@ -342,6 +353,8 @@ def format_table(summary: dict[str, dict]) -> str:
         "mouth r",
         "amp",
         "blink r",
+        "gaze r",
+        "amp",
         "steady",
     )
     lines = [f"{'generator':<12}{'avatar : driver':<52}" + "".join(f"{c:>11}" for c in columns)]
@@ -357,6 +370,8 @@ def format_table(summary: dict[str, dict]) -> str:
                 p["mouth_r"],
                 p["mouth_amplitude"],
                 p["blink_r"],
+                p.get("gaze_r"),
+                p.get("gaze_amplitude"),
                 p["mouth_change"],
             )
             lines.append(f"{Path(name).stem:<12}{pair[:50]:<52}" + "".join(cell(v, 11) for v in values))

@@ -80,7 +80,7 @@ def test_a_full_length_portrait_on_a_live_canvas_is_still_judged():
     outputs = pair.render("warp")
     assert pair.score("warp", outputs).face_found == 1.0
     with FaceTracker(smoothing=False, track_width=0) as judge:
-        whole_frame, _ = _openings(judge, outputs)
+        whole_frame, _, _ = _openings(judge, outputs)
     assert np.isnan(whole_frame).all()
 
 

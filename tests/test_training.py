@@ -733,7 +733,7 @@ def test_a_confined_brightness_refiner_changes_only_the_openings_and_keeps_colou
     target = Target(frame=Frame(builtin_avatar.image, 0, 0.0), landmarks=open_mouth_points(builtin_avatar))
     plain = Blender().process(warp.render(target)).astype(int)
     refined = Blender().process(OnnxRefinerGenerator(str(path), warp).render(target)).astype(int)
-    changed = np.abs(refined - plain).max(axis=2) > 2
+    changed = np.abs(refined - plain).max(axis=2) > 1  # a 30-step model's correction is small
     assert changed.any()
     openings = np.zeros(changed.shape, np.uint8)
     for loop in (mesh.INNER_LIP, mesh.RIGHT_EYE, mesh.LEFT_EYE):

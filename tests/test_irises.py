@@ -1,0 +1,124 @@
+"""The irises drawn as layers of their own (``realtime.generators.irises``): a glance comes
+through at its size, an unmoved eye is the avatar's own, and eyes the cut cannot handle stay in
+the warp's fan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import media
+
+from realtime import mesh
+from realtime.frames import Frame, Mode, Target
+from realtime.generators.irises import IrisLayers
+from realtime.generators.warp import WarpGenerator
+from realtime.tracking import find_face
+
+GLANCE = 0.12  # eye widths, towards the image's right
+
+
+def glanced(points: np.ndarray, shift: float) -> np.ndarray:
+    """``points`` with both irises moved ``shift`` eye widths along their corner lines."""
+    moved = points.copy()
+    for iris, towards, away in (
+        (mesh.RIGHT_IRIS, mesh.RIGHT_EYE_INNER, mesh.RIGHT_EYE_OUTER),
+        (mesh.LEFT_IRIS, mesh.LEFT_EYE_OUTER, mesh.LEFT_EYE_INNER),
+    ):
+        moved[iris, :2] += shift * (points[towards, :2] - points[away, :2])
+    return moved
+
+
+def drawn(generator: WarpGenerator, frame_image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The generator's patch pasted onto ``frame_image`` (no blending: the drawn pixels)."""
+    out = generator.render(Target(Frame(frame_image, 0, 0.0), landmarks.astype(np.float32)))
+    canvas = (out.background if out.background is not None else frame_image).copy()
+    x, y = out.origin
+    height, width = out.patch.shape[:2]
+    canvas[y : y + height, x : x + width] = out.patch
+    return canvas
+
+
+def judged_glance(generator: WarpGenerator, frame_image: np.ndarray, points: np.ndarray) -> float:
+    """How far mediapipe sees the eyes move when the target glances ``GLANCE`` eye widths."""
+    still = find_face(drawn(generator, frame_image, points))
+    moved = find_face(drawn(generator, frame_image, glanced(points, GLANCE)))
+    assert still is not None and moved is not None
+    return mesh.gaze(moved) - mesh.gaze(still)
+
+
+def test_gaze_reads_a_glance_in_eye_widths():
+    points = np.random.default_rng(0).normal(size=(478, 2)) * 0.01
+    points[[mesh.RIGHT_EYE_OUTER, mesh.RIGHT_EYE_INNER, mesh.LEFT_EYE_INNER, mesh.LEFT_EYE_OUTER]] = [
+        [0, 0],
+        [30, 0],
+        [60, 0],
+        [90, 0],
+    ]
+    points[mesh.RIGHT_IRIS_CENTRE], points[mesh.LEFT_IRIS_CENTRE] = [15, 0], [75, 0]
+    assert mesh.gaze(points) == pytest.approx(0.0, abs=1e-3)
+    assert mesh.gaze(glanced(points, 0.1)) == pytest.approx(0.1, abs=1e-3)
+    assert mesh.gaze(glanced(points, -0.2)) == pytest.approx(-0.2, abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", [Mode.REENACT, Mode.SWAP])
+def test_a_glance_comes_through_at_twice_the_fans_size(builtin_avatar, mode):
+    """The fan moves an iris's edge half as far as its centre; the layer moves the whole iris."""
+    image, landmarks = builtin_avatar.image, builtin_avatar.landmarks
+    points = mesh.with_mouth_centre(landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
+    fan = judged_glance(WarpGenerator(image, landmarks, mode, iris_layers=False), image, points)
+    layer = WarpGenerator(image, landmarks, mode)
+    assert layer._irises.eyes == 2
+    moved = judged_glance(layer, image, points)
+    assert moved >= 0.5 * GLANCE, (fan, moved)
+    assert moved >= 1.8 * fan, (fan, moved)
+
+
+def test_an_unmoved_eye_is_the_avatars_own(builtin_avatar):
+    image, landmarks = builtin_avatar.image, builtin_avatar.landmarks
+    points = mesh.with_mouth_centre(landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
+    with_layers = drawn(WarpGenerator(image, landmarks), image, points).astype(np.int16)
+    plain = drawn(WarpGenerator(image, landmarks, iris_layers=False), image, points).astype(np.int16)
+    for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+        (x0, y0), (x1, y1) = (
+            points[loop].min(axis=0).astype(int) - 3,
+            points[loop].max(axis=0).astype(int) + 4,
+        )
+        assert np.abs(with_layers[y0:y1, x0:x1] - plain[y0:y1, x0:x1]).max() <= 3
+
+
+def test_the_iris_is_cut_out_of_what_the_warp_samples(builtin_avatar):
+    """Where the iris was, the warp's source shows the eye's white: much lighter than the iris."""
+    image, landmarks = builtin_avatar.image, builtin_avatar.landmarks
+    layers = IrisLayers(image, landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
+    grey_before = image.mean(axis=2)
+    grey_after = layers.source.mean(axis=2)
+    for centre in (mesh.RIGHT_IRIS_CENTRE, mesh.LEFT_IRIS_CENTRE):
+        x, y = np.round(landmarks[centre, :2]).astype(int)
+        before, after = (
+            grey_before[y - 1 : y + 2, x - 1 : x + 2].mean(),
+            grey_after[y - 1 : y + 2, x - 1 : x + 2].mean(),
+        )
+        assert after >= before + 40, (before, after)
+    untouched = np.ones(image.shape[:2], bool)
+    for loop in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+        (x0, y0), (x1, y1) = (
+            landmarks[loop, :2].min(axis=0).astype(int) - 2,
+            landmarks[loop, :2].max(axis=0).astype(int) + 3,
+        )
+        untouched[y0:y1, x0:x1] = False
+    assert (layers.source[untouched] == image[untouched]).all()
+
+
+def test_a_cartoons_eyes_drawn_past_the_lid_loop_stay_in_the_fan():
+    """The 3D cartoon's irises reach well past mediapipe's lid loop: cut there, their rim would
+    stay behind on the lids. The photos' irises are cut."""
+    from realtime.avatar import load_avatar
+
+    for name, expected in (
+        ("liveportrait_s7.jpg", 0),
+        ("liveportrait_s42.jpg", 2),
+        ("liveportrait_s9.jpg", 2),
+    ):
+        avatar = load_avatar(str(media(f"avatars/{name}")))
+        layers = IrisLayers(avatar.image, avatar.landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
+        assert layers.eyes == expected, name

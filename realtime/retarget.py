@@ -356,6 +356,25 @@ LIPS_KEPT = (0.05, 0.3)
 _INSIDE_OVAL = np.setdiff1d(np.arange(mesh.NUM_LANDMARKS), mesh.face_oval())
 
 
+def _users_gaze(shaped: np.ndarray, user: np.ndarray) -> np.ndarray:
+    """``shaped`` with each iris moved along its eye's corner line to where the user's is in
+    theirs (``mesh.gaze``'s offset, in eye widths): the avatar's eye shape but the user's gaze,
+    so a user looking into the camera is not given a portrait's sideways look."""
+    out = shaped.copy()
+    if len(user) <= max(mesh.LEFT_IRIS):
+        return out
+    for _, outer, inner, _, _, iris in EYES:
+        centre = iris[0]
+        offsets = []
+        for points in (user, shaped):
+            axis = points[inner] - points[outer]
+            offsets.append(
+                float((points[centre] - (points[inner] + points[outer]) / 2.0) @ axis / (axis @ axis + 1e-9))
+            )
+        out[iris] += (offsets[0] - offsets[1]) * (shaped[inner] - shaped[outer])
+    return out
+
+
 class SwapTargeter(Stage):
     """``process(track) -> Target | None`` for swap mode: the avatar's face goes where the
     user's is, on the user's landmarks moved ``shape`` of the way towards the avatar's own
@@ -392,7 +411,7 @@ class SwapTargeter(Stage):
         avatar = self.retargeter.onto_driver(user, self._turned_to_camera())
         inside = moved[_INSIDE_OVAL]
         moved[_INSIDE_OVAL] += self.shape * self._away_from_lips() * (avatar[_INSIDE_OVAL, :2] - inside)
-        return moved
+        return _users_gaze(moved, user[:, :2].astype(np.float64))
 
     def _away_from_lips(self) -> np.ndarray:
         """(M, 1) in [0, 1]: 0 on and near the lips, 1 from LIPS_KEPT[1] on (measured once per

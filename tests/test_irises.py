@@ -122,3 +122,33 @@ def test_a_cartoons_eyes_drawn_past_the_lid_loop_stay_in_the_fan():
         avatar = load_avatar(str(media(f"avatars/{name}")))
         layers = IrisLayers(avatar.image, avatar.landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
         assert layers.eyes == expected, name
+
+
+def test_swap_mode_gives_the_avatars_eyes_the_users_gaze(builtin_avatar):
+    """A portrait that looks sideways, swapped onto a user who looks into the camera, looks into
+    the camera: the swap takes the avatar's eye shape, not its gaze."""
+    from realtime.retarget import Retargeter, SwapTargeter
+
+    user = builtin_avatar.landmarks[: mesh.NUM_LANDMARKS].astype(np.float64)
+    sideways = glanced(user, 0.1)  # the same face as an avatar looking a tenth of an eye aside
+    assert mesh.gaze(sideways) - mesh.gaze(user) == pytest.approx(0.1, abs=1e-3)
+    targeter = SwapTargeter(retargeter=Retargeter(sideways))
+    for glance in (0.0, -0.08, 0.08):
+        looking = glanced(user, glance)
+        drawn_at = targeter.landmarks(looking)
+        assert mesh.gaze(drawn_at) == pytest.approx(mesh.gaze(looking), abs=0.005), glance
+
+
+def test_a_turned_avatars_far_iris_is_its_near_iris_mirrored_in_swap_mode():
+    """Swap mode draws a turned avatar's far half from its near half, mirrored (``frontal``);
+    the far eye's iris layer comes from the near eye too, or the far eye would show its own
+    squeezed iris over the near eye's mirrored white."""
+    from realtime import frontal
+    from realtime.avatar import load_avatar
+
+    avatar = load_avatar(str(media("avatars/liveportrait_s10.jpg")))  # the Pearl Earring, turned
+    assert frontal.mirrors_far_half(avatar.landmarks)
+    generator = WarpGenerator(avatar.image, avatar.landmarks, Mode.SWAP)
+    assert generator._irises.eyes == 2
+    (first, second) = generator._irises._eyes
+    assert np.array_equal(first[4], second[4][:, ::-1])

@@ -137,18 +137,42 @@ def _lids_drawn_outside(grey: np.ndarray, loop_points: np.ndarray) -> bool:
 class IrisLayers:
     """The avatar's irises, cut out once; ``source`` is the avatar image without them."""
 
-    def __init__(self, image: np.ndarray, points: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray, points: np.ndarray, mirrored: np.ndarray | None = None) -> None:
+        """``mirrored``: (479,) bool, the half of the face the warp draws from the other half,
+        mirrored (``frontal.mirrored_half``); its eye's iris is the other eye's, mirrored too."""
         self.source = image
         self._eyes: list[tuple] = []
         if len(points) <= max(mesh.LEFT_IRIS):
             return
         without = image.copy()
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        cut = {}
         for loop, iris, outer, inner in EYES:
+            if mirrored is not None and mirrored[loop].any():
+                continue
             eye = self._cut(image, grey, without, points, loop, iris[0], iris[1:])
             if eye is not None:
                 length, angle = _corner_line(points, outer, inner)
-                self._eyes.append((loop, iris[0], outer, inner, *eye, length, angle))
+                cut[iris[0]] = (*eye, length, angle)
+        for (loop, iris, outer, inner), (_, other, _, _) in zip(EYES, EYES[::-1], strict=True):
+            if iris[0] in cut:
+                self._eyes.append((loop, iris[0], outer, inner, *cut[iris[0]]))
+            elif other[0] in cut and mirrored is not None and mirrored[loop].any():
+                texture, alpha, centre, length, angle = cut[other[0]]
+                flipped = np.array([texture.shape[1] - 1 - centre[0], centre[1]])
+                self._eyes.append(
+                    (
+                        loop,
+                        iris[0],
+                        outer,
+                        inner,
+                        texture[:, ::-1],
+                        alpha[:, ::-1],
+                        flipped,
+                        length,
+                        np.pi - angle,
+                    )
+                )
         self.source = without
 
     @property

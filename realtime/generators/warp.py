@@ -63,8 +63,7 @@ class WarpGenerator(Stage):
         self.avatar_points = mesh.with_mouth_centre(landmarks)
         # The irises move as layers of their own (``irises``); the mesh samples the avatar without
         # them. Without layers the eyes' fan moves them, at a quarter to a half of a glance.
-        self._irises = IrisLayers(avatar_image, landmarks) if iris_layers else None
-        self._sampled = self._irises.source if self._irises else avatar_image
+        self._irises: IrisLayers | None = None
         self._avatar_rigid = landmarks[mesh.RIGID]
         self._avatar_size = mesh.face_size(landmarks)
         self._avatar_mouth = mesh.mouth_opening(landmarks)
@@ -91,16 +90,21 @@ class WarpGenerator(Stage):
             self.source_points = np.concatenate([self.avatar_points, self._inner_ring, self._fixed])
             self.triangles = np.concatenate([self._outer_triangles(oval), mesh.face_triangles()])
             self._static_roi = bounding_roi(outer, avatar_image.shape, margin=2)
+            if iris_layers:
+                self._irises = IrisLayers(avatar_image, landmarks)
+            self._sampled = self._irises.source if self._irises else avatar_image
         else:
             self.source_points = self.avatar_points
             self.triangles = mesh.face_triangles()
             # Hair or headwear inside the swapped region is painted over with the skin around it.
-            avatar_image = without_hair(self._sampled, landmarks)
+            avatar_image = without_hair(avatar_image, landmarks)
             # A turned avatar's far half, or a side-lit one's shadowed half, is drawn from the
             # other half, mirrored.
-            self.source_triangles = frontal.source_triangles(
-                frontal.mirrored_half(avatar_image, avatar_landmarks), self.triangles
-            )
+            replaced = frontal.mirrored_half(avatar_image, avatar_landmarks)
+            self.source_triangles = frontal.source_triangles(replaced, self.triangles)
+            if iris_layers:
+                self._irises = IrisLayers(avatar_image, landmarks, mirrored=replaced)
+                avatar_image = self._irises.source
             # A mipmap of the avatar: a big avatar face drawn small is sampled from the level
             # nearest its drawn size, or bilinear sampling aliases and the face shimmers.
             self._levels = [(avatar_image, self.avatar_points)]

@@ -4,6 +4,7 @@ the warp's fan."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from conftest import media
@@ -109,19 +110,37 @@ def test_the_iris_is_cut_out_of_what_the_warp_samples(builtin_avatar):
     assert (layers.source[untouched] == image[untouched]).all()
 
 
-def test_a_cartoons_eyes_drawn_past_the_lid_loop_stay_in_the_fan():
-    """The 3D cartoon's irises reach well past mediapipe's lid loop: cut there, their rim would
-    stay behind on the lids. The photos' irises are cut."""
+def test_a_cartoons_eyes_drawn_past_the_lid_loop_are_cut_by_the_drawn_lids():
+    """The 3D cartoon's eyes are drawn well past mediapipe's lid loop: cut by the loop, the iris's
+    rim would stay behind on the lids, so the loop grown to the drawn lids cuts them; the photos'
+    and paintings' lids are mediapipe's own."""
     from realtime.avatar import load_avatar
 
-    for name, expected in (
-        ("liveportrait_s7.jpg", 0),
-        ("liveportrait_s42.jpg", 2),
-        ("liveportrait_s9.jpg", 2),
+    for name, drawn_lids in (
+        ("liveportrait_s7.jpg", True),
+        ("liveportrait_s42.jpg", False),
+        ("liveportrait_s9.jpg", False),
     ):
         avatar = load_avatar(str(media(f"avatars/{name}")))
         layers = IrisLayers(avatar.image, avatar.landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
-        assert layers.eyes == expected, name
+        assert layers.eyes == 2, name
+        assert all((layer.grow >= 1.3) == drawn_lids for layer in layers._layers), name
+    # A glance to the image's right moves the cartoon's whole iris: a little inside its left edge
+    # the eye's white shows, where the fan leaves the iris's edge behind.
+    cartoon = load_avatar(str(media("avatars/liveportrait_s7.jpg")))
+    points = mesh.with_mouth_centre(cartoon.landmarks[: mesh.NUM_LANDMARKS, :2].astype(np.float64))
+    centre = points[mesh.RIGHT_IRIS_CENTRE]
+    radius = np.linalg.norm(points[mesh.RIGHT_IRIS[1:]] - centre, axis=1).mean()
+    x, y = np.round(centre - [0.8 * radius, 0]).astype(int)
+    opening = np.zeros(cartoon.image.shape[:2], np.uint8)
+    cv2.fillPoly(opening, [np.round(points[mesh.RIGHT_EYE]).astype(np.int32)], 1)
+    white = np.percentile(cartoon.image.mean(axis=2)[opening > 0], 95)
+    seen = {}
+    for layers in (False, True):
+        generator = WarpGenerator(cartoon.image, cartoon.landmarks, iris_layers=layers)
+        moved = drawn(generator, cartoon.image, glanced(points, 0.15)).astype(np.float32)
+        seen[layers] = moved[y - 1 : y + 2, x - 1 : x + 2].mean()
+    assert seen[False] < white - 60 <= seen[True] - 20, (seen, white)
 
 
 def test_swap_mode_gives_the_avatars_eyes_the_users_gaze(builtin_avatar):
@@ -150,5 +169,5 @@ def test_a_turned_avatars_far_iris_is_its_near_iris_mirrored_in_swap_mode():
     assert frontal.mirrors_far_half(avatar.landmarks)
     generator = WarpGenerator(avatar.image, avatar.landmarks, Mode.SWAP)
     assert generator._irises.eyes == 2
-    (first, second) = generator._irises._eyes
-    assert np.array_equal(first[4], second[4][:, ::-1])
+    first, second = generator._irises._layers
+    assert np.array_equal(first.texture, second.texture[:, ::-1])

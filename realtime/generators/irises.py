@@ -5,13 +5,16 @@ centre's displacement times its nearness to the centre, so the iris's edge moves
 its centre. Here each iris is cut out of the image the warp samples, once per avatar (the hole
 filled with the eye's white, row by row from either side of it), and pasted back every frame
 moved, turned and scaled with its eye, cut by the target's lid opening. An unmoved eye comes out
-as the avatar's own.
+as the avatar's own. Where the eye is drawn well past mediapipe's lid loop (a cartoon's large
+eyes), the loop grown to the drawn lids cuts it instead, or the iris's rim would stay behind.
 
 An eye is left to the fan where the iris cannot be cut cleanly: too small, at the image's edge,
-or drawn past mediapipe's lid loop (a cartoon's large eyes), where its rim would stay behind.
+or with a dark line just outside its lids that may be drawn lids or a glasses' rim.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -26,6 +29,7 @@ IRIS_MARGIN = 1.15  # the layer reaches this many iris radii: the limbus's dark 
 MIN_RADIUS_PX = 2.0  # an iris smaller than this in the avatar stays in the fan
 MAX_GROW = 1.6  # a drawn iris is taken to reach at most this many of mediapipe's iris radii
 LID_SEARCH = np.arange(1.0, 1.61, 0.05)  # lid loops grown this much (vertically) looking for the drawn lids
+GROWN_LIDS_MIN = 1.3  # drawn lids this far outside the loop are taken as the eye's (a cartoon's)
 
 
 def _eye_mask(shape: tuple[int, int], loop_points: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -108,30 +112,70 @@ def _white_rows(region: np.ndarray, clear: np.ndarray, hole: np.ndarray) -> np.n
     return out
 
 
-def _lids_drawn_outside(grey: np.ndarray, loop_points: np.ndarray) -> bool:
-    """Whether the eye's drawn lids lie well outside mediapipe's lid loop (a cartoon's large eyes,
-    whose iris would leave its rim behind): the darkest line around the eye is the loop grown
-    by 15-55 %, clearly darker than the loop itself, with lighter skin beyond it."""
+def _grown(loop_points: np.ndarray, grow: float) -> np.ndarray:
+    """The lid loop grown about its middle: ``grow`` times up and down, half as much across."""
     centre = loop_points.mean(axis=0)
-    steps = np.linspace(0.0, 1.0, 6, endpoint=False)[None, :, None]
-    dense = (
-        loop_points[:, None] + steps * (np.roll(loop_points, -1, axis=0) - loop_points)[:, None]
-    ).reshape(-1, 2)
-    grow = LID_SEARCH[:, None, None]
-    rings = (centre + (dense - centre) * np.concatenate([1.0 + 0.5 * (grow - 1.0), grow], axis=2)).astype(
-        np.float32
-    )
+    return centre + (loop_points - centre) * np.array([1.0 + 0.5 * (grow - 1.0), grow])
+
+
+def _along(loop_points: np.ndarray, per_side: int = 6) -> np.ndarray:
+    """Points along the closed loop, ``per_side`` per side."""
+    steps = np.linspace(0.0, 1.0, per_side, endpoint=False)[:, None]
+    sides = np.roll(loop_points, -1, axis=0) - loop_points
+    return (loop_points[:, None] + steps * sides[:, None]).reshape(-1, 2)
+
+
+def _drawn_lids(grey: np.ndarray, loop_points: np.ndarray) -> float:
+    """How far the eye's drawn lids lie outside mediapipe's lid loop, as ``_grown``'s factor: 1
+    where they are on it (photos, paintings); more where a cartoon's large eyes are drawn past it
+    (the darkest line around the eye is the loop grown by 15-55 %, clearly darker than the loop
+    itself, with lighter skin beyond it). Cut by mediapipe's loop, such an iris would leave its
+    rim on the lids."""
+    rings = np.stack([_along(_grown(loop_points, grow)) for grow in LID_SEARCH]).astype(np.float32)
     sampled = cv2.remap(
         grey, np.ascontiguousarray(rings[..., 0]), np.ascontiguousarray(rings[..., 1]), cv2.INTER_LINEAR
     )
     values = sampled.astype(np.float64).mean(axis=1)
     darkest = int(np.argmin(values))
-    return bool(
+    drawn_outside = (
         LID_SEARCH[darkest] >= 1.15
         and values[darkest] <= 0.85 * values[0]
         and darkest + 1 < len(values)
         and values[darkest + 1 :].max() >= 1.05 * values[darkest]
     )
+    return float(LID_SEARCH[darkest]) if drawn_outside else 1.0
+
+
+@dataclass
+class _Layer:
+    """One eye's iris, cut out: where it goes (landmark indices) and what is pasted."""
+
+    loop: list[int]
+    iris: int
+    outer: int
+    inner: int
+    texture: np.ndarray  # float32, the iris and the white around it
+    alpha: np.ndarray  # float32 weights of ``texture``
+    centre: np.ndarray  # the iris centre in ``texture``
+    grow: float  # how far the drawn lids lie outside the loop (``_drawn_lids``)
+    length: float  # the avatar's eye corner line, which ``texture`` is drawn for
+    angle: float
+
+    def mirrored(self, loop: list[int], iris: int, outer: int, inner: int) -> _Layer:
+        """This iris, mirrored, for the other eye."""
+        width = self.texture.shape[1]
+        return _Layer(
+            loop,
+            iris,
+            outer,
+            inner,
+            self.texture[:, ::-1],
+            self.alpha[:, ::-1],
+            np.array([width - 1 - self.centre[0], self.centre[1]]),
+            self.grow,
+            self.length,
+            np.pi - self.angle,
+        )
 
 
 class IrisLayers:
@@ -141,44 +185,29 @@ class IrisLayers:
         """``mirrored``: (479,) bool, the half of the face the warp draws from the other half,
         mirrored (``frontal.mirrored_half``); its eye's iris is the other eye's, mirrored too."""
         self.source = image
-        self._eyes: list[tuple] = []
+        self._layers: list[_Layer] = []
         if len(points) <= max(mesh.LEFT_IRIS):
             return
         without = image.copy()
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        cut = {}
+        cut: dict[int, _Layer] = {}
         for loop, iris, outer, inner in EYES:
             if mirrored is not None and mirrored[loop].any():
                 continue
             eye = self._cut(image, grey, without, points, loop, iris[0], iris[1:])
             if eye is not None:
-                length, angle = _corner_line(points, outer, inner)
-                cut[iris[0]] = (*eye, length, angle)
+                cut[iris[0]] = _Layer(loop, iris[0], outer, inner, *eye, *_corner_line(points, outer, inner))
         for (loop, iris, outer, inner), (_, other, _, _) in zip(EYES, EYES[::-1], strict=True):
             if iris[0] in cut:
-                self._eyes.append((loop, iris[0], outer, inner, *cut[iris[0]]))
+                self._layers.append(cut[iris[0]])
             elif other[0] in cut and mirrored is not None and mirrored[loop].any():
-                texture, alpha, centre, length, angle = cut[other[0]]
-                flipped = np.array([texture.shape[1] - 1 - centre[0], centre[1]])
-                self._eyes.append(
-                    (
-                        loop,
-                        iris[0],
-                        outer,
-                        inner,
-                        texture[:, ::-1],
-                        alpha[:, ::-1],
-                        flipped,
-                        length,
-                        np.pi - angle,
-                    )
-                )
+                self._layers.append(cut[other[0]].mirrored(loop, iris[0], outer, inner))
         self.source = without
 
     @property
     def eyes(self) -> int:
         """How many irises are drawn as layers (the others stay in the warp's fan)."""
-        return len(self._eyes)
+        return len(self._layers)
 
     @staticmethod
     def _cut(
@@ -189,22 +218,26 @@ class IrisLayers:
         loop: list[int],
         centre_index: int,
         ring: list[int],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Cut one iris out of ``without`` (filled with the white); its texture, alpha and centre
-        in the texture, or None where it stays in the fan."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+        """Cut one iris out of ``without`` (filled with the white); its texture, alpha, centre in
+        the texture and how far its drawn lids lie outside the loop (``_drawn_lids``), or None
+        where it stays in the fan."""
         centre = points[centre_index, :2].astype(np.float64)
         radius = float(np.linalg.norm(points[ring, :2] - centre, axis=1).mean())
-        if radius < MIN_RADIUS_PX or _lids_drawn_outside(grey, points[loop, :2].astype(np.float32)):
+        if radius < MIN_RADIUS_PX:
             return None
-        # Everything within the eye's box plus a margin, so the band outside the loop is seen.
-        reach = int(np.ceil(IRIS_MARGIN * MAX_GROW * radius)) + 4
+        grow = _drawn_lids(grey, points[loop, :2].astype(np.float64))
+        if 1.0 < grow < GROWN_LIDS_MIN:
+            return None  # a dark line just outside the lids: drawn lids, or glasses' rim or a brow
+        lids = _grown(points[loop, :2].astype(np.float64), grow)
+        reach = int(np.ceil(max(IRIS_MARGIN * MAX_GROW * radius, np.abs(lids - centre).max()))) + 4
         x0, y0 = int(np.floor(centre[0])) - reach, int(np.floor(centre[1])) - reach
         x1, y1 = x0 + 2 * reach + 1, y0 + 2 * reach + 1
         if x0 < 0 or y0 < 0 or x1 > image.shape[1] or y1 > image.shape[0]:
             return None
         origin = np.array([x0, y0], np.float64)
         local = centre - origin
-        opening = _eye_mask((y1 - y0, x1 - x0), points[loop, :2], origin)
+        opening = _eye_mask((y1 - y0, x1 - x0), lids, origin)
         radius = _drawn_radius(grey[y0:y1, x0:x1], opening, local, radius)
         disc = np.zeros_like(opening)
         cv2.circle(disc, tuple(np.round(local).astype(int)), int(round(IRIS_MARGIN * radius)), 255, -1)
@@ -223,29 +256,32 @@ class IrisLayers:
         # so an unmoved eye is drawn exactly as the avatar's.
         layer = (hole | whole).astype(np.float32)
         alpha = np.maximum(layer, cv2.GaussianBlur(layer, (0, 0), max(0.6, 0.1 * radius)))
-        return texture, alpha, local
+        return texture, alpha, local, grow
 
     def paste(self, patch: np.ndarray, origin: tuple[int, int], dest: np.ndarray) -> None:
         """Paste each iris into ``patch`` (whose pixel (0, 0) is image pixel ``origin``) at the
         target landmarks ``dest``, inside their lid openings."""
         offset = np.asarray(origin, np.float64)
-        for loop, iris, outer, inner, texture, alpha, centre, length, angle in self._eyes:
-            dest_length, dest_angle = _corner_line(dest, outer, inner)
-            box = _box(dest[loop, :2] - offset, patch.shape)
+        for layer in self._layers:
+            lids = _grown(dest[layer.loop, :2].astype(np.float64), layer.grow) - offset
+            box = _box(lids, patch.shape)
             if box is None:
                 continue
             bx0, by0, bx1, by1 = box
+            dest_length, dest_angle = _corner_line(dest, layer.outer, layer.inner)
             matrix = cv2.getRotationMatrix2D(
-                (float(centre[0]), float(centre[1])), -np.degrees(dest_angle - angle), dest_length / length
+                (float(layer.centre[0]), float(layer.centre[1])),
+                -np.degrees(dest_angle - layer.angle),
+                dest_length / layer.length,
             )
-            matrix[:, 2] += dest[iris, :2] - offset - centre - (bx0, by0)
+            matrix[:, 2] += dest[layer.iris, :2] - offset - layer.centre - (bx0, by0)
             size = (bx1 - bx0, by1 - by0)
             moved = cv2.warpAffine(
-                texture, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                layer.texture, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
-            weight = cv2.warpAffine(alpha, matrix, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+            weight = cv2.warpAffine(layer.alpha, matrix, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
             # Cut hard by the lids: their rims are dark, and blinks are read by that line.
-            weight *= _eye_mask((size[1], size[0]), dest[loop, :2], offset + (bx0, by0)) > 0
+            weight *= _eye_mask((size[1], size[0]), lids, np.array([bx0, by0], np.float64)) > 0
             region = patch[by0:by1, bx0:bx1].astype(np.float32)
             patch[by0:by1, bx0:bx1] = (region + (moved - region) * weight[..., None]).astype(np.uint8)
 

@@ -195,19 +195,20 @@ def eye_opening(landmarks: np.ndarray) -> float:
     return float(right + left) / 2.0
 
 
+def iris_offset(landmarks: np.ndarray, iris: int, first: int, second: int) -> float:
+    """The iris centre's offset from the midpoint of two eye corners, along the line from
+    ``first`` to ``second``, in eye widths."""
+    a, b = landmarks[first, :2], landmarks[second, :2]
+    axis = b - a
+    return float((landmarks[iris, :2] - (a + b) / 2.0) @ axis) / (float(axis @ axis) + 1e-9)
+
+
 def gaze(landmarks: np.ndarray) -> float:
     """Where the eyes look across: each iris centre's offset from its eye corners' midpoint along
     the corner line, in eye widths, both eyes averaged (positive towards the image's right)."""
-    offsets = []
-    for iris, first, second in (
-        (RIGHT_IRIS_CENTRE, RIGHT_EYE_OUTER, RIGHT_EYE_INNER),
-        (LEFT_IRIS_CENTRE, LEFT_EYE_INNER, LEFT_EYE_OUTER),
-    ):
-        a, b = landmarks[first, :2], landmarks[second, :2]
-        axis = b - a
-        width = float(np.linalg.norm(axis)) + 1e-6
-        offsets.append(float((landmarks[iris, :2] - (a + b) / 2.0) @ axis) / width**2)
-    return float(np.mean(offsets))
+    right = iris_offset(landmarks, RIGHT_IRIS_CENTRE, RIGHT_EYE_OUTER, RIGHT_EYE_INNER)
+    left = iris_offset(landmarks, LEFT_IRIS_CENTRE, LEFT_EYE_INNER, LEFT_EYE_OUTER)
+    return (right + left) / 2.0
 
 
 def polygon_area(points: np.ndarray) -> float:

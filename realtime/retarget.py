@@ -364,14 +364,10 @@ def _users_gaze(shaped: np.ndarray, user: np.ndarray) -> np.ndarray:
     if len(user) <= max(mesh.LEFT_IRIS):
         return out
     for _, outer, inner, _, _, iris in EYES:
-        centre = iris[0]
-        offsets = []
-        for points in (user, shaped):
-            axis = points[inner] - points[outer]
-            offsets.append(
-                float((points[centre] - (points[inner] + points[outer]) / 2.0) @ axis / (axis @ axis + 1e-9))
-            )
-        out[iris] += (offsets[0] - offsets[1]) * (shaped[inner] - shaped[outer])
+        wanted = mesh.iris_offset(user, iris[0], outer, inner)
+        out[iris] += (wanted - mesh.iris_offset(shaped, iris[0], outer, inner)) * (
+            shaped[inner] - shaped[outer]
+        )
     return out
 
 

@@ -190,11 +190,14 @@ class IrisLayers:
             return
         without = image.copy()
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        grows = [_drawn_lids(grey, points[loop, :2].astype(np.float64)) for loop, _, _, _ in EYES]
+        # One eye's lids drawn clearly outside the loop make the other's fainter line believable.
+        drawn = max(grows) >= GROWN_LIDS_MIN
         cut: dict[int, _Layer] = {}
-        for loop, iris, outer, inner in EYES:
-            if mirrored is not None and mirrored[loop].any():
-                continue
-            eye = self._cut(image, grey, without, points, loop, iris[0], iris[1:])
+        for (loop, iris, outer, inner), grow in zip(EYES, grows, strict=True):
+            if (mirrored is not None and mirrored[loop].any()) or (1.0 < grow < GROWN_LIDS_MIN and not drawn):
+                continue  # a dark line just outside the lids: drawn lids, or glasses' rim or a brow
+            eye = self._cut(image, grey, without, points, loop, iris[0], iris[1:], grow)
             if eye is not None:
                 cut[iris[0]] = _Layer(loop, iris[0], outer, inner, *eye, *_corner_line(points, outer, inner))
         for (loop, iris, outer, inner), (_, other, _, _) in zip(EYES, EYES[::-1], strict=True):
@@ -218,17 +221,15 @@ class IrisLayers:
         loop: list[int],
         centre_index: int,
         ring: list[int],
+        grow: float,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
-        """Cut one iris out of ``without`` (filled with the white); its texture, alpha, centre in
-        the texture and how far its drawn lids lie outside the loop (``_drawn_lids``), or None
+        """Cut one iris out of ``without`` (filled with the white), its lids the loop grown by
+        ``grow`` (``_drawn_lids``); its texture, alpha, centre in the texture and ``grow``, or None
         where it stays in the fan."""
         centre = points[centre_index, :2].astype(np.float64)
         radius = float(np.linalg.norm(points[ring, :2] - centre, axis=1).mean())
         if radius < MIN_RADIUS_PX:
             return None
-        grow = _drawn_lids(grey, points[loop, :2].astype(np.float64))
-        if 1.0 < grow < GROWN_LIDS_MIN:
-            return None  # a dark line just outside the lids: drawn lids, or glasses' rim or a brow
         lids = _grown(points[loop, :2].astype(np.float64), grow)
         reach = int(np.ceil(max(IRIS_MARGIN * MAX_GROW * radius, np.abs(lids - centre).max()))) + 4
         x0, y0 = int(np.floor(centre[0])) - reach, int(np.floor(centre[1])) - reach

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from realtime import mesh
+from realtime.generators.piecewise import bounding_roi
 
 EYES = (
     (mesh.RIGHT_EYE, mesh.RIGHT_IRIS, mesh.RIGHT_EYE_OUTER, mesh.RIGHT_EYE_INNER),
@@ -265,10 +266,9 @@ class IrisLayers:
         offset = np.asarray(origin, np.float64)
         for layer in self._layers:
             lids = _grown(dest[layer.loop, :2].astype(np.float64), layer.grow) - offset
-            box = _box(lids, patch.shape)
-            if box is None:
+            bx0, by0, bx1, by1 = bounding_roi(lids, patch.shape, margin=2)
+            if bx1 - bx0 < 2 or by1 - by0 < 2:
                 continue
-            bx0, by0, bx1, by1 = box
             dest_length, dest_angle = _corner_line(dest, layer.outer, layer.inner)
             matrix = cv2.getRotationMatrix2D(
                 (float(layer.centre[0]), float(layer.centre[1])),
@@ -285,11 +285,3 @@ class IrisLayers:
             weight *= _eye_mask((size[1], size[0]), lids, np.array([bx0, by0], np.float64)) > 0
             region = patch[by0:by1, bx0:bx1].astype(np.float32)
             patch[by0:by1, bx0:bx1] = (region + (moved - region) * weight[..., None]).astype(np.uint8)
-
-
-def _box(points: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
-    x0, y0 = np.maximum(np.floor(points.min(axis=0)).astype(int) - 2, 0)
-    x1, y1 = np.minimum(np.ceil(points.max(axis=0)).astype(int) + 3, (shape[1], shape[0]))
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return None
-    return int(x0), int(y0), int(x1), int(y1)

@@ -1,6 +1,6 @@
 """Swap mode on user/avatar pairs: identity, expression, seam and flicker, with a contact sheet.
 
-    python benchmarks/swap_pairs.py [--frames 75] [--label after] [--json J] [--sheet PNG]
+    python benchmarks/swap_pairs.py [--frames 75] [--set standard|blinking|all] [--label after] [--json J] [--sheet PNG]
     python benchmarks/swap_pairs.py --compare before.json after.json [--sheet PNG]
     python benchmarks/swap_pairs.py --add NAME USER AVATAR --pairs NAME --generator avatars/ME/refiner.onnx
 
@@ -9,7 +9,8 @@ Each pair runs the live per-frame path (``FrameProcessor`` in swap mode, the war
 first ``--frames`` frames of a user clip from ``../shared/media`` (a 1080p clip is scaled to
 720p first, as the product does), with an avatar image or one frame of another clip
 (``clip.mp4@N``): different skin tones, glasses on either side, paintings, a cartoon, an
-open-mouth photo. Per pair:
+open-mouth photo. ``--set blinking`` gives the same avatars users who blink and talk (several
+standard users never blink in their clips, so their blink r only follows lid jitter). Per pair:
 
 - identity: dlib's 128-D embedding of each output frame (every ``--stride``), its distance
   to the avatar's embedding and to the user's (the centroid of the input frames). dlib's own
@@ -123,6 +124,73 @@ PAIRS = [
         "woman to woman, red hair",
     ),
 ]
+# The same avatars, each driven by a user who blinks (at least 3 frames with the eyes at most
+# 60 % as open as usual in the frames read) and talks (mouth opening std at least 0.03 face
+# sizes): several standard users never blink in their clips, so their blink_r only follows
+# small lid movements. ``--set blinking`` runs these.
+BLINKING_PAIRS = [
+    (
+        "photo_b",
+        "clips/Talking-Face_PC-AVS_620900105.mp4",
+        "avatars/liveportrait_s42.jpg",
+        "dark-skin user (224 px VoxCeleb2 crop), light-skin photo",
+    ),
+    (
+        "mona_lisa_b",
+        "webcam/spectre_mead_M003_disgusted.mp4",
+        "avatars/liveportrait_s9.jpg",
+        "painting (Mona Lisa)",
+    ),
+    (
+        "pearl_earring_b",
+        "webcam/spectre_mead_W015_neutral.mp4",
+        "avatars/liveportrait_s10.jpg",
+        "turned painting",
+    ),
+    (
+        "glasses_user_b",
+        "clips/StyleHEAT_video.mp4",
+        "clips/extra_rppg_man_darkskin.mp4@0",
+        "woman with glasses, dark-skin avatar",
+    ),
+    (
+        "open_mouth_avatar_b",
+        "clips/Wav2Lip-GFPGAN_kim_7s_raw.mp4",
+        "clips/styletalk_surprisegirl_clip2.mp4@39",
+        "avatar photographed mouth wide open",
+    ),
+    (
+        "glasses_avatar_b",
+        "webcam/openh264_foreman_cif.mp4",
+        "clips/extra_pexels8048492_man_glasses.mp4@0",
+        "352x288 webcam, turning head; avatar with glasses",
+    ),
+    (
+        "cartoon_b",
+        "clips/VisualVoice_noisy_restaurant.mp4",
+        "avatars/liveportrait_s7.jpg",
+        "3D cartoon avatar",
+    ),
+    (
+        "painted_girl_b",
+        "webcam/spectre_mead_W023_surprised.mp4",
+        "avatars/liveportrait_s5.jpg",
+        "dark-skin user, painted girl",
+    ),
+    (
+        "red_hair_b",
+        "clips/extra_styleganex390_woman.mp4",
+        "clips/extra_pexels7322716_woman_redhair.mp4@0",
+        "woman to woman, red hair",
+    ),
+    (
+        "portrait_light_b",
+        "clips/LatentSync_demo1_video.mp4",
+        "avatars/liveportrait_s3.jpg",
+        "vertical 1080x1920 phone video; painting in portrait light",
+    ),
+]
+SETS = {"standard": PAIRS, "blinking": BLINKING_PAIRS, "all": PAIRS + BLINKING_PAIRS}
 COLUMNS = [
     "dist_avatar",
     "dist_user",
@@ -395,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=75)
     parser.add_argument("--stride", type=int, default=3, help="embed every Nth frame (dlib is ~80 ms a face)")
     parser.add_argument("--label", default="after")
-    parser.add_argument("--pairs", default=None, help="comma-separated pair names (default: all)")
+    parser.add_argument(
+        "--set", choices=sorted(SETS), default="standard", help="which pairs (default: standard)"
+    )
+    parser.add_argument(
+        "--pairs", default=None, help="comma-separated pair names, from any set (default: all of --set)"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--sheet", default=None, help="contact sheet PNG")
     parser.add_argument("--compare", nargs="+", default=None, metavar="JSON", help="tabulate earlier runs")
@@ -433,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     judge = FaceTracker(smoothing=False, track_width=0)
     embed = FaceEmbedder()
     results, rows = {}, []
-    for name, user, avatar, what in PAIRS + [(*added, "added on the command line") for added in args.add]:
+    chosen = SETS["all"] if wanted else SETS[args.set]  # names are picked from every set
+    for name, user, avatar, what in chosen + [(*added, "added on the command line") for added in args.add]:
         if wanted and name not in wanted:
             continue
         t0 = time.time()
@@ -454,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "identity": "dlib 128-D; avatar: its image's embedding; user: centroid of the input frames",
         "generator": args.generator,
         "shape": args.shape,
+        "set": args.set,
     }
     if args.sheet and rows:
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)

@@ -533,21 +533,28 @@ class SwapCompositor:
         keep_hue: float,
         size_full: tuple[int, int],
     ) -> np.ndarray:
-        """The user's low frequencies plus the avatar's detail scaled by ``gain`` (as
-        ``front * gain + offset``), with only ``keep_hue`` of the detail's own colour: the rest
-        of it is its brightness in the hue of the user's skin."""
+        """The user's low frequencies times the avatar's detail, as its ratio to the avatar's
+        own low frequencies: with only ``keep_hue`` of that ratio's colour (the rest is its
+        brightness), and its contrast scaled by ``gain`` / ``ratio`` (the detail gain's limit
+        and the texture cap). As a ratio, a shadow darkens the user's skin in the user's hue:
+        subtracted in a more saturated avatar's own colours, it took more red than the user's
+        skin has and turned purple (lids, sockets)."""
         luma = LUMA_BGR
         avatar_low = cv2.resize(low_avatar, size_full, interpolation=cv2.INTER_LINEAR)
-        user_low = cv2.resize((low_avatar + 1.0) * ratio - 1.0, size_full, interpolation=cv2.INTER_LINEAR)
-        detail = front  # the caller's scratch copy, reused, as are the temporaries below
-        detail -= avatar_low
-        grey = avatar_low  # the detail's luma, in the user's hue, scaled by 1 - keep_hue
-        np.divide(user_low, np.maximum((user_low @ luma)[..., None], 1.0), out=grey)
-        grey *= (detail @ luma)[..., None] * np.float32(1.0 - keep_hue)
-        detail *= keep_hue
-        detail += grey
-        detail *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
-        detail += user_low
+        avatar_low += 1.0
+        user_low = cv2.resize((low_avatar + 1.0) * ratio, size_full, interpolation=cv2.INTER_LINEAR)
+        detail = front  # the caller's scratch copy, reused
+        detail += 1.0
+        in_luma = (detail @ luma) / np.maximum(avatar_low @ luma, 1.0)
+        detail /= avatar_low
+        detail *= np.float32(keep_hue)
+        detail += (np.float32(1.0 - keep_hue) * in_luma)[..., None]
+        detail -= 1.0
+        strength = (gain @ luma) / np.maximum(ratio @ luma, 1e-3)  # one per pixel: no hue shift
+        detail *= cv2.resize(strength, size_full, interpolation=cv2.INTER_LINEAR)[..., None]
+        detail += 1.0
+        detail *= user_low
+        detail -= 1.0
         return detail
 
     def _update_contrast_cap(

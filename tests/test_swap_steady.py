@@ -129,6 +129,42 @@ def test_a_dark_hard_lit_avatar_on_a_light_user_with_glasses_is_not_harsh_or_ora
 
 
 @needs_media
+def test_a_dark_avatars_shadowed_eye_sockets_take_the_light_users_hue_not_purple():
+    """The dark-skinned avatar on a light-skinned woman with glasses (StyleHEAT): the shadows round
+    his eyes, darkened in his own more saturated skin's colours, took more red than her skin
+    has and came out purple (hue 1 degree against her 27 over these frames). As a ratio to his
+    skin they keep her hue."""
+    from realtime.avatar import make_avatar
+    from realtime.pipeline import offline_processor
+
+    frames = list(read_frames(str(MEDIA / "clips" / "StyleHEAT_video.mp4"), 61))
+    avatar_image = next(read_frames(str(MEDIA / "clips" / "extra_rppg_man_darkskin.mp4"), 1))
+    size = (frames[0].shape[1], frames[0].shape[0])
+    processor = offline_processor(
+        make_avatar(avatar_image, size, "dark"), "warp", mode=Mode.SWAP, size=size, occlusion=False
+    )
+    try:
+        outputs = [processor.process(Frame(f, i, i / 25.0)).image for i, f in enumerate(frames)]
+    finally:
+        processor.close()
+
+    def hue(image: np.ndarray, around: np.ndarray) -> float:
+        lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[around].astype(np.float32).mean(axis=0)
+        return float(np.degrees(np.arctan2(lab[2] - 128.0, lab[1] - 128.0)))
+
+    user_hues, output_hues = [], []
+    for k in range(20, len(frames), 10):
+        points = find_face(frames[k])[:, :2]
+        around = np.zeros(frames[k].shape[:2], np.uint8)
+        loops = [np.round(points[eye]).astype(np.int32) for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE)]
+        cv2.polylines(around, loops, True, 1, int(0.12 * mesh.face_size(points)))
+        cv2.fillPoly(around, loops, 0)
+        user_hues.append(hue(frames[k], around > 0))
+        output_hues.append(hue(outputs[k], around > 0))
+    assert abs(np.mean(output_hues) - np.mean(user_hues)) < 8.0, (output_hues, user_hues)
+
+
+@needs_media
 def test_a_bearded_avatar_keeps_his_beard_dark_so_the_users_mouth_reads_true():
     """The bearded, dark-skinned avatar on a light-skinned woman (W015): his chin beard under her
     lower lip was relit as if it were shadow, brightened to her skin, and the mouth judge took it

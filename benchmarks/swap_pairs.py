@@ -305,12 +305,19 @@ def face_oval_mask(points: np.ndarray, size: int) -> np.ndarray:
     return mask > 0
 
 
-def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) -> tuple[dict, dict]:
+def judge() -> FaceTracker:
+    """mediapipe for one video: it follows a face from one frame to the next, so each video (the
+    user's, the output) gets its own, or a pair's scores would depend on the pair before it."""
+    return FaceTracker(smoothing=False, track_width=0)
+
+
+def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed) -> tuple[dict, dict]:
     frames, fps = read_clip(MEDIA / user, args.frames)
     size = (frames[0].shape[1], frames[0].shape[0])
     avatar_image = read_avatar(avatar_spec)
     avatar = make_avatar(avatar_image, size, avatar_spec)
-    avatar_lm = judge.detect(avatar_image)
+    with FaceTracker(smoothing=False, track_width=0, static_images=True) as still:
+        avatar_lm = still.detect(avatar_image)
     ref_avatar = embed(avatar_image, avatar_lm[0] if avatar_lm else None)
     processor = offline_processor(avatar, args.generator, mode=Mode.SWAP, size=size, swap_shape=args.shape)
     outputs, render_ms = [], []
@@ -322,7 +329,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
             render_ms.append((time.perf_counter() - t0) * 1000.0)
     finally:
         processor.close()
-    input_lms = [f[0] if (f := judge.detect(img)) else None for img in frames]
+    with judge() as on_input:
+        input_lms = [f[0] if (f := on_input.detect(img)) else None for img in frames]
     user_embeddings = [
         e
         for img, lm in list(zip(frames, input_lms, strict=True))[:: args.stride]
@@ -334,11 +342,12 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
     )
     scores_out, scores_in = [], []
     previous = None
+    on_output = judge()
     for index, (out, real, lm) in enumerate(zip(outputs, frames, input_lms, strict=True)):
+        faces = on_output.detect(out)  # every frame, so the tracking sees the video as it is
         if lm is None:
             previous = None
             continue
-        faces = judge.detect(out)
         mouth_in.append(mesh.mouth_opening(lm))
         eyes_in.append(mesh.eye_opening(lm))
         mouth_out.append(mesh.mouth_opening(faces[0]) if faces else np.nan)
@@ -366,6 +375,7 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed, judge) ->
             if e is not None:
                 d_avatar.append(float(np.linalg.norm(e - ref_avatar)))
                 d_user.append(float(np.linalg.norm(e - ref_user)))
+    on_output.close()
     result = {
         "user": user,
         "avatar": avatar_spec,
@@ -503,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs ../shared/media ({MEDIA} not found)", file=sys.stderr)
         return 2
     wanted = set(args.pairs.split(",")) if args.pairs else None
-    judge = FaceTracker(smoothing=False, track_width=0)
     embed = FaceEmbedder()
     results, rows = {}, []
     chosen = SETS["all"] if wanted else SETS[args.set]  # names are picked from every set
@@ -511,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and name not in wanted:
             continue
         t0 = time.time()
-        result, pictures = evaluate_pair(name, user, avatar, args, embed, judge)
+        result, pictures = evaluate_pair(name, user, avatar, args, embed)
         result["tests"] = what
         results[name] = result
         logger.info("%s (%.0f s): %s", name, time.time() - t0, {c: result[c] for c in COLUMNS})
@@ -519,7 +528,6 @@ def main(argv: list[str] | None = None) -> int:
         for crop_in, crop_out in pictures["thumbs"].values():
             cells += [crop_in, label(crop_out, args.label)]
         rows.append(np.concatenate(cells + [np.zeros_like(cells[0])] * (7 - len(cells)), axis=1))
-    judge.close()
     report = {
         "label": args.label,
         "pairs": results,

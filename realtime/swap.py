@@ -76,6 +76,12 @@ CONTRAST_LIMIT = 1.6  # the relit avatar's texture may be at most this much stro
 NOT_FACE_BAND = 0.2
 NOT_FACE_SIGMAS = 4.0
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G, R
+# Round the user's lips, this many face sizes out, a much darker avatar's detail keeps none of its
+# own colour: its fuller lips, stretched to the user's lip line and brightened, left a red-orange
+# band on the chin. In full where the avatar keeps this much of its detail's colour or less
+# (``keep_hue``: 1 / how much brighter it is relit), not at all from the second value.
+LIP_COLOUR_BAND = 0.2
+LIP_COLOUR_KEEP = (0.5, 0.7)
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -237,6 +243,18 @@ def _below_eyes(shape: tuple[int, int], points: np.ndarray, size: float) -> np.n
     start = float((points[mesh.RIGHT_EYE + mesh.LEFT_EYE] @ down).max()) + OWN_FEATURES_BELOW_EYES * size
     depth = _depth_down(shape, down)
     return np.clip((depth - np.float32(start)) / np.float32(0.1 * size), 0.0, 1.0)
+
+
+def _around_lips(shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray:
+    """(h, w) float32: 1 in a band LIP_COLOUR_BAND face sizes wide outside the user's outer lip
+    line, 0 on the lips and beyond the band, feathered."""
+    band = max(1, int(round(LIP_COLOUR_BAND * size)))
+    lips = [np.round(points[mesh.OUTER_LIP, :2] * 4).astype(np.int32)]
+    mask = np.zeros(shape, np.uint8)
+    cv2.polylines(mask, lips, True, 255, 2 * band, cv2.LINE_AA, 2)
+    cv2.fillPoly(mask, lips, 0, cv2.LINE_AA, 2)
+    soft = max(1.0, band / 4)
+    return cv2.GaussianBlur(mask, (0, 0), soft).astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -518,7 +536,11 @@ class SwapCompositor:
         brighter = float((ratio @ luma * weight).sum() / float(weight.sum()))
         keep_hue = min(1.0, 1.0 / max(brighter, 1e-3))
         if keep_hue < 0.99:
-            return self._relit_in_user_hue(front, low_avatar, ratio, gain, keep_hue, size_full)
+            keep = np.full((h, w), keep_hue, np.float32)
+            low, high = LIP_COLOUR_KEEP
+            if keep_hue < high:
+                keep *= 1.0 - min(1.0, (high - keep_hue) / (high - low)) * _around_lips((h, w), points, size)
+            return self._relit_in_user_hue(front, low_avatar, ratio, gain, keep, size_full)
         offset = (low_avatar + 1.0) * (ratio - gain)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
         front += cv2.resize(offset, size_full, interpolation=cv2.INTER_LINEAR)
@@ -530,11 +552,11 @@ class SwapCompositor:
         low_avatar: np.ndarray,
         ratio: np.ndarray,
         gain: np.ndarray,
-        keep_hue: float,
+        keep_hue: np.ndarray,
         size_full: tuple[int, int],
     ) -> np.ndarray:
         """The user's low frequencies times the avatar's detail, as its ratio to the avatar's
-        own low frequencies: with only ``keep_hue`` of that ratio's colour (the rest is its
+        own low frequencies: with only ``keep_hue`` (h, w) of that ratio's colour (the rest is its
         brightness), and its contrast scaled by ``gain`` / ``ratio`` (the detail gain's limit
         and the texture cap). As a ratio, a shadow darkens the user's skin in the user's hue:
         subtracted in a more saturated avatar's own colours, it took more red than the user's
@@ -547,8 +569,8 @@ class SwapCompositor:
         detail += 1.0
         in_luma = (detail @ luma) / np.maximum(avatar_low @ luma, 1.0)
         detail /= avatar_low
-        detail *= np.float32(keep_hue)
-        detail += (np.float32(1.0 - keep_hue) * in_luma)[..., None]
+        detail *= keep_hue[..., None]
+        detail += ((1.0 - keep_hue) * in_luma)[..., None]
         detail -= 1.0
         strength = (gain @ luma) / np.maximum(ratio @ luma, 1e-3)  # one per pixel: no hue shift
         detail *= cv2.resize(strength, size_full, interpolation=cv2.INTER_LINEAR)[..., None]

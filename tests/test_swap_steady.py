@@ -129,11 +129,12 @@ def test_a_dark_hard_lit_avatar_on_a_light_user_with_glasses_is_not_harsh_or_ora
 
 
 @needs_media
-def test_a_dark_avatars_shadowed_eye_sockets_take_the_light_users_hue_not_purple():
-    """The dark-skinned avatar on a light-skinned woman with glasses (StyleHEAT): the shadows round
-    his eyes, darkened in his own more saturated skin's colours, took more red than her skin
-    has and came out purple (hue 1 degree against her 27 over these frames). As a ratio to his
-    skin they keep her hue."""
+def test_a_dark_avatar_on_a_light_user_keeps_her_hue_round_the_eyes_and_under_the_lips():
+    """The dark-skinned avatar on a light-skinned woman with glasses (StyleHEAT). The shadows round
+    his eyes, darkened in his own more saturated skin's colours, took more red than her skin has
+    and came out purple (hue 1 degree against her 27); as a ratio to his skin they keep her hue.
+    His fuller red lips, stretched to her lip line and brightened, left a red-orange band under
+    her lower lip (chroma 1.47 times hers there; now about 1.2)."""
     from realtime.avatar import make_avatar
     from realtime.pipeline import offline_processor
 
@@ -148,20 +149,35 @@ def test_a_dark_avatars_shadowed_eye_sockets_take_the_light_users_hue_not_purple
     finally:
         processor.close()
 
-    def hue(image: np.ndarray, around: np.ndarray) -> float:
-        lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[around].astype(np.float32).mean(axis=0)
-        return float(np.degrees(np.arctan2(lab[2] - 128.0, lab[1] - 128.0)))
+    def lab(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[where].astype(np.float32) - (0.0, 128.0, 128.0)
 
-    user_hues, output_hues = [], []
+    def hue(image: np.ndarray, where: np.ndarray) -> float:
+        mean = lab(image, where).mean(axis=0)
+        return float(np.degrees(np.arctan2(mean[2], mean[1])))
+
+    def chroma(image: np.ndarray, where: np.ndarray) -> float:
+        values = lab(image, where)
+        return float(np.hypot(values[:, 1], values[:, 2]).mean())
+
+    hues: dict[str, list[float]] = {"user": [], "output": []}
+    chromas: dict[str, list[float]] = {"user": [], "output": []}
     for k in range(20, len(frames), 10):
         points = find_face(frames[k])[:, :2]
-        around = np.zeros(frames[k].shape[:2], np.uint8)
+        size_k = mesh.face_size(points)
+        around_eyes = np.zeros(frames[k].shape[:2], np.uint8)
         loops = [np.round(points[eye]).astype(np.int32) for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE)]
-        cv2.polylines(around, loops, True, 1, int(0.12 * mesh.face_size(points)))
-        cv2.fillPoly(around, loops, 0)
-        user_hues.append(hue(frames[k], around > 0))
-        output_hues.append(hue(outputs[k], around > 0))
-    assert abs(np.mean(output_hues) - np.mean(user_hues)) < 8.0, (output_hues, user_hues)
+        cv2.polylines(around_eyes, loops, True, 1, int(0.12 * size_k))
+        cv2.fillPoly(around_eyes, loops, 0)
+        under_lips = np.zeros_like(around_eyes)
+        lower_lip = points[[61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]]
+        band = np.vstack([lower_lip, (lower_lip + (0.0, 0.15 * size_k))[::-1]])
+        cv2.fillPoly(under_lips, [np.round(band).astype(np.int32)], 1)
+        for name, image in (("user", frames[k]), ("output", outputs[k])):
+            hues[name].append(hue(image, around_eyes > 0))
+            chromas[name].append(chroma(image, under_lips > 0))
+    assert abs(np.mean(hues["output"]) - np.mean(hues["user"])) < 8.0, hues
+    assert np.mean(chromas["output"]) < 1.3 * np.mean(chromas["user"]), chromas
 
 
 @needs_media

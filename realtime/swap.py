@@ -245,16 +245,19 @@ def _below_eyes(shape: tuple[int, int], points: np.ndarray, size: float) -> np.n
     return np.clip((depth - np.float32(start)) / np.float32(0.1 * size), 0.0, 1.0)
 
 
-def _around_lips(shape: tuple[int, int], points: np.ndarray, size: float) -> np.ndarray:
+def _around_lips(shape: tuple[int, int], points: np.ndarray, size: float, fine: int = 4) -> np.ndarray:
     """(h, w) float32: 1 in a band LIP_COLOUR_BAND face sizes wide outside the user's outer lip
-    line, 0 on the lips and beyond the band, feathered."""
-    band = max(1, int(round(LIP_COLOUR_BAND * size)))
-    lips = [np.round(points[mesh.OUTER_LIP, :2] * 4).astype(np.int32)]
-    mask = np.zeros(shape, np.uint8)
+    line, 0 on the lips and beyond the band, feathered; drawn ``fine`` times finer and averaged
+    down, since the shading grid has only a few pixels across the band."""
+    band = max(1, int(round(LIP_COLOUR_BAND * size * fine)))
+    lips = [np.round(points[mesh.OUTER_LIP, :2] * fine * 4).astype(np.int32)]
+    mask = np.zeros((shape[0] * fine, shape[1] * fine), np.uint8)
     cv2.polylines(mask, lips, True, 255, 2 * band, cv2.LINE_AA, 2)
     cv2.fillPoly(mask, lips, 0, cv2.LINE_AA, 2)
-    soft = max(1.0, band / 4)
-    return cv2.GaussianBlur(mask, (0, 0), soft).astype(np.float32) * np.float32(1.0 / 255.0)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, band / 4))
+    return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_AREA).astype(
+        np.float32
+    ) * np.float32(1.0 / 255.0)
 
 
 def _box_mean(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -536,10 +539,11 @@ class SwapCompositor:
         brighter = float((ratio @ luma * weight).sum() / float(weight.sum()))
         keep_hue = min(1.0, 1.0 / max(brighter, 1e-3))
         if keep_hue < 0.99:
-            keep = np.full((h, w), keep_hue, np.float32)
+            keep = np.full(low_avatar.shape[:2], keep_hue, np.float32)  # on the small grid
             low, high = LIP_COLOUR_KEEP
             if keep_hue < high:
-                keep *= 1.0 - min(1.0, (high - keep_hue) / (high - low)) * _around_lips((h, w), points, size)
+                lips = _around_lips(keep.shape, points * k, size * k)
+                keep *= 1.0 - min(1.0, (high - keep_hue) / (high - low)) * lips
             return self._relit_in_user_hue(front, low_avatar, ratio, gain, keep, size_full)
         offset = (low_avatar + 1.0) * (ratio - gain)
         front *= cv2.resize(gain, size_full, interpolation=cv2.INTER_LINEAR)
@@ -556,28 +560,30 @@ class SwapCompositor:
         size_full: tuple[int, int],
     ) -> np.ndarray:
         """The user's low frequencies times the avatar's detail, as its ratio to the avatar's
-        own low frequencies: with only ``keep_hue`` (h, w) of that ratio's colour (the rest is its
+        own low frequencies: with only ``keep_hue`` of that ratio's colour (the rest is its
         brightness), and its contrast scaled by ``gain`` / ``ratio`` (the detail gain's limit
         and the texture cap). As a ratio, a shadow darkens the user's skin in the user's hue:
         subtracted in a more saturated avatar's own colours, it took more red than the user's
-        skin has and turned purple (lids, sockets)."""
+        skin has and turned purple (lids, sockets). All but ``front`` is on the small grid.
+
+        With F = front + 1, A = the avatar's low + 1, U = the user's low + 1, s the contrast:
+        out + 1 = U (1 + s (keep F / A + (1 - keep) luma(F) / luma(A) - 1)), i.e.
+        out = offset + per_channel * front + per_luma * luma(front), three smooth maps
+        resized once, so the full-size work is a few multiply-adds."""
         luma = LUMA_BGR
-        avatar_low = cv2.resize(low_avatar, size_full, interpolation=cv2.INTER_LINEAR)
-        avatar_low += 1.0
-        user_low = cv2.resize((low_avatar + 1.0) * ratio, size_full, interpolation=cv2.INTER_LINEAR)
-        detail = front  # the caller's scratch copy, reused
-        detail += 1.0
-        in_luma = (detail @ luma) / np.maximum(avatar_low @ luma, 1.0)
-        detail /= avatar_low
-        detail *= keep_hue[..., None]
-        detail += ((1.0 - keep_hue) * in_luma)[..., None]
-        detail -= 1.0
-        strength = (gain @ luma) / np.maximum(ratio @ luma, 1e-3)  # one per pixel: no hue shift
-        detail *= cv2.resize(strength, size_full, interpolation=cv2.INTER_LINEAR)[..., None]
-        detail += 1.0
-        detail *= user_low
-        detail -= 1.0
-        return detail
+        avatar_low = low_avatar + 1.0
+        user_low = avatar_low * ratio
+        strength = ((gain @ luma) / np.maximum(ratio @ luma, 1e-3))[..., None]  # one per pixel: no hue shift
+        keep = keep_hue[..., None]
+        per_channel = strength * user_low * keep / avatar_low
+        per_luma = strength * user_low * (1.0 - keep) / (avatar_low @ luma)[..., None]
+        offset = user_low * (1.0 - strength) - 1.0 + per_channel + per_luma
+        resize = cv2.INTER_LINEAR
+        lum = front @ luma
+        front *= cv2.resize(per_channel, size_full, interpolation=resize)
+        front += cv2.resize(per_luma, size_full, interpolation=resize) * lum[..., None]
+        front += cv2.resize(offset, size_full, interpolation=resize)
+        return front
 
     def _update_contrast_cap(
         self, under_u8: np.ndarray, front: np.ndarray, weight: np.ndarray, gain: np.ndarray, size: float

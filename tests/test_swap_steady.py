@@ -136,6 +136,7 @@ def test_a_dark_avatar_on_a_light_user_keeps_her_hue_round_the_eyes_and_under_th
     His fuller red lips, stretched to her lip line and brightened, left a red-orange band under
     her lower lip (chroma 1.47 times hers there; now about 1.2)."""
     from realtime.avatar import make_avatar
+    from realtime.evaluate_cross import chroma
     from realtime.pipeline import offline_processor
 
     frames = list(read_frames(str(MEDIA / "clips" / "StyleHEAT_video.mp4"), 61))
@@ -149,16 +150,9 @@ def test_a_dark_avatar_on_a_light_user_keeps_her_hue_round_the_eyes_and_under_th
     finally:
         processor.close()
 
-    def lab(image: np.ndarray, where: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[where].astype(np.float32) - (0.0, 128.0, 128.0)
-
     def hue(image: np.ndarray, where: np.ndarray) -> float:
-        mean = lab(image, where).mean(axis=0)
+        mean = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[where].astype(np.float32).mean(axis=0) - 128.0
         return float(np.degrees(np.arctan2(mean[2], mean[1])))
-
-    def chroma(image: np.ndarray, where: np.ndarray) -> float:
-        values = lab(image, where)
-        return float(np.hypot(values[:, 1], values[:, 2]).mean())
 
     hues: dict[str, list[float]] = {"user": [], "output": []}
     chromas: dict[str, list[float]] = {"user": [], "output": []}
@@ -170,12 +164,12 @@ def test_a_dark_avatar_on_a_light_user_keeps_her_hue_round_the_eyes_and_under_th
         cv2.polylines(around_eyes, loops, True, 1, int(0.12 * size_k))
         cv2.fillPoly(around_eyes, loops, 0)
         under_lips = np.zeros_like(around_eyes)
-        lower_lip = points[[61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]]
+        lower_lip = points[mesh.OUTER_LIP[10:] + mesh.OUTER_LIP[:1]]  # corner to corner
         band = np.vstack([lower_lip, (lower_lip + (0.0, 0.15 * size_k))[::-1]])
         cv2.fillPoly(under_lips, [np.round(band).astype(np.int32)], 1)
         for name, image in (("user", frames[k]), ("output", outputs[k])):
             hues[name].append(hue(image, around_eyes > 0))
-            chromas[name].append(chroma(image, under_lips > 0))
+            chromas[name].append(float(chroma(image)[under_lips > 0].mean()))
     assert abs(np.mean(hues["output"]) - np.mean(hues["user"])) < 8.0, hues
     assert np.mean(chromas["output"]) < 1.3 * np.mean(chromas["user"]), chromas
 

@@ -48,6 +48,18 @@ logger = logging.getLogger("swap_eval")
 CROP = CropSpec(size=160, face_scale=0.30)
 
 
+def judge() -> FaceTracker:
+    """mediapipe for one video: it follows a face from one frame to the next, so each video gets its
+    own, or a method's scores would depend on the video measured before it."""
+    return FaceTracker(smoothing=False, track_width=0)
+
+
+def detect_all(frames: list[np.ndarray]) -> list[np.ndarray | None]:
+    """The first face's landmarks in each of ``frames`` (None where there is none), one video."""
+    with judge() as tracker:
+        return [f[0] if (f := tracker.detect(img)) else None for img in frames]
+
+
 def held_out_cut(run: Path | None, video: str, holdout: float) -> int:
     """The first held-out frame of ``video``, as the run recorded it (else from ``holdout``)."""
     if run is not None and (run / "summary.json").exists():
@@ -88,7 +100,6 @@ def score(
     embed: FaceEmbedder,
     ref_a: np.ndarray,
     ref_b: np.ndarray,
-    judge: FaceTracker,
     stride: int,
 ) -> dict:
     mouth_in, mouth_out, eyes_in, eyes_out, flicker, motion_in, motion_out = [], [], [], [], [], [], []
@@ -96,11 +107,12 @@ def score(
     previous = None
     embed.detected = embed.fallback = 0
     found = 0
+    on_output = judge()
     for index, (out, real, lm) in enumerate(zip(outputs, inputs, input_lms, strict=True)):
+        out_faces = on_output.detect(out)  # every frame, so the tracking sees the video as it is
         if lm is None:
             previous = None
             continue
-        out_faces = judge.detect(out)
         mouth_in.append(mesh.mouth_opening(lm))
         eyes_in.append(mesh.eye_opening(lm))
         if out_faces:
@@ -130,6 +142,7 @@ def score(
             if e is not None:
                 dist_a.append(float(np.linalg.norm(e - ref_a)))
                 dist_b.append(float(np.linalg.norm(e - ref_b)))
+    on_output.close()
     da, db = np.array(dist_a), np.array(dist_b)
     n = len(mouth_in)
     return {
@@ -202,17 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     held_a, held_b = frames_a[cut_a:], frames_b[cut_b:]
     logger.info("held out: A %d frames from %d, B %d frames from %d", len(held_a), cut_a, len(held_b), cut_b)
 
-    judge = FaceTracker(smoothing=False, track_width=0)
     embed = FaceEmbedder()
-    detect = lambda img: f[0] if (f := judge.detect(img)) else None  # noqa: E731
     ref_a_frames = [frames_a[i] for i in np.linspace(0, cut_a - 1, 48).astype(int)]
-    ref_a = np.mean([e for img in ref_a_frames if (e := embed(img, detect(img))) is not None], axis=0)
-    b_lms = [detect(img) for img in held_b[:: args.stride]]
+    ref_a = np.mean(
+        [
+            e
+            for img, lm in zip(ref_a_frames, detect_all(ref_a_frames), strict=True)
+            if (e := embed(img, lm)) is not None
+        ],
+        axis=0,
+    )
+    b_lms = detect_all(held_b[:: args.stride])
     b_embeddings = [
         e for img, lm in zip(held_b[:: args.stride], b_lms, strict=True) if (e := embed(img, lm)) is not None
     ]
     ref_b = np.mean(b_embeddings, axis=0)
-    input_lms = [detect(img) for img in held_a]
+    input_lms = detect_all(held_a)
 
     avatar_image = held_b[0]
     avatar = make_avatar(avatar_image, (avatar_image.shape[1], avatar_image.shape[0]), args.b)
@@ -229,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs, info = run_method(name, generator, avatar, held_a, fps_a)
         else:
             outputs, info = held_a, {"generator": "none"}
-        results[name] = {**score(outputs, held_a, input_lms, embed, ref_a, ref_b, judge, args.stride), **info}
+        results[name] = {**score(outputs, held_a, input_lms, embed, ref_a, ref_b, args.stride), **info}
         if name in runs and (runs[name] / "summary.json").exists():
             summary = json.loads((runs[name] / "summary.json").read_text())
             results[name]["training"] = {k: summary.get(k) for k in ("steps", "minutes", "device", "recycle")}
@@ -243,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         "identity_dist_to_b": round(float(np.mean(b_dist_b)), 4),
         "note": "B's own held-out frames (they also define B's centroid)",
     }
-    judge.close()
 
     picks = [i for i in np.linspace(0, len(held_a) - 1, 5).astype(int) if input_lms[i] is not None]
     b_crops = []

@@ -320,6 +320,8 @@ def evaluate_pair(name: str, user: str, avatar_spec: str, args, embed) -> tuple[
         avatar_lm = still.detect(avatar_image)
     ref_avatar = embed(avatar_image, avatar_lm[0] if avatar_lm else None)
     processor = offline_processor(avatar, args.generator, mode=Mode.SWAP, size=size, swap_shape=args.shape)
+    if args.keep_glasses:  # only then: an older checkout's tuning has no such field
+        processor.controls.tune(keep_glasses=True)
     outputs, render_ms = [], []
     try:
         for index, image in enumerate(frames):
@@ -490,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         help="how far the face takes the avatar's proportions (0-1)",
     )
     parser.add_argument(
+        "--keep-glasses", action="store_true", help="a user's glasses stay in front (as `--keep-glasses`)"
+    )
+    parser.add_argument(
         "--add",
         nargs=3,
         action="append",
@@ -536,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "identity": "dlib 128-D; avatar: its image's embedding; user: centroid of the input frames",
         "generator": args.generator,
         "shape": args.shape,
+        "keep_glasses": args.keep_glasses,
         "set": args.set,
     }
     if args.sheet and rows:

@@ -43,7 +43,12 @@ class Blender(Stage):
             raise ValueError("rendered patch has no background to paste onto")
         if rendered.driver_landmarks is not None:
             return self.compositor.composite(
-                background, rendered.patch, rendered.origin, rendered.driver_landmarks, rendered.occluder
+                background,
+                rendered.patch,
+                rendered.origin,
+                rendered.driver_landmarks,
+                rendered.occluder,
+                keep_glasses=rendered.keep_glasses,
             )
         out = background.copy()
         x0, y0 = rendered.origin

@@ -24,6 +24,8 @@ class Tuning:
     it between head motion and expression: 0.5 gives both in full, towards 0 the head stays
     still, towards 1 the face stops changing expression. ``swap_shape`` (swap mode): how far the
     swapped face takes the avatar's proportions (eyes, brows, nose) instead of the user's, 0-1.
+    ``keep_glasses`` (swap mode): the frame of the user's glasses stays in front of the avatar's
+    face (off: the avatar's look, glasses and all, as FaceFusion's default).
     """
 
     strength: float = 1.0
@@ -35,6 +37,7 @@ class Tuning:
     eyes: float = 1.0
     brows: float = 1.0
     swap_shape: float = SWAP_SHAPE
+    keep_glasses: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = STRENGTH_RANGE
@@ -69,6 +72,8 @@ class Tuning:
         ]
         if self.swap_shape != default.swap_shape:
             parts.append(f"avatar shape {self.swap_shape:.1f}")
+        if self.keep_glasses:
+            parts.append("your glasses kept")
         if self.mirror:
             parts.append("mirror")
         return "  ".join(parts) or None
@@ -138,6 +143,9 @@ class Controls:
 
     def toggle_refiner(self) -> Tuning:
         return self.tune(refiner=not self.tuning.refiner)
+
+    def toggle_glasses(self) -> Tuning:
+        return self.tune(keep_glasses=not self.tuning.keep_glasses)
 
     # -- avatars -------------------------------------------------------------------------
     def request_avatar(self, index: int) -> None:

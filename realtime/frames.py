@@ -82,9 +82,11 @@ class Rendered:
     background: np.ndarray | None = None
     generator: str = "warp"
     # Swap mode: the user's landmarks (478, 2) in frame pixels, which shape the composite
-    # (``realtime.swap``), and what covers the face over the patch's box (a hand), if known.
+    # (``realtime.swap``), what covers the face over the patch's box (a hand), if known, and
+    # whether the user's glasses stay in front.
     driver_landmarks: np.ndarray | None = None
     occluder: np.ndarray | None = None
+    keep_glasses: bool = False
 
 
 @dataclass

@@ -35,6 +35,7 @@ HELP: list[tuple[str, str]] = [
     ("n", "take a new neutral pose"),
     ("m", "switch reenact / swap"),
     ("j  k", "swap: less / more of the avatar's face shape"),
+    ("o", "swap: keep your glasses on / off"),
     ("r", "record what the virtual camera gets: start / stop"),
     ("s", "snapshot (PNG)"),
     ("q  Esc", "quit"),
@@ -86,6 +87,9 @@ def act(key: int, controls: Controls, audio: Any = None) -> KeyResult | None:
     if char in ("j", "k"):
         shape = controls.adjust_swap_shape(-1 if char == "j" else 1).swap_shape
         return KeyResult(f"swap: avatar's face shape {shape:.1f} (0: yours, 1: the avatar's)", kind="tuning")
+    if char == "o":
+        kept = controls.toggle_glasses().keep_glasses
+        return KeyResult(f"swap: your glasses {'kept' if kept else 'swapped with your face'}", kind="tuning")
     if char == "f":
         mirror = controls.toggle_mirror().mirror
         controls.request_recalibrate()  # a mirrored face against an unmirrored neutral would skew

@@ -220,6 +220,7 @@ class FrameProcessor(Stage):
                     mesh.face_size(rendered.driver_landmarks),
                 )
             if rendered is not None:
+                rendered.keep_glasses = self.controls.tuning.keep_glasses
                 image, stage_ms["blend"] = self._timed("blend", lambda: self.blender.process(rendered))
         if image is None:
             # Swap with no face for a while: the user's own frame (there is no face in it to hide).

@@ -10,8 +10,8 @@ Everything here works on the small box around the user's face, never the whole f
 - detail: the avatar's finest band is scaled to the user's camera (a small, soft avatar
   photo on a sharp frame is sharpened; a crisp photo on a soft webcam is softened), and
   grain is added where the user's camera is noisier than the avatar can be made;
-- the user's own open mouth (teeth, tongue), their eyelids at the bottom of a blink, and
-  anything covering the face (a hand) are cut out of the mask;
+- the user's own open mouth (teeth, tongue), their eyelids at the bottom of a blink, the frame
+  of their glasses and anything covering the face (a hand) are cut out of the mask;
 - the seam is a multi-band (Laplacian pyramid) blend, then clipped to the user's jaw line
   so no avatar skin lands outside it.
 """
@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from realtime import mesh
+from realtime.glasses import GlassesFinder
 
 # The jaw line, temple to temple through the chin (a run of mediapipe's face oval).
 JAW = [
@@ -200,6 +201,7 @@ class SwapSettings:
     # otherwise vanished under its own feathering and the pyramid's coarse bands
     mouth_grow: float = 0.03
     blinks_from_user: bool = True  # while the user's eyes close, their own eyelids show through
+    find_glasses: bool = True  # look for the user's glasses (realtime.glasses) to keep or leave out
     inset: float = 0.05  # the blend's mask is pulled in from the jaw line by this many face sizes
     levels: int = 5  # pyramid levels at most
     smoothing: float = 0.8  # per-frame smoothing of the detail and grain estimates
@@ -324,11 +326,13 @@ class SwapCompositor:
         self._eyes_open: float | None = None
         self._cap: float | None = None
         self._frames = 0
+        self._glasses = GlassesFinder()
         self._rng = np.random.default_rng(seed)
         self._noise = _channels(self._rng.standard_normal((512, 512)).astype(np.float32), np.empty((1, 1, 3)))
 
     def reset(self) -> None:
         self._detail_gain = self._grain = self._eyes_open = self._cap = None
+        self._glasses.reset()
 
     def masks(
         self, shape: tuple[int, int], landmarks: np.ndarray, origin: tuple[int, int]
@@ -381,11 +385,14 @@ class SwapCompositor:
         origin: tuple[int, int],
         landmarks: np.ndarray,
         occluder: np.ndarray | None = None,
+        keep_glasses: bool = False,
     ) -> np.ndarray:
         """The frame with ``patch`` (the avatar warped onto the user, at ``origin``) swapped in.
 
         ``landmarks``: the user's (N, 2+) in frame pixels; ``occluder``: optional uint8/float
-        mask over the patch's box of what covers the face (kept from the frame).
+        mask over the patch's box of what covers the face (kept from the frame);
+        ``keep_glasses``: the frame of the user's glasses is kept in front too. Without it, a
+        blink that shows the user's own eyelids shows no glasses either.
         """
         s = self.settings
         out = background.copy()
@@ -413,8 +420,13 @@ class SwapCompositor:
                 blend[by0:by1, bx0:bx1] *= keep
                 # after the pyramid too, or its coarse bands would fill the mouth with skin
                 clip[by0:by1, bx0:bx1] *= keep
-        if s.blinks_from_user:
-            self._apply_blink((blend, clip), points, size)
+        closed = self._blink_depth(points) if s.blinks_from_user else 0.0
+        glasses = None
+        if s.find_glasses:
+            # the frame's mask only where it is used: kept in front, or cut out of a blink
+            glasses = self._glasses.find(under_u8, points, mask=keep_glasses or closed > 0.0)
+        if closed > 0.0:
+            self._apply_blink((blend, clip), points, size, closed, None if keep_glasses else glasses)
         occ = None
         if occluder is not None:
             occ = occluder[:h, :w].astype(np.float32)
@@ -422,6 +434,14 @@ class SwapCompositor:
                 occ *= 1.0 / 255.0
             blend *= 1.0 - occ
             clip *= 1.0 - occ
+        if keep_glasses and glasses is not None:
+            # in front like a hand, over the eyes' box only (the shading already leaves the
+            # eyes' surroundings out)
+            rims, (gx, gy) = glasses
+            inside = np.s_[gy : gy + rims.shape[0], gx : gx + rims.shape[1]]
+            keep = 1.0 - rims[: h - gy, : w - gx]
+            blend[inside] *= keep
+            clip[inside] *= keep
         under = under_u8.astype(np.float32)
         # Outside the inner face the avatar warp is not a face: the frame stands in for it,
         # so the pyramid's coarse bands average face with frame, never with garbage.
@@ -443,19 +463,26 @@ class SwapCompositor:
         under_u8[:] = cv2.convertScaleAbs(change)
         return out
 
-    def _apply_blink(self, masks: tuple[np.ndarray, ...], points: np.ndarray, size: float) -> None:
-        """Multiply ``masks`` by 1 − how much of the user's own eyes to show: nothing while they
-        are open as usual, all of both eye regions at the bottom of a blink (a warped lid is
-        too faint to read)."""
+    def _blink_depth(self, points: np.ndarray) -> float:
+        """How closed the user's eyes are against their usual opening: 0 open as usual, 1 at the
+        bottom of a blink."""
         opening = mesh.eye_opening(points)
         reference = self._eyes_open if self._eyes_open is not None else opening
         # The usual opening: follows a wider eye at once, a narrower one only slowly.
         self._eyes_open = max(opening, 0.98 * reference + 0.02 * opening)
-        closed = float(
-            np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0)
-        )
-        if closed <= 0.0:
-            return
+        return float(np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0))
+
+    def _apply_blink(
+        self,
+        masks: tuple[np.ndarray, ...],
+        points: np.ndarray,
+        size: float,
+        closed: float,
+        glasses: tuple[np.ndarray, tuple[int, int]] | None,
+    ) -> None:
+        """Multiply ``masks`` by 1 − how much of the user's own eyes to show: all of both eye
+        regions at the bottom of a blink (``closed`` 1; a warped lid is too faint to read), but
+        for the frame of their ``glasses`` (which would flash in)."""
         lids = max(1, int(round(0.12 * size)))
         k = 2 * lids + 1
         eyes_points = points[mesh.RIGHT_EYE + mesh.LEFT_EYE]
@@ -467,7 +494,19 @@ class SwapCompositor:
             loop = [np.round((points[eye] - (bx0, by0)) * 4).astype(np.int32)]
             cv2.fillPoly(eyes, loop, 255, cv2.LINE_AA, 2)
             cv2.polylines(eyes, loop, True, 255, lids, cv2.LINE_AA, 2)
-        keep = 1.0 - cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
+        shown = cv2.GaussianBlur(eyes, (k, k), 0).astype(np.float32) * (closed / 255.0)
+        if glasses is not None:
+            rims, (gx, gy) = glasses
+            frame = np.zeros_like(shown)
+            # the overlap of the eyes' two boxes, in each one's own pixels
+            ox0, oy0 = max(bx0, gx), max(by0, gy)
+            ox1, oy1 = min(bx1, gx + rims.shape[1]), min(by1, gy + rims.shape[0])
+            if ox1 > ox0 and oy1 > oy0:
+                frame[oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0] = rims[
+                    oy0 - gy : oy1 - gy, ox0 - gx : ox1 - gx
+                ]
+            shown *= 1.0 - frame
+        keep = 1.0 - shown
         for mask in masks:
             mask[by0:by1, bx0:bx1] *= keep
 

@@ -173,6 +173,8 @@ def test_window_keys_reach_the_controls():
     assert controls.tuning.mirror and controls.take_recalibrate()
     window.handle_key(ord("g"))
     assert not controls.tuning.refiner
+    window.handle_key(ord("o"))
+    assert controls.tuning.keep_glasses and "your glasses kept" in (controls.tuning.status() or "")
     assert window.pip and not window.help
     window.handle_key(ord("p"))
     window.handle_key(ord("?"))
@@ -357,9 +359,9 @@ def test_run_takes_the_live_settings_as_flags(tmp_path):
     assert fields["refiner"] is False and fields["record_dir"] == str(tmp_path)
     swap = build_parser().parse_args(
         ["render", "--avatar", "a.png", "--driver", "d.mp4", "--out", "o.mp4"]
-        + ["--mode", "swap", "--swap-shape", "0.25"]
+        + ["--mode", "swap", "--swap-shape", "0.25", "--keep-glasses"]
     )
-    assert pipeline_config(swap).tuning == Tuning(swap_shape=0.25)
+    assert pipeline_config(swap).tuning == Tuning(swap_shape=0.25, keep_glasses=True)
     args.swap_shape = 0.0
     config = pipeline_config(args, **_live_fields(args))
     assert config.tuning == Tuning(strength=1.5, head_share=0.2, mirror=True, swap_shape=0.0)

@@ -35,6 +35,8 @@ def pipeline_config(args: argparse.Namespace, **fields):
 
     if getattr(args, "swap_shape", None) is not None:
         fields["tuning"] = replace(fields.get("tuning", Tuning()), swap_shape=args.swap_shape)
+    if getattr(args, "keep_glasses", False):
+        fields["tuning"] = replace(fields.get("tuning", Tuning()), keep_glasses=True)
     return PipelineConfig(
         mode=Mode(args.mode),
         generator=args.generator,

@@ -84,6 +84,12 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         help="swap mode: how far your face takes the avatar's proportions (eyes, brows, nose), from 0 "
         "(yours, in the avatar's skin) to 1 (the avatar's); default 0.7 (keys j/k in a window)",
     )
+    p.add_argument(
+        "--keep-glasses",
+        action="store_true",
+        help="swap mode: the frame of your glasses stays in front of the avatar's face (default: the "
+        "avatar's face as it is; key o in a window)",
+    )
 
 
 def _add_audio_options(p: argparse.ArgumentParser) -> None:

@@ -100,6 +100,7 @@ class GlassesFinder:
             grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         rims = self._rims(grey, (points - (x0, y0)) * scale, size * scale, mask)
         if rims is None:
+            self._last = None  # taken off: nothing left to move into the next frame
             return None
         rims = cv2.resize(rims, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         self._last = (rims, np.array([x0, y0], np.float64), centre)

@@ -83,6 +83,10 @@ LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BT.601 weights of B, G
 # (``keep_hue``: 1 / how much brighter it is relit), not at all from the second value.
 LIP_COLOUR_BAND = 0.2
 LIP_COLOUR_KEEP = (0.5, 0.7)
+# The user's own eyes show once theirs are this fraction of their usual opening, fully from the
+# second: a blink's bottom is 0.1-0.45 of it, looking down or aside 0.5-0.7, which the warped lids
+# draw (shown there too, the user's own eye region made the face theirs: benchmarks/RESULTS.md).
+BLINK_SHOWN = (0.5, 0.3)
 MEAN_PER_MEDIAN = 1.2  # mean / median of |Laplacian| of Gaussian noise (of a half-normal: 0.80 / 0.67)
 
 
@@ -464,13 +468,15 @@ class SwapCompositor:
         return out
 
     def _blink_depth(self, points: np.ndarray) -> float:
-        """How closed the user's eyes are against their usual opening: 0 open as usual, 1 at the
-        bottom of a blink."""
+        """How much of the user's own eyes to show (BLINK_SHOWN): 0 open as usual, looking down
+        or aside, 1 at the bottom of a blink."""
         opening = mesh.eye_opening(points)
         reference = self._eyes_open if self._eyes_open is not None else opening
         # The usual opening: follows a wider eye at once, a narrower one only slowly.
         self._eyes_open = max(opening, 0.98 * reference + 0.02 * opening)
-        return float(np.clip((0.75 * self._eyes_open - opening) / (0.35 * self._eyes_open + 1e-6), 0.0, 1.0))
+        start, full = BLINK_SHOWN
+        closed = (start * self._eyes_open - opening) / ((start - full) * self._eyes_open + 1e-6)
+        return float(np.clip(closed, 0.0, 1.0))
 
     def _apply_blink(
         self,

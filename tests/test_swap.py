@@ -390,12 +390,15 @@ def test_the_live_hand_process_is_spared_a_still_face_and_finds_the_hand_that_co
 
 
 def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
+    """...but not while the eyes are only narrower, as when looking down: the warped lids draw that."""
     image, landmarks = user
     points = landmarks[:, :2] - landmarks[:, :2].min(axis=0) + 20
-    closed = points.copy()
+    closed, narrower = points.copy(), points.copy()
     for lower, upper in ((mesh.RIGHT_EYE[:9], mesh.RIGHT_EYE[9:]), (mesh.LEFT_EYE[:9], mesh.LEFT_EYE[9:])):
         closed[upper, 1] = points[lower, 1].mean() + 1.0
+        narrower[upper, 1] = points[upper, 1] + 0.4 * (points[lower, 1].mean() - points[upper, 1])
     assert mesh.eye_opening(closed) < 0.4 * mesh.eye_opening(points)
+    assert 0.5 < mesh.eye_opening(narrower) / mesh.eye_opening(points) < 0.7
     background = np.full((300, 300, 3), 30, np.uint8)  # the user's (dark) closed lids
     patch = np.full((200, 200, 3), 200, np.uint8)  # the avatar's (bright) warped eyes
     eyes = np.zeros(background.shape[:2], np.uint8)
@@ -408,10 +411,44 @@ def test_at_the_bottom_of_a_blink_the_users_own_eyelids_show(user):
         compositor = SwapCompositor(SwapSettings(blinks_from_user=blinks, **settings))
         for _ in range(5):  # eyes open as usual: the avatar's eyes
             opened = compositor.composite(background, patch, (0, 0), points)
+        looking_down = compositor.composite(background, patch, (0, 0), narrower)
         results[blinks] = compositor.composite(background, patch, (0, 0), closed)
+        assert looking_down[eyes].mean() > 150
     assert opened[eyes].mean() > 150
     assert results[True][eyes].mean() < 60
     assert results[False][eyes].mean() > 150
+
+
+@needs_media
+def test_a_real_user_looking_down_keeps_the_avatars_eyes_and_a_blink_shows_theirs():
+    """The VoxCeleb2 man looks down while he talks (frames 42-50, his eyes at 0.55-0.65 of their
+    usual opening) and blinks twice (frames 34-36 and 51-53). Under the light-skinned photo his own
+    eyes showed through for all of it, so the face was his own whenever he looked down."""
+    from realtime.analysis import read_frames
+    from realtime.avatar import make_avatar
+    from realtime.pipeline import offline_processor
+
+    frames = list(read_frames(str(MEDIA / "clips" / "Talking-Face_PC-AVS_620900105.mp4"), 56))
+    avatar_image = cv2.imread(str(MEDIA / "avatars" / "liveportrait_s42.jpg"))
+    size = (frames[0].shape[1], frames[0].shape[0])
+    avatar = make_avatar(avatar_image, size, "s42")
+    processor = offline_processor(avatar, "warp", mode=Mode.SWAP, size=size, occlusion=False)
+    changed = []  # mean |output - input| over the user's eyes and lids
+    try:
+        for i, image in enumerate(frames):
+            tracked = processor.track(Frame(image, i, i / 25.0))
+            out = processor.render(tracked).image
+            eyes = np.zeros(image.shape[:2], np.uint8)
+            for eye in (mesh.RIGHT_EYE, mesh.LEFT_EYE):
+                loop = [np.round(tracked.landmarks[eye, :2]).astype(np.int32)]
+                cv2.fillPoly(eyes, loop, 255)
+                cv2.polylines(eyes, loop, True, 255, 3)
+            changed.append(np.abs(out.astype(int) - image.astype(int)).mean(axis=2)[eyes > 0].mean())
+    finally:
+        processor.close()
+    assert min(changed[:30]) > 15  # eyes open: the avatar's
+    assert min(changed[42:51]) > 15, changed[42:51]  # looking down: still the avatar's
+    assert max(changed[35:37] + changed[52:54]) < 5  # the bottom of each blink: his own
 
 
 def test_a_live_swap_processor_opens_with_its_hand_model_loaded():
